@@ -1,0 +1,197 @@
+"""The ``mtlseg`` command: parse arguments, build from config, call engine/report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from mtlseg.errors import MtlsegError
+
+DEMO_DATASET = "kvasir-seg"
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal readable: library deprecation chatter is not the user's business."""
+    os.environ.setdefault("LITLOGGER_DISABLE_TIP", "1")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for pattern in (".*treespec.*", ".*does not have many workers.*", ".*ckpt_path.*",
+                    ".*litlogger.*", ".*is not resumable.*", ".*num_workers.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def find_data_root(explicit: str | None = None) -> Path:
+    """``--data``, else ``$MTLSEG_DATA``, else ``../shared/data`` from here or the repository."""
+    candidates = [explicit, os.environ.get("MTLSEG_DATA"), "../shared/data",
+                  str(Path(__file__).resolve().parents[3] / "shared" / "data")]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    raise MtlsegError(
+        "no data found: pass --data DIR or set MTLSEG_DATA to the folder holding "
+        f"{DEMO_DATASET}/ (looked in: {', '.join(c for c in candidates if c)})"
+    )
+
+
+def cmd_recipes(args) -> None:
+    from mtlseg.config import load_config, recipe_names
+
+    for name in recipe_names():
+        print(f"{name:12s} {load_config(name).description}")
+
+
+def cmd_train(args) -> None:
+    from mtlseg.config import load_config
+    from mtlseg.engine.train import train
+
+    cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}"])
+    result = train(cfg, Path(args.out), resume=args.resume)
+    score = f"{result.best_val_dice:.4f}" if result.best_val_dice is not None else "n/a"
+    print(f"best val Dice {score}; checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+
+
+def _print_metrics(metrics: dict) -> None:
+    for key, value in metrics.items():
+        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+
+
+def cmd_evaluate(args) -> None:
+    from mtlseg.engine.inference import evaluate
+
+    metrics = evaluate(args.ckpt, args.data, args.split, with_hd95=not args.no_hd95)
+    _print_metrics(metrics)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(metrics, indent=1))
+        print(f"metrics written to {args.out}")
+
+
+def cmd_predict(args) -> None:
+    from mtlseg.engine.inference import predict
+
+    written = predict(args.ckpt, args.input, args.out)
+    print(f"{len(written)} mask(s) written to {args.out}")
+
+
+def cmd_compare(args) -> None:
+    from mtlseg.report.compare import compare
+
+    result = compare(args.recipes, args.data, args.seeds, Path(args.out), args.set)
+    print(result["table"])
+    print(f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}")
+
+
+def cmd_check_data(args) -> None:
+    from mtlseg.config import load_config
+    from mtlseg.data.loading import load_dataset
+    from mtlseg.data.sources import discover
+    from mtlseg.data.splits import resolve_split
+
+    cfg = load_config("unet", [*args.set, f"data.path={args.data}"]).data
+    try:
+        index = discover(cfg.path, cfg.format)
+    except MtlsegError as err:
+        problems = str(err).splitlines()
+        index = None
+    if index is not None:
+        dataset, problems = load_dataset(index, cfg)
+        if dataset is not None and not problems:
+            try:
+                _, source = resolve_split(index.root, [c.case_id for c in dataset.cases], cfg)
+            except MtlsegError as err:
+                problems.append(str(err))
+    for line in problems:
+        print(line)
+    if problems:
+        raise SystemExit(f"{len(problems)} problem(s) found in {args.data}")
+    n_slices = sum(c.image.shape[0] for c in dataset.cases)
+    print(f"ok: {len(dataset.cases)} cases, {n_slices} slices, {dataset.in_channels} channel(s), "
+          f"classes {dataset.class_names}, format {index.format}, split: {source}")
+
+
+def cmd_demo(args) -> None:
+    """unet vs unet-hog on Kvasir-SEG, short enough for ~10 minutes on 2 CPU cores."""
+    from mtlseg.report.compare import compare
+
+    data = find_data_root(args.data) / DEMO_DATASET
+    if not data.is_dir():
+        raise MtlsegError(f"{data}: the demo needs the {DEMO_DATASET} dataset in the data folder")
+    overrides = [f"train.max_steps={args.steps}", f"train.val_every={max(1, args.steps // 4)}",
+                 "data.image_size=96", "train.batch_size=8", "train.progress_bar=false", *args.set]
+    print(f"demo: unet vs unet-hog on {data}, {args.steps} steps x {args.seeds} seed(s) -> {args.out}")
+    result = compare(["unet", "unet-hog"], str(data), args.seeds, Path(args.out), overrides)
+    print("\n" + result["table"])
+    print(f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtlseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_set(p):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. train.max_steps=100 (repeatable)")
+        return p
+
+    sub.add_parser("recipes", help="list the shipped recipes").set_defaults(func=cmd_recipes)
+    p = with_set(sub.add_parser("train", help="train a recipe on a dataset"))
+    p.add_argument("--recipe", required=True, help="recipe name (see `mtlseg recipes`) or YAML file")
+    p.add_argument("--data", required=True, help="dataset folder (images/+masks/ or nnU-Net raw)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="predicted masks for images or volumes")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--input", required=True, help="an image/NIfTI file or a folder of them")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_predict)
+    p = with_set(sub.add_parser("compare", help="train recipes x seeds on one split and compare"))
+    p.add_argument("--recipes", nargs="+", required=True, help="the first one is the baseline")
+    p.add_argument("--data", required=True)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_compare)
+    p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
+    p.add_argument("data")
+    p.set_defaults(func=cmd_check_data)
+    p = with_set(sub.add_parser("demo", help="short unet vs unet-hog comparison on real data"))
+    p.add_argument("--data", help="folder holding kvasir-seg/ (default: $MTLSEG_DATA or ../shared/data)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--seeds", type=int, default=1)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except MtlsegError as err:
+        print(f"mtlseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtlseg: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

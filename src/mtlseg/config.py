@@ -1,0 +1,275 @@
+"""Typed run configuration: dataclasses built from recipe YAML and `--set` overrides.
+
+Every field is validated at load time; errors name the dotted key (``train.max_steps``).
+Component-specific options (a backbone's widths, a task's HOG cell size) live in a
+``params`` mapping that the component validates against its own dataclass.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtlseg.errors import ConfigError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how samples are prepared."""
+
+    path: str = ""
+    format: str = "auto"  # auto | folder | nnunet
+    image_size: int = 128  # every slice/image is resized to image_size x image_size
+    normalization: str = "zscore"  # per case: zscore | minmax
+    mask_mode: str = "auto"  # folder masks: auto | binary | labels
+    mask_threshold: int = 127  # binary masks: value > threshold is foreground
+    num_classes: int | None = None  # folder masks in labels mode; inferred when None
+    channels: int | None = None  # expected input channels; None accepts what the data has
+    splits: str | None = None  # splits JSON; default <data>/splits.json when present
+    fold: int = 0  # which fold of an nnU-Net style list of folds
+    val_fraction: float = 0.2  # seeded split by case when no splits file exists
+    split_seed: int = 0
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone (by registry name) and its own parameters."""
+
+    backbone: str = "unet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """One task: registry kind, display name, loss weight and task-specific params."""
+
+    kind: str
+    name: str | None = None
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = self.kind
+
+
+@dataclass
+class WeightingConfig:
+    """How task losses are combined (registry name + params)."""
+
+    kind: str = "fixed"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule (paper 000 section 4: Adam 2e-4, halved every 50k, val every 1k)."""
+
+    max_steps: int = 150_000
+    batch_size: int = 8
+    lr: float = 2e-4
+    lr_halve_every: int = 50_000
+    val_every: int = 1_000
+    seed: int = 0
+    accelerator: str = "auto"  # auto | cpu | gpu
+    precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU
+    log_every: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole recipe: data, model, tasks, weighting and training."""
+
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks: a recipe needs at least one task (segmentation)")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks: task names must be unique, got {names}")
+        if self.tasks[0].kind != "segmentation":
+            raise ConfigError("tasks.0: the first task must be the primary 'segmentation' task")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def build_dataclass(cls: type, raw: Any, key: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    prefix = f"{key}." if key else ""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; valid keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}" if key and not str(err).startswith(key) else str(err))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
+    key, _, raw_value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def _list_index(items: list, part: str, dotted: str) -> int:
+    """A list element by position, or a task by its name (``tasks.hog.weight``)."""
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(items) <= index < len(items):
+            raise ConfigError(f"--set {dotted}: index {index} out of range ({len(items)} items)")
+        return index
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and (item.get("name") or item.get("kind")) == part:
+            return i
+    raise ConfigError(f"--set {dotted}: no list item named {part!r}")
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``raw[path]`` in a nested dict/list structure, creating mappings under params."""
+    dotted = ".".join(path)
+    node: Any = raw
+    for depth, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, dotted)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(path[:depth])} is not a mapping")
+        node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, dotted)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {dotted}: parent is not a mapping")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe_dict(recipe: str) -> dict[str, Any]:
+    """Read a shipped recipe by name, or a YAML file by path."""
+    path = Path(recipe)
+    if not (path.suffix in {".yaml", ".yml"} and path.exists()):
+        path = RECIPE_DIR / f"{recipe}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown recipe {recipe!r}; shipped recipes: {', '.join(recipe_names())} "
+                "(or give a path to a .yaml file)"
+            )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping")
+    return raw
+
+
+def load_config(
+    recipe: str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Recipe (name, path or dict) + ``--set`` overrides -> validated RunConfig."""
+    raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe_dict(recipe)
+    for text in overrides:
+        path, value = parse_override(text)
+        apply_override(raw, path, value)
+    return build_dataclass(RunConfig, raw)

@@ -1,0 +1,57 @@
+"""In-memory 2D slice dataset: every slice resized once, served with its metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mtlseg.data.loading import LoadedCase
+
+
+def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int):
+    """(Z, H, W, C) image, (Z, H, W) label -> (Z, C, S, S) float, (Z, S, S) uint8."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if label is None:
+        return x, None
+    y = torch.from_numpy(label.astype(np.float32))[:, None]
+    y = F.interpolate(y, size=(size, size), mode="nearest")[:, 0].to(torch.uint8)
+    return x, y
+
+
+class SliceDataset(Dataset):
+    """2D samples ``{"image": (C,S,S), "mask": (S,S), "case_id", "slice_index", "num_slices"}``.
+
+    Volumes are served slice by slice; a 2D image is a case with one slice. Images are kept
+    as float16 after per-case normalisation to halve memory.
+    """
+
+    def __init__(
+        self, cases: list[LoadedCase], image_size: int, augment: Callable | None = None
+    ) -> None:
+        images, masks, self.meta = [], [], []
+        for case in cases:
+            x, y = resize_slices(case.image, case.label, image_size)
+            images.append(x.half())
+            masks.append(y)
+            n = x.shape[0]
+            self.meta += [
+                {"case_id": case.case_id, "slice_index": z, "num_slices": n} for z in range(n)
+            ]
+        self.images = torch.cat(images)
+        self.masks = torch.cat(masks)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, mask = self.images[i].float(), self.masks[i].long()
+        if self.augment is not None:
+            image, mask = self.augment(image, mask)
+        return {"image": image, "mask": mask, **self.meta[i]}

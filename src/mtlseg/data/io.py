@@ -1,0 +1,73 @@
+"""Reading images, masks and volumes from disk; every failure names the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mtlseg.errors import DataError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LOSSY_ENDINGS = (".jpg", ".jpeg")
+
+
+def file_ending(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def stem(path: Path) -> str:
+    """File name without its ending (``case.nii.gz`` -> ``case``)."""
+    return path.name[: len(path.name) - len(file_ending(path))]
+
+
+def read_image_2d(path: Path) -> np.ndarray:
+    """2D image file -> (H, W, C) array (C >= 1), in the file's own dtype."""
+    from skimage import io as skio
+
+    try:
+        array = np.asarray(skio.imread(str(path)))
+    except Exception as err:  # imageio/PIL raise many types for corrupt files
+        raise DataError(f"{path}: unreadable or corrupt image ({type(err).__name__}: {err})") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{path}: expected a 2D image, got an array of shape {array.shape}")
+    if array.shape[-1] == 4:  # RGBA: alpha carries no intensity
+        array = array[..., :3]
+    return array
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """NIfTI file -> (array (X, Y, Z), affine 4x4). A 2D image gets Z = 1."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except Exception as err:
+        raise DataError(f"{path}: unreadable or corrupt NIfTI ({type(err).__name__}: {err})") from None
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected a 2D or 3D volume, got shape {array.shape}")
+    return array, np.asarray(image.affine, dtype=np.float64)
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any supported file -> (slices (Z, H, W, C), affine or None for 2D files)."""
+    if file_ending(path) in NIFTI_ENDINGS:
+        array, affine = read_nifti(path)
+        return np.moveaxis(array, -1, 0)[..., None], affine
+    return read_image_2d(path)[None], None
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise DataError(f"{path}: {bad} NaN/inf intensity values")

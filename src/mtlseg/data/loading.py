@@ -1,0 +1,197 @@
+"""Load cases into memory as validated, normalised slices with their metadata.
+
+All problems of a dataset are collected (one line per file) so that ``mtlseg check-data``
+can list every one, and training refuses to start with the same list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mtlseg.config import DataConfig
+from mtlseg.data.io import check_finite, read_volume
+from mtlseg.data.sources import CaseRecord, DatasetIndex
+from mtlseg.errors import DataError
+from mtlseg.registry import Registry
+
+MAX_INFERRED_CLASSES = 32
+
+NORMALIZATIONS: Registry = Registry("normalization")
+
+
+@NORMALIZATIONS.register("zscore")
+def zscore(image: np.ndarray) -> np.ndarray:
+    """Per-channel z-score over the whole case. (Z, H, W, C) -> same shape, float32."""
+    axes = tuple(range(image.ndim - 1))
+    mean, std = image.mean(axis=axes), image.std(axis=axes)
+    return ((image - mean) / np.maximum(std, 1e-8)).astype(np.float32)
+
+
+@NORMALIZATIONS.register("minmax")
+def minmax(image: np.ndarray) -> np.ndarray:
+    """Per-channel min-max to [0, 1] over the whole case."""
+    axes = tuple(range(image.ndim - 1))
+    low, high = image.min(axis=axes), image.max(axis=axes)
+    return ((image - low) / np.maximum(high - low, 1e-8)).astype(np.float32)
+
+
+@dataclass
+class RawCase:
+    """A case as read from disk, before mask decoding and normalisation."""
+
+    record: CaseRecord
+    image: np.ndarray  # (Z, H, W, C)
+    label: np.ndarray  # (Z, H, W), integer
+    affine: np.ndarray | None
+
+
+@dataclass
+class LoadedCase:
+    """A validated case: normalised image and integer class labels."""
+
+    case_id: str
+    image: np.ndarray  # (Z, H, W, C) float32
+    label: np.ndarray  # (Z, H, W) int64 in [0, num_classes)
+    affine: np.ndarray | None
+    image_file: str
+
+
+@dataclass
+class LoadedDataset:
+    cases: list[LoadedCase]
+    class_names: list[str]
+    in_channels: int
+    is_volume: bool
+
+
+def read_case(record: CaseRecord) -> RawCase:
+    """Read and stack the channel files of a case and its label; check sizes and finiteness."""
+    parts, affine = [], None
+    for path in record.image_files:
+        array, affine_i = read_volume(path)
+        check_finite(array, path)
+        if parts and array.shape[:3] != parts[0].shape[:3]:
+            raise DataError(f"{path}: size {array.shape[:3]} differs from channel 0 {parts[0].shape[:3]}")
+        parts.append(array)
+        affine = affine if affine is not None else affine_i
+    image = np.concatenate(parts, axis=-1)
+    label, _ = read_volume(record.label_file)
+    if label.shape[:3] != image.shape[:3]:
+        raise DataError(
+            f"{record.label_file}: mask size {_size(label)} differs from image size {_size(image)} "
+            f"({record.image_files[0].name})"
+        )
+    if np.issubdtype(label.dtype, np.floating):
+        check_finite(label, record.label_file)
+        if not np.all(label == np.round(label)):
+            raise DataError(f"{record.label_file}: mask has non-integer values")
+    channels = label.shape[-1]
+    if channels > 1 and not np.all(label == label[..., :1]):
+        label = label.max(axis=-1, keepdims=True)  # colour-coded binary masks: any channel on
+    return RawCase(record, image, label[..., 0].astype(np.int64), affine)
+
+
+def _size(array: np.ndarray) -> str:
+    z, h, w = array.shape[:3]
+    return f"{h}x{w}" if z == 1 else f"{z}x{h}x{w}"
+
+
+class MaskDecoder:
+    """Turns raw mask values into class indices: binary threshold or label indices.
+
+    ``auto`` picks binary for lossy (JPEG) masks and for masks whose values are all in
+    {0, 255}; otherwise values are label indices. A dataset is never read as 256 classes:
+    too many distinct values is an error that suggests binary mode.
+    """
+
+    def __init__(self, index: DatasetIndex, cfg: DataConfig, raw_labels: dict[str, np.ndarray]):
+        self.index, self.cfg = index, cfg
+        if index.label_values is not None:  # nnU-Net: dataset.json decides
+            self.mode, self.allowed = "labels", set(index.label_values)
+            self.class_names = list(index.class_names or [])
+            return
+        self.mode = cfg.mask_mode
+        if self.mode == "auto":
+            values = set().union(*(np.unique(v).tolist() for v in raw_labels.values()))
+            binary_like = values <= {0, 255}
+            self.mode = "binary" if index.lossy_masks or binary_like else "labels"
+        if self.mode == "binary":
+            self.class_names, self.allowed = ["background", "foreground"], None
+            return
+        if self.mode != "labels":
+            raise DataError(f"data.mask_mode: expected auto, binary or labels, got {self.mode!r}")
+        n = cfg.num_classes
+        if n is None:
+            n = 1 + max(int(v.max()) for v in raw_labels.values())
+            if n > MAX_INFERRED_CLASSES:
+                raise DataError(
+                    f"{index.root}: masks hold values up to {n - 1}, which looks like intensities, "
+                    "not class indices; set data.mask_mode=binary (threshold data.mask_threshold) "
+                    "or data.num_classes"
+                )
+        self.class_names = ["background"] + [f"class{i}" for i in range(1, max(n, 2))]
+        self.allowed = set(range(len(self.class_names)))
+
+    def decode(self, raw: np.ndarray, path) -> np.ndarray:
+        if self.mode == "binary":
+            return (raw > self.cfg.mask_threshold).astype(np.int64)
+        present = set(np.unique(raw).tolist())
+        bad = sorted(present - self.allowed)
+        if bad:
+            raise DataError(
+                f"{path}: label value(s) {bad[:5]} not in the dataset's labels {sorted(self.allowed)}"
+            )
+        return raw
+
+
+def load_dataset(
+    index: DatasetIndex, cfg: DataConfig, case_ids: list[str] | None = None
+) -> tuple[LoadedDataset | None, list[str]]:
+    """Read, validate and normalise cases. Returns (dataset or None, list of problems)."""
+    problems: list[str] = []
+    wanted = set(case_ids) if case_ids is not None else None
+    raws: list[RawCase] = []
+    for record in index.cases:
+        if wanted is not None and record.case_id not in wanted:
+            continue
+        try:
+            raws.append(read_case(record))
+        except DataError as err:
+            problems.extend(str(err).splitlines())
+    if not raws:
+        return None, problems or [f"{index.root}: no readable cases"]
+    try:
+        decoder = MaskDecoder(index, cfg, {r.record.case_id: r.label for r in raws})
+        normalise = NORMALIZATIONS.get(cfg.normalization)
+    except Exception as err:
+        return None, problems + [str(err)]
+    channels = raws[0].image.shape[-1]
+    expected = cfg.channels if cfg.channels is not None else channels
+    cases = []
+    for raw in raws:
+        first = raw.record.image_files[0]
+        if raw.image.shape[-1] != expected:
+            why = "the recipe expects" if cfg.channels is not None else "the first case has"
+            problems.append(f"{first}: {raw.image.shape[-1]} channel(s), {why} {expected} (data.channels)")
+            continue
+        try:
+            label = decoder.decode(raw.label, raw.record.label_file)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        image = normalise(raw.image.astype(np.float32))
+        cases.append(LoadedCase(raw.record.case_id, image, label, raw.affine, str(first)))
+    if problems:
+        return None, problems
+    is_volume = any(c.image.shape[0] > 1 for c in cases)
+    return LoadedDataset(cases, decoder.class_names, expected, is_volume), problems
+
+
+def load_dataset_or_raise(index: DatasetIndex, cfg: DataConfig, case_ids=None) -> LoadedDataset:
+    dataset, problems = load_dataset(index, cfg, case_ids)
+    if problems or dataset is None:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise DataError("\n".join(shown))
+    return dataset

@@ -1,0 +1,143 @@
+"""On-disk dataset formats (plain folder, nnU-Net raw) -> a list of cases, by registry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtlseg.data.io import IMAGE_ENDINGS, LOSSY_ENDINGS, NIFTI_ENDINGS, file_ending, stem
+from mtlseg.errors import DataError
+from mtlseg.registry import Registry
+
+
+@dataclass
+class CaseRecord:
+    """One case: its id, one file per input channel group, and its label file."""
+
+    case_id: str
+    image_files: list[Path]
+    label_file: Path
+
+
+@dataclass
+class DatasetIndex:
+    """What a format found: the cases, class names, and how masks are to be read."""
+
+    root: Path
+    format: str
+    cases: list[CaseRecord]
+    class_names: list[str] | None  # None: infer from the masks (folder, labels mode)
+    label_values: list[int] | None = None  # nnU-Net: the allowed label values
+    lossy_masks: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+FORMATS: Registry[type] = Registry("data format")
+
+
+def _supported(path: Path) -> bool:
+    return file_ending(path) in IMAGE_ENDINGS + NIFTI_ENDINGS
+
+
+@FORMATS.register("folder")
+class FolderFormat:
+    """``images/`` + ``masks/`` matched by file stem (2D images or NIfTI volumes)."""
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "images").is_dir() and (root / "masks").is_dir()
+
+    @staticmethod
+    def discover(root: Path) -> DatasetIndex:
+        images = {stem(p): p for p in sorted((root / "images").iterdir()) if _supported(p)}
+        masks = {stem(p): p for p in sorted((root / "masks").iterdir()) if _supported(p)}
+        problems = [f"{p}: image without mask (no masks/{s}.*)" for s, p in images.items() if s not in masks]
+        problems += [f"{p}: mask without image (no images/{s}.*)" for s, p in masks.items() if s not in images]
+        if problems:
+            raise DataError("\n".join(problems))
+        cases = [CaseRecord(s, [images[s]], masks[s]) for s in sorted(images)]
+        lossy = any(file_ending(c.label_file) in LOSSY_ENDINGS for c in cases)
+        return DatasetIndex(root, "folder", cases, None, lossy_masks=lossy)
+
+
+@FORMATS.register("nnunet")
+class NnUNetFormat:
+    """nnU-Net raw: ``dataset.json`` + ``imagesTr/CASE_XXXX<ending>`` + ``labelsTr/CASE<ending>``."""
+
+    REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "dataset.json").is_file()
+
+    @classmethod
+    def read_dataset_json(cls, root: Path) -> dict:
+        path = root / "dataset.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}: unreadable JSON ({err})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{path}: expected a JSON object")
+        missing = [k for k in cls.REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise DataError(f"{path}: missing keys {missing} (nnU-Net needs {list(cls.REQUIRED_KEYS)})")
+        labels = meta["labels"]
+        if not isinstance(labels, dict) or not all(isinstance(v, int) for v in labels.values()):
+            raise DataError(f"{path}: 'labels' must map names to integer values (regions are not supported)")
+        values = sorted(labels.values())
+        if values != list(range(len(values))):
+            raise DataError(f"{path}: label values must be 0..N-1, got {values}")
+        if not isinstance(meta["channel_names"], dict) or not meta["channel_names"]:
+            raise DataError(f"{path}: 'channel_names' must be a non-empty mapping")
+        return meta
+
+    @classmethod
+    def discover(cls, root: Path) -> DatasetIndex:
+        meta = cls.read_dataset_json(root)
+        ending = meta["file_ending"]
+        channels = sorted(int(k) for k in meta["channel_names"])
+        images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+        for d in (images_dir, labels_dir):
+            if not d.is_dir():
+                raise DataError(f"{d}: folder missing (nnU-Net raw needs imagesTr/ and labelsTr/)")
+        labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.iterdir()) if p.name.endswith(ending)}
+        case_ids = sorted(
+            {p.name[: -len(ending) - 5] for p in images_dir.iterdir() if p.name.endswith(ending)}
+        )
+        problems, cases = [], []
+        for case_id in case_ids:
+            files = [images_dir / f"{case_id}_{c:04d}{ending}" for c in channels]
+            missing = [f for f in files if not f.exists()]
+            problems += [f"{f}: channel file missing for case {case_id}" for f in missing]
+            if case_id not in labels:
+                problems.append(f"{files[0]}: image without mask (no labelsTr/{case_id}{ending})")
+            elif not missing:
+                cases.append(CaseRecord(case_id, files, labels[case_id]))
+        problems += [f"{p}: mask without image" for c, p in labels.items() if c not in case_ids]
+        if problems:
+            raise DataError("\n".join(problems))
+        names = [n for n, _ in sorted(meta["labels"].items(), key=lambda kv: kv[1])]
+        return DatasetIndex(
+            root, "nnunet", cases, names, label_values=sorted(meta["labels"].values()),
+            extra={"channel_names": meta["channel_names"]},
+        )
+
+
+def discover(root: Path | str, fmt: str = "auto") -> DatasetIndex:
+    """Find the cases of the dataset at ``root`` in format ``fmt`` (or the one detected)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder does not exist")
+    if fmt == "auto":
+        found = [name for name in FORMATS.names() if FORMATS.get(name).detect(root)]
+        if not found:
+            raise DataError(
+                f"{root}: no dataset found (expected images/ + masks/, or nnU-Net's dataset.json + imagesTr/ + labelsTr/)"
+            )
+        fmt = found[0]
+    index = FORMATS.get(fmt).discover(root)
+    if not index.cases:
+        raise DataError(f"{root}: empty dataset, no image/mask pairs found")
+    return index

@@ -1,0 +1,1 @@
+"""Lightning wiring: data preparation, the LightningModule, training, evaluation, prediction."""

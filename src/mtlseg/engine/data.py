@@ -1,0 +1,93 @@
+"""From a DataConfig to train/val slice datasets and loaders, with the split recorded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mtlseg.config import DataConfig
+from mtlseg.data.dataset import SliceDataset
+from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
+from mtlseg.data.sources import DatasetIndex, discover
+from mtlseg.data.splits import resolve_split, validate_split
+from mtlseg.data.transforms import Augment2D
+from mtlseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    index: DatasetIndex
+    dataset: LoadedDataset
+    split: dict[str, list[str]]
+    split_source: str
+    train: SliceDataset
+    val: SliceDataset
+    case_ids: list[str]  # val case index -> case id, for per-volume metrics
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset.class_names
+
+
+def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> PreparedData:
+    """Discover, load and validate the dataset, then split it by case (or use ``split``)."""
+    index = discover(cfg.path, cfg.format)
+    dataset = load_dataset_or_raise(index, cfg)
+    ids = [c.case_id for c in dataset.cases]
+    if split is None:
+        split, source = resolve_split(index.root, ids, cfg)
+    else:
+        source = "given"
+        validate_split(split, ids, "recorded split")
+    by_id = {c.case_id: c for c in dataset.cases}
+    train_cases = [by_id[c] for c in split["train"]]
+    val_cases = [by_id[c] for c in split["val"]]
+    augment = Augment2D() if cfg.augment else None
+    train = SliceDataset(train_cases, cfg.image_size, augment)
+    val = SliceDataset(val_cases, cfg.image_size)
+    for name, ds in (("train", train), ("val", val)):
+        if len(ds) == 0:
+            raise DataError(f"{index.root}: split {name!r} has no samples")
+    log.info("data %s: %d train / %d val samples (%s)", index.root, len(train), len(val), source)
+    return PreparedData(index, dataset, split, source, train, val, [c.case_id for c in val_cases])
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation drawn from (seed, epoch): the order of a resumed epoch is reproducible."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+    n = len(data.train)
+    return DataLoader(
+        data.train, batch_size=min(batch_size, n), sampler=EpochShuffleSampler(n, seed),
+        drop_last=n >= 2 * batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
+    )
+
+
+def val_loader(data: PreparedData, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(data.val, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def write_split_file(data: PreparedData, path: Path) -> None:
+    from mtlseg.data.splits import write_split
+
+    write_split(data.split, path, data.split_source)

@@ -1,0 +1,108 @@
+"""Load a trained model from a checkpoint; evaluate it on a split; predict masks for files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtlseg.data.dataset import SliceDataset, resize_slices
+from mtlseg.data.io import IMAGE_ENDINGS, NIFTI_ENDINGS, check_finite, file_ending, read_volume, stem
+from mtlseg.data.loading import NORMALIZATIONS
+from mtlseg.engine.checkpoint import load_checkpoint
+from mtlseg.engine.data import prepare_data
+from mtlseg.engine.module import MultiTaskModule
+from mtlseg.errors import DataError, MtlsegError
+from mtlseg.metrics import SegmentationMetrics
+
+
+def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
+    """Rebuild the module from the hyper-parameters stored in the checkpoint, load weights."""
+    ckpt = load_checkpoint(Path(ckpt_path))
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise MtlsegError(f"{ckpt_path}: not an mtlseg checkpoint (no hyper_parameters/state_dict)")
+    module = MultiTaskModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval().to(device)
+
+
+@torch.no_grad()
+def segment_slices(module: MultiTaskModule, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """(N, C, S, S) -> logits (N, K, S, S), in chunks."""
+    device = next(module.parameters()).device
+    return torch.cat([module.model.segment(images[i : i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def evaluate(ckpt_path: Path | str, data_path: str, split: str = "val", with_hd95: bool = True) -> dict:
+    """Full metrics of a checkpoint on a split (the one recorded at training) of ``data_path``."""
+    module = load_module(ckpt_path)
+    recorded = module.hparams.get("split")
+    if not recorded or split not in recorded:
+        raise MtlsegError(f"{ckpt_path}: split {split!r} is not recorded in the checkpoint (have: {sorted(recorded or {})})")
+    cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment=False)
+    data = prepare_data(cfg, split=recorded)
+    dataset: SliceDataset = data.train if split == "train" else data.val
+    ids = sorted({m["case_id"] for m in dataset.meta})
+    index = {c: i for i, c in enumerate(ids)}
+    metrics = SegmentationMetrics(data.class_names, with_hd95=with_hd95)
+    logits = segment_slices(module, dataset.images.float())
+    cases = torch.tensor([index[m["case_id"]] for m in dataset.meta])
+    metrics.update(logits.argmax(1), dataset.masks.long(), cases)
+    result = metrics.compute()
+    result["num_samples"] = len(dataset)
+    result["num_cases"] = len(ids)
+    return result
+
+
+def _input_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if file_ending(p) in IMAGE_ENDINGS + NIFTI_ENDINGS)
+        if files:
+            return files
+        raise DataError(f"{path}: no image or NIfTI files to predict")
+    raise DataError(f"{path}: input does not exist")
+
+
+def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image/volume file -> (labels (Z, H, W) uint8 at the file's own size, affine)."""
+    image, affine = read_volume(path)
+    check_finite(image, path)
+    expected = module.hparams["in_channels"]
+    if image.shape[-1] != expected:
+        raise DataError(f"{path}: {image.shape[-1]} channel(s), the model was trained on {expected}")
+    cfg = module.cfg.data
+    image = NORMALIZATIONS.get(cfg.normalization)(image.astype(np.float32))
+    x, _ = resize_slices(image, None, cfg.image_size)
+    logits = segment_slices(module, x)
+    logits = F.interpolate(logits, size=image.shape[1:3], mode="bilinear", align_corners=False)
+    return logits.argmax(1).to(torch.uint8).numpy(), affine
+
+
+def predict(ckpt_path: Path | str, input_path: Path | str, out_dir: Path | str) -> list[Path]:
+    """Masks for every image/volume under ``input_path``: PNG for 2D (binary as 0/255,
+    otherwise class indices), NIfTI with the input's affine for volumes."""
+    import nibabel as nib
+    from skimage import io as skio
+
+    module = load_module(ckpt_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = len(module.class_names) == 2
+    written = []
+    for path in _input_files(Path(input_path)):
+        labels, affine = predict_file(module, path)
+        name = stem(path).removesuffix("_0000")
+        if file_ending(path) in NIFTI_ENDINGS:
+            target = out_dir / f"{name}.nii.gz"
+            nib.save(nib.Nifti1Image(np.moveaxis(labels, 0, -1), affine), str(target))
+        else:
+            target = out_dir / f"{name}.png"
+            skio.imsave(str(target), labels[0] * (255 if binary else 1), check_contrast=False)
+        written.append(target)
+    return written

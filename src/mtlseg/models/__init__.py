@@ -1,0 +1,7 @@
+"""Backbones (by registry name), auxiliary heads and the multi-task model."""
+
+from mtlseg.models import u2net, unet  # noqa: F401  (registers the backbones)
+from mtlseg.models.multitask import MultiTaskModel
+from mtlseg.models.registry import BACKBONES, build_backbone
+
+__all__ = ["BACKBONES", "MultiTaskModel", "build_backbone"]

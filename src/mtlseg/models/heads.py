@@ -1,0 +1,54 @@
+"""Auxiliary heads attached to backbone features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtlseg.models.base import Backbone
+
+
+class RegressionUnit(nn.Module):
+    """Paper 000, Table 1: [Conv 3x3 + ReLU + MaxPool 2] x 2, Flatten, Linear(out_dim).
+
+    (B, C, h, w) -> (B, out_dim). When the pooled map is larger than ``max_grid`` (shallow
+    decoder stages of U2Net), it is average-pooled to ``max_grid`` first, so the Linear
+    layer stays small; at the bottleneck this never triggers.
+    """
+
+    def __init__(self, c_in: int, in_size: int, out_dim: int, hidden: int = 32, max_grid: int = 8):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
+        )
+        size = -(-(-(-in_size // 2)) // 2)  # two ceil-mode halvings
+        grid = min(size, max_grid)
+        self.pool = nn.AdaptiveAvgPool2d(grid) if grid < size else nn.Identity()
+        self.linear = nn.Linear(hidden * grid * grid, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pool(self.convs(x)).flatten(1))
+
+
+class FeatureHeads(nn.Module):
+    """One head per named feature; forward stacks their outputs: {name: feat} -> (S, B, ...)."""
+
+    def __init__(self, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([head(features[name]) for name, head in self.heads.items()])
+
+
+def regression_heads(
+    backbone: Backbone, spec: str | list[str], image_size: int, out_dim: int, hidden: int, max_grid: int
+) -> FeatureHeads:
+    """A RegressionUnit on each feature named by ``spec`` (``bottleneck``, ``decoder``, ...)."""
+    heads = {}
+    for name in backbone.resolve_features(spec):
+        info = backbone.feature_info[name]
+        size = max(1, -(-image_size // info.stride))
+        heads[name] = RegressionUnit(info.channels, size, out_dim, hidden, max_grid)
+    return FeatureHeads(heads)

@@ -1,0 +1,24 @@
+"""Backbone registry: ``@register_backbone(name, ConfigClass)`` and ``build_backbone``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtlseg.config import build_dataclass
+from mtlseg.registry import Registry
+
+BACKBONES: Registry[tuple[type, type]] = Registry("backbone")
+
+
+def register_backbone(name: str, config_cls: type):
+    def decorator(cls: type) -> type:
+        BACKBONES.register(name)((cls, config_cls))
+        return cls
+
+    return decorator
+
+
+def build_backbone(name: str, params: dict[str, Any], in_channels: int, num_classes: int):
+    cls, config_cls = BACKBONES.get(name)
+    cfg = build_dataclass(config_cls, params, "model.params")
+    return cls(in_channels, num_classes, cfg)

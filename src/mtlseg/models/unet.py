@@ -1,0 +1,55 @@
+"""UNet (Ronneberger et al., 2015) built from MONAI's UNet blocks, exposing its features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetUpBlock
+from torch import nn
+
+from mtlseg.models.base import Backbone, FeatureInfo
+from mtlseg.models.registry import register_backbone
+
+
+@dataclass
+class UNetConfig:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    norm: str = "instance"
+
+
+@register_backbone("unet", UNetConfig)
+class UNet(Backbone):
+    """Encoder of two 3x3 conv blocks per level with stride-2 downsampling, transposed-conv
+    decoder with skip connections. Features: ``bottleneck`` and ``decoder1..N`` (deepest first).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        ch = cfg.channels
+        if len(ch) < 2:
+            raise ValueError("unet needs at least two levels of channels")
+        self.encoder = nn.ModuleList(
+            UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=cfg.norm)
+            for i, (c_in, c_out) in enumerate(zip([in_channels, *ch[:-1]], ch, strict=True))
+        )
+        self.decoder = nn.ModuleList(
+            UnetUpBlock(2, c_in, c_out, kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=cfg.norm)
+            for c_in, c_out in zip(ch[:0:-1], ch[-2::-1], strict=True)
+        )
+        self.out = UnetOutBlock(2, ch[0], num_classes)
+        depth = len(ch) - 1
+        self.feature_info = {"bottleneck": FeatureInfo(ch[-1], 2**depth)}
+        for i, c in enumerate(ch[-2::-1]):
+            self.feature_info[f"decoder{i + 1}"] = FeatureInfo(c, 2 ** (depth - 1 - i))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        features = {"bottleneck": x}
+        for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):
+            x = block(x, skip)
+            features[f"decoder{i + 1}"] = x
+        return self.out(x), features

@@ -1,0 +1,1 @@
+"""Comparison tables, training curves and qualitative grids."""

@@ -1,0 +1,85 @@
+"""Figures: validation curves per recipe, and a qualitative grid as paper 000's Fig. 6."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def read_val_curve(run_dir: Path, key: str = "val/dice") -> tuple[list[int], list[float]]:
+    path = run_dir / "logs" / "metrics.csv"
+    steps, values = [], []
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get(key):
+                    steps.append(int(row["step"]))
+                    values.append(float(row[key]))
+    return steps, values
+
+
+def plot_curves(run_dirs: dict[str, list[Path]], out: Path, key: str = "val/dice") -> Path:
+    """Mean (line) and min-max band (shaded) over seeds of ``key`` against training step."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, dirs in run_dirs.items():
+        curves = [read_val_curve(d, key) for d in dirs]
+        curves = [c for c in curves if c[0]]
+        if not curves:
+            continue
+        n = min(len(c[0]) for c in curves)
+        steps = curves[0][0][:n]
+        values = np.array([c[1][:n] for c in curves])
+        ax.plot(steps, values.mean(0), label=name)
+        ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{key} (foreground mean)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _colour(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    cmap = plt.get_cmap("tab10")
+    rgb = np.zeros((*labels.shape, 3))
+    for k in range(1, num_classes):
+        rgb[labels == k] = cmap((k - 1) % 10)[:3]
+    return rgb
+
+
+def _display(image: torch.Tensor) -> np.ndarray:
+    x = image.float().numpy()
+    x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+    return np.moveaxis(x, 0, -1) if x.shape[0] == 3 else x[0]
+
+
+def plot_qualitative(
+    images: torch.Tensor, masks: torch.Tensor, predictions: dict[str, torch.Tensor],
+    num_classes: int, out: Path,
+) -> Path:
+    """Rows of samples; columns input | each recipe's prediction | ground truth."""
+    columns = ["input", *predictions, "ground truth"]
+    n = len(images)
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
+    for i in range(n):
+        panels = [_display(images[i])] + [_colour(p[i].numpy(), num_classes) for p in predictions.values()]
+        panels.append(_colour(masks[i].numpy(), num_classes))
+        for j, panel in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(columns[j], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,65 @@
+"""Aggregate per-seed metrics into mean +- std and paired differences; render Markdown."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HEADLINE = ("dice/mean", "iou/mean", "hd95/mean", "pixel_accuracy", "volume_dice/mean")
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
+    """{recipe: [metrics per seed]} -> {recipe: {metric: {mean, std, n}, "diff": {...}}}.
+
+    ``diff`` is the paired difference (recipe - first recipe) per seed, then mean +- std:
+    seeds share the split and initial seed, so pairing removes their shared variance.
+    """
+    names = list(runs)
+    base = runs[names[0]]
+    summary = {}
+    for name in names:
+        metrics = sorted(set().union(*(r.keys() for r in runs[name])))
+        entry = {m: mean_std([r[m] for r in runs[name]]) for m in metrics if all(m in r for r in runs[name])}
+        n = min(len(base), len(runs[name]))
+        entry["diff"] = {
+            m: mean_std([runs[name][i][m] - base[i][m] for i in range(n)])
+            for m in metrics if all(m in r for r in runs[name][:n]) and all(m in r for r in base[:n])
+        }
+        summary[name] = entry
+    return summary
+
+
+def _fmt(stat: dict[str, float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{stat['mean']:{sign}.4f} ± {stat['std']:.4f}"
+
+
+def markdown_table(summary: dict[str, dict], metrics: tuple[str, ...] | None = None) -> str:
+    """One row per recipe; each metric as mean ± std, then its paired difference vs the first."""
+    names = list(summary)
+    first = summary[names[0]]
+    metrics = tuple(m for m in (metrics or HEADLINE) if m in first)
+    header = ["recipe", "seeds"] + list(metrics) + [f"Δ {m} vs {names[0]}" for m in metrics[:1]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        entry = summary[name]
+        row = [name, str(entry[metrics[0]]["n"])] + [_fmt(entry[m]) for m in metrics]
+        row.append("—" if name == names[0] else _fmt(entry["diff"][metrics[0]], signed=True))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(summary: dict[str, dict], metric: str = "dice") -> str:
+    """Per-class ``metric`` (mean ± std over seeds), foreground classes and their mean."""
+    names = list(summary)
+    classes = [k.split("/", 1)[1] for k in summary[names[0]] if k.startswith(f"{metric}/") and k != f"{metric}/background"]
+    if not classes:
+        return ""
+    lines = ["| recipe | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_fmt(summary[name][f"{metric}/{c}"]) for c in classes) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Histogram of Oriented Gradients as a regression pseudo-label (paper 000, section 3.1).
+
+The image is resized to ``resize x resize``, split into non-overlapping ``cell x cell``
+patches; per pixel the central differences dx = [1, 0, -1] and dy = [1, 0, -1]^T give the
+magnitude sqrt(dx^2 + dy^2) and the unsigned orientation arctan(dy/dx) in [0, 180) degrees,
+assigned to the nearest of ``bins`` bins (bin centres at (i + 0.5) * 180 / bins). Each patch's
+magnitude-weighted histogram is averaged over the patch area, optionally normalised per
+cell, and all patches are concatenated into one vector per image.
+
+Everything is batched tensor arithmetic, so it runs on the training device inside the
+training step. With ``norm`` set to one of scikit-image's block norms, the result equals
+``skimage.feature.hog(img, orientations=bins, pixels_per_cell=(cell, cell),
+cells_per_block=(1, 1), block_norm=...)`` on the same grey image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mtlseg.errors import ConfigError
+
+NORMS = ("none", "l1", "l1-sqrt", "l2", "l2-hys")
+_EPS = 1e-5  # scikit-image's block-normalisation epsilon
+
+
+@dataclass
+class HOGConfig:
+    """HOG hyper-parameters; the defaults give 8 x 8 cells x 8 bins = 512 dims (paper: ~500)."""
+
+    resize: int = 128
+    cell: int = 16
+    bins: int = 8
+    norm: str = "l2-hys"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"hog norm {self.norm!r} unknown; valid: {', '.join(NORMS)}")
+        if self.cell < 2 or self.resize < self.cell:
+            raise ConfigError(f"hog: need 2 <= cell <= resize, got cell={self.cell}, resize={self.resize}")
+        if self.bins < 1:
+            raise ConfigError(f"hog: bins must be >= 1, got {self.bins}")
+
+
+def hog_dim(cfg: HOGConfig) -> int:
+    """Length of the descriptor: (resize // cell)^2 * bins."""
+    return (cfg.resize // cfg.cell) ** 2 * cfg.bins
+
+
+def _gradients(grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences with zero border, as scikit-image's ``_hog_channel_gradient``.
+
+    (B, H, W) -> (g_row, g_col), each (B, H, W). The kernel sign ([1, 0, -1] vs
+    [-1, 0, 1]) flips both gradients together, which leaves magnitude and unsigned
+    orientation unchanged.
+    """
+    g_row = F.pad(grey[:, 2:, :] - grey[:, :-2, :], (0, 0, 1, 1))
+    g_col = F.pad(grey[:, :, 2:] - grey[:, :, :-2], (1, 1, 0, 0))
+    return g_row, g_col
+
+
+def _normalise(hist: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-cell normalisation, (..., bins) -> same; formulas as scikit-image's one-cell blocks."""
+    if norm == "none":
+        return hist
+    if norm in ("l1", "l1-sqrt"):
+        out = hist / (hist.abs().sum(-1, keepdim=True) + _EPS)
+        return out.sqrt() if norm == "l1-sqrt" else out
+    out = hist / torch.sqrt((hist**2).sum(-1, keepdim=True) + _EPS**2)
+    if norm == "l2-hys":
+        out = out.clamp(max=0.2)
+        out = out / torch.sqrt((out**2).sum(-1, keepdim=True) + _EPS**2)
+    return out
+
+
+def hog_descriptor(images: torch.Tensor, cfg: HOGConfig | None = None) -> torch.Tensor:
+    """HOG pseudo-labels for a batch. (B, C, H, W) float -> (B, hog_dim(cfg)).
+
+    Colour images are made grey by the channel mean first. Computed in float32 whatever
+    the input dtype (autocast would otherwise round the histograms).
+    """
+    cfg = cfg or HOGConfig()
+    if images.ndim != 4:
+        raise ValueError(f"hog_descriptor expects (B, C, H, W), got shape {tuple(images.shape)}")
+    grey = images.float().mean(dim=1, keepdim=True)
+    if grey.shape[-2:] != (cfg.resize, cfg.resize):
+        grey = F.interpolate(grey, size=(cfg.resize, cfg.resize), mode="bilinear", align_corners=False, antialias=True)
+    g_row, g_col = _gradients(grey[:, 0])
+    magnitude = torch.hypot(g_row, g_col)
+    orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
+    bin_index = (orientation * (cfg.bins / 180.0)).floor().long().clamp_(0, cfg.bins - 1)
+    # (B, H, W) -> (B, bins, H, W): each pixel's magnitude in its orientation bin
+    votes = torch.zeros(grey.shape[0], cfg.bins, *magnitude.shape[-2:], device=images.device)
+    votes.scatter_(1, bin_index[:, None], magnitude[:, None])
+    n = cfg.resize // cfg.cell
+    votes = votes[..., : n * cfg.cell, : n * cfg.cell]
+    hist = F.avg_pool2d(votes, kernel_size=cfg.cell, stride=cfg.cell)  # (B, bins, n, n)
+    hist = _normalise(hist.permute(0, 2, 3, 1), cfg.norm)  # (B, n, n, bins), row-major cells
+    return hist.reshape(hist.shape[0], -1)
+
+
+def hog_grid(cfg: HOGConfig) -> int:
+    """Cells per side of the descriptor grid."""
+    return cfg.resize // cfg.cell

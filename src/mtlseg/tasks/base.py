@@ -1,0 +1,55 @@
+"""A task = where its target comes from + its head + its loss, registered by kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtlseg.config import TaskConfig, build_dataclass
+from mtlseg.models.base import Backbone
+from mtlseg.registry import Registry
+
+
+@dataclass
+class TaskContext:
+    """What a task may need to build its head: the backbone and the data's shape."""
+
+    backbone: Backbone
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+class Task:
+    """Base class. Subclasses set ``Config`` (a dataclass of their params) and implement
+    ``target`` and ``loss``; ``build_head`` returns None when the backbone's own output is used.
+    """
+
+    Config: type = object
+
+    def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
+        self.name: str = cfg.name or cfg.kind
+        self.kind = cfg.kind
+        self.weight = cfg.weight
+        self.params = build_dataclass(self.Config, cfg.params, f"tasks.{self.name}.params")
+        self.ctx = ctx
+
+    def build_head(self) -> nn.Module | None:
+        return None
+
+    def target(self, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+register_task = TASKS.register
+
+
+def build_task(cfg: TaskConfig, ctx: TaskContext) -> Task:
+    return TASKS.get(cfg.kind)(cfg, ctx)
