@@ -23,6 +23,12 @@ def stem(path: Path) -> str:
     return path.name[: len(path.name) - len(file_ending(path))]
 
 
+def _first_line(err: Exception) -> str:
+    """One line per problem: library messages can span several."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 def read_image_2d(path: Path) -> np.ndarray:
     """2D image file -> (H, W, C) array (C >= 1), in the file's own dtype."""
     from skimage import io as skio
@@ -30,7 +36,7 @@ def read_image_2d(path: Path) -> np.ndarray:
     try:
         array = np.asarray(skio.imread(str(path)))
     except Exception as err:  # imageio/PIL raise many types for corrupt files
-        raise DataError(f"{path}: unreadable or corrupt image ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: unreadable or corrupt image ({_first_line(err)})") from None
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
@@ -48,7 +54,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)
     except Exception as err:
-        raise DataError(f"{path}: unreadable or corrupt NIfTI ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: unreadable or corrupt NIfTI ({_first_line(err)})") from None
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[..., None]

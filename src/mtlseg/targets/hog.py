@@ -78,13 +78,15 @@ def _normalise(hist: torch.Tensor, norm: str) -> torch.Tensor:
 def hog_descriptor(images: torch.Tensor, cfg: HOGConfig | None = None) -> torch.Tensor:
     """HOG pseudo-labels for a batch. (B, C, H, W) float -> (B, hog_dim(cfg)).
 
-    Colour images are made grey by the channel mean first. Computed in float32 whatever
-    the input dtype (autocast would otherwise round the histograms).
+    Colour images are made grey by the channel mean first. Computed in float32 (float64
+    when the input is float64), never in half precision: autocast would round the
+    histograms, and orientations near a bin boundary need the precision.
     """
     cfg = cfg or HOGConfig()
     if images.ndim != 4:
         raise ValueError(f"hog_descriptor expects (B, C, H, W), got shape {tuple(images.shape)}")
-    grey = images.float().mean(dim=1, keepdim=True)
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    grey = images.to(dtype).mean(dim=1, keepdim=True)
     if grey.shape[-2:] != (cfg.resize, cfg.resize):
         grey = F.interpolate(grey, size=(cfg.resize, cfg.resize), mode="bilinear", align_corners=False, antialias=True)
     g_row, g_col = _gradients(grey[:, 0])
@@ -92,7 +94,7 @@ def hog_descriptor(images: torch.Tensor, cfg: HOGConfig | None = None) -> torch.
     orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
     bin_index = (orientation * (cfg.bins / 180.0)).floor().long().clamp_(0, cfg.bins - 1)
     # (B, H, W) -> (B, bins, H, W): each pixel's magnitude in its orientation bin
-    votes = torch.zeros(grey.shape[0], cfg.bins, *magnitude.shape[-2:], device=images.device)
+    votes = grey.new_zeros(grey.shape[0], cfg.bins, *magnitude.shape[-2:])
     votes.scatter_(1, bin_index[:, None], magnitude[:, None])
     n = cfg.resize // cfg.cell
     votes = votes[..., : n * cfg.cell, : n * cfg.cell]

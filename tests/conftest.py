@@ -1,0 +1,82 @@
+"""Shared fixtures: small real datasets cut from ../shared/data into a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("MTLSEG_DATA", REPO.parent / "shared" / "data"))
+KVASIR = DATA_ROOT / "kvasir-seg"
+ACDC = DATA_ROOT / "acdc"
+
+TINY_UNET = ["model.params.channels=[4,8,16]", "data.image_size=32", "train.batch_size=4",
+             "train.progress_bar=false", "data.augment=false"]
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set MTLSEG_DATA to ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kvasir_root() -> Path:
+    return _require(KVASIR)
+
+
+@pytest.fixture(scope="session")
+def acdc_root() -> Path:
+    return _require(ACDC)
+
+
+def make_kvasir_subset(dest: Path, n: int = 12) -> Path:
+    """The first ``n`` Kvasir-SEG image/mask pairs (JPEG masks) in ``dest``."""
+    _require(KVASIR)
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for img in sorted((KVASIR / "images").iterdir())[:n]:
+        shutil.copy(img, dest / "images" / img.name)
+        shutil.copy(KVASIR / "masks" / img.name, dest / "masks" / img.name)
+    return dest
+
+
+def make_acdc_subset(dest: Path, patients: int = 3, with_splits: bool = True) -> Path:
+    """A few ACDC cases (both frames per patient) as nnU-Net raw, with a patient split."""
+    _require(ACDC)
+    (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ACDC / "dataset.json", dest / "dataset.json")
+    names = sorted(p.name for p in (ACDC / "labelsTr").iterdir())[: 2 * patients]
+    for name in names:
+        case = name.removesuffix(".nii.gz")
+        shutil.copy(ACDC / "labelsTr" / name, dest / "labelsTr" / name)
+        shutil.copy(ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr" / f"{case}_0000.nii.gz")
+    cases = [n.removesuffix(".nii.gz") for n in names]
+    if with_splits:
+        (dest / "splits.json").write_text(json.dumps({"train": cases[:-2], "val": cases[-2:]}))
+    return dest
+
+
+@pytest.fixture
+def kvasir_small(tmp_path: Path) -> Path:
+    return make_kvasir_subset(tmp_path / "kvasir")
+
+
+@pytest.fixture
+def acdc_small(tmp_path: Path) -> Path:
+    return make_acdc_subset(tmp_path / "acdc")
+
+
+@pytest.fixture(scope="session")
+def kvasir_images() -> np.ndarray:
+    """Eight real Kvasir images as grey float arrays in [0, 1], (8, 256, 256)."""
+    from skimage import io
+
+    files = sorted((_require(KVASIR) / "images").iterdir())[:8]
+    return np.stack([io.imread(f).astype(np.float32).mean(-1) / 255.0 for f in files])

@@ -1,0 +1,70 @@
+"""Recipes, --set overrides and name lookups: typed, validated, errors name the key."""
+
+import pytest
+
+from mtlseg.config import load_config, recipe_names
+from mtlseg.errors import ConfigError
+from mtlseg.models import build_backbone
+from mtlseg.tasks import TASKS
+from mtlseg.weighting import build_weighting
+
+
+def test_shipped_recipes_load_and_are_the_decided_set():
+    assert {"unet", "unet-hog", "u2net", "u2net-hog"} <= set(recipe_names())
+    for name in recipe_names():
+        cfg = load_config(name)
+        assert cfg.tasks[0].kind == "segmentation" and cfg.name == name
+
+
+def test_the_two_quick_run_keys_apply_to_every_recipe():
+    for name in recipe_names():
+        cfg = load_config(name, ["train.max_steps=3", "data.image_size=32"])
+        assert cfg.train.max_steps == 3 and cfg.data.image_size == 32
+
+
+def test_set_reaches_tasks_by_name_and_index():
+    cfg = load_config("unet-hog", ["tasks.hog.weight=0.5", "tasks.0.params.loss=dice-ce",
+                                   "model.params.channels=[4,8]"])
+    assert cfg.tasks[1].weight == 0.5
+    assert cfg.tasks[0].params["loss"] == "dice-ce"
+    assert cfg.model.params["channels"] == [4, 8]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.max_steps=abc", "train.max_steps: expected an integer"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("train.max_stepz=3", "train.max_stepz: unknown key"),
+    ("train.max_steps", "expected KEY=VALUE"),
+    ("tasks.depth.weight=1", "no list item named 'depth'"),
+    ("data.augment=maybe", "data.augment: expected true/false"),
+])
+def test_bad_set_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("unet", [override])
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="unknown recipe 'unet-hogg'.*unet-hog"):
+        load_config("unet-hogg")
+
+
+def test_unknown_task_backbone_weighting_list_valid_names():
+    with pytest.raises(ConfigError, match="unknown task 'depth'; valid tasks: hog, segmentation"):
+        TASKS.get("depth")
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet'.*u2net, unet"):
+        build_backbone("resnet", {}, 1, 2)
+    with pytest.raises(ConfigError, match="unknown weighting 'nash'.*fixed"):
+        build_weighting("nash", {}, {})
+
+
+def test_task_params_are_validated_against_the_task():
+    from mtlseg.engine.module import build_model_and_tasks
+
+    cfg = load_config("unet-hog", ["tasks.hog.params.cells=4"])
+    with pytest.raises(ConfigError, match="tasks.hog.params.cells: unknown key"):
+        build_model_and_tasks(cfg, 3, 2)
+
+
+def test_recipe_needs_segmentation_first():
+    with pytest.raises(ConfigError, match="first task must be the primary 'segmentation'"):
+        load_config({"tasks": [{"kind": "hog"}]})
