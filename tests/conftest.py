@@ -15,8 +15,13 @@ DATA_ROOT = Path(os.environ.get("MTLSEG_DATA", REPO.parent / "shared" / "data"))
 KVASIR = DATA_ROOT / "kvasir-seg"
 ACDC = DATA_ROOT / "acdc"
 
-TINY_UNET = ["model.params.channels=[4,8,16]", "data.image_size=32", "train.batch_size=4",
-             "train.progress_bar=false", "data.augment=false"]
+TINY_UNET = [
+    "model.params.channels=[4,8,16]",
+    "data.image_size=32",
+    "train.batch_size=4",
+    "train.progress_bar=false",
+    "data.augment=false",
+]
 
 
 def _require(path: Path) -> Path:
@@ -56,7 +61,9 @@ def make_acdc_subset(dest: Path, patients: int = 3, with_splits: bool = True) ->
     for name in names:
         case = name.removesuffix(".nii.gz")
         shutil.copy(ACDC / "labelsTr" / name, dest / "labelsTr" / name)
-        shutil.copy(ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr" / f"{case}_0000.nii.gz")
+        shutil.copy(
+            ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr" / f"{case}_0000.nii.gz"
+        )
     cases = [n.removesuffix(".nii.gz") for n in names]
     if with_splits:
         (dest / "splits.json").write_text(json.dumps({"train": cases[:-2], "val": cases[-2:]}))

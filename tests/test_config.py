@@ -23,21 +23,26 @@ def test_the_two_quick_run_keys_apply_to_every_recipe():
 
 
 def test_set_reaches_tasks_by_name_and_index():
-    cfg = load_config("unet-hog", ["tasks.hog.weight=0.5", "tasks.0.params.loss=dice-ce",
-                                   "model.params.channels=[4,8]"])
+    cfg = load_config(
+        "unet-hog",
+        ["tasks.hog.weight=0.5", "tasks.0.params.loss=dice-ce", "model.params.channels=[4,8]"],
+    )
     assert cfg.tasks[1].weight == 0.5
     assert cfg.tasks[0].params["loss"] == "dice-ce"
     assert cfg.model.params["channels"] == [4, 8]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.max_steps=abc", "train.max_steps: expected an integer"),
-    ("train.lr=fast", "train.lr: expected a number"),
-    ("train.max_stepz=3", "train.max_stepz: unknown key"),
-    ("train.max_steps", "expected KEY=VALUE"),
-    ("tasks.depth.weight=1", "no list item named 'depth'"),
-    ("data.augment=maybe", "data.augment: expected true/false"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.max_steps=abc", "train.max_steps: expected an integer"),
+        ("train.lr=fast", "train.lr: expected a number"),
+        ("train.max_stepz=3", "train.max_stepz: unknown key"),
+        ("train.max_steps", "expected KEY=VALUE"),
+        ("tasks.depth.weight=1", "no list item named 'depth'"),
+        ("data.augment=maybe", "data.augment: expected true/false"),
+    ],
+)
 def test_bad_set_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("unet", [override])

@@ -61,15 +61,18 @@ def test_nnunet_volumes_become_slices_with_metadata(acdc_small):
     sample = data.train[3]
     assert sample["image"].shape == (1, 32, 32) and sample["mask"].shape == (32, 32)
     assert sample["slice_index"] == 3 and sample["num_slices"] in {volume[2]} | {
-        c.image.shape[0] for c in data.dataset.cases}
+        c.image.shape[0] for c in data.dataset.cases
+    }
     val_cases = {m["case_id"] for m in data.val.meta}
     train_cases = {m["case_id"] for m in data.train.meta}
     assert val_cases == set(data.split["val"]) and not (val_cases & train_cases)
 
 
 def test_per_case_normalisation(acdc_small):
-    for mode, check in [("zscore", lambda x: abs(x.mean()) < 1e-3 and abs(x.std() - 1) < 1e-3),
-                        ("minmax", lambda x: x.min() == 0 and abs(x.max() - 1) < 1e-6)]:
+    for mode, check in [
+        ("zscore", lambda x: abs(x.mean()) < 1e-3 and abs(x.std() - 1) < 1e-3),
+        ("minmax", lambda x: x.min() == 0 and abs(x.max() - 1) < 1e-6),
+    ]:
         case = _load(acdc_small, normalization=mode).cases[0]
         assert check(case.image), mode
 
@@ -80,7 +83,10 @@ def test_seeded_split_by_case_is_written_and_reproducible(kvasir_small, tmp_path
     cfg = DataConfig(path=str(kvasir_small), val_fraction=0.25, split_seed=3, image_size=32)
     a, b = prepare_data(cfg), prepare_data(cfg)
     assert a.split == b.split and len(a.split["val"]) == 3
-    assert a.split != prepare_data(DataConfig(path=str(kvasir_small), split_seed=4, image_size=32)).split
+    assert (
+        a.split
+        != prepare_data(DataConfig(path=str(kvasir_small), split_seed=4, image_size=32)).split
+    )
     write_split_file(a, tmp_path / "run" / "splits.json")
     written = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert written["val"] == a.split["val"] and "seeded" in written["source"]
@@ -135,7 +141,9 @@ def test_mask_size_differs_from_image(kvasir_small):
     victim = sorted((kvasir_small / "masks").iterdir())[1]
     io.imsave(victim, np.zeros((100, 80), np.uint8), check_contrast=False)
     problems = _problems(kvasir_small)
-    assert problems == [f"{victim}: mask size 100x80 differs from image size 256x256 ({victim.name})"]
+    assert problems == [
+        f"{victim}: mask size 100x80 differs from image size 256x256 ({victim.name})"
+    ]
 
 
 def test_label_value_not_in_dataset_json(acdc_small):
@@ -174,10 +182,13 @@ def test_empty_dataset(tmp_path):
         discover(tmp_path / "images")
 
 
-@pytest.mark.parametrize("content,message", [
-    ({"train": ["x"]}, "missing split 'val'"),
-    ({"train": [], "val": ["a"]}, "split 'train' is empty"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"train": ["x"]}, "missing split 'val'"),
+        ({"train": [], "val": ["a"]}, "split 'train' is empty"),
+    ],
+)
 def test_missing_or_empty_split(acdc_small, content, message):
     (acdc_small / "splits.json").write_text(json.dumps(content))
     with pytest.raises(DataError, match=message):
@@ -185,14 +196,20 @@ def test_missing_or_empty_split(acdc_small, content, message):
 
 
 def test_split_naming_unknown_cases(acdc_small):
-    (acdc_small / "splits.json").write_text(json.dumps({"train": ["patient999_frame01"], "val": ["x"]}))
-    with pytest.raises(DataError, match="names cases not in the dataset: \\['patient999_frame01'\\]"):
+    (acdc_small / "splits.json").write_text(
+        json.dumps({"train": ["patient999_frame01"], "val": ["x"]})
+    )
+    with pytest.raises(
+        DataError, match="names cases not in the dataset: \\['patient999_frame01'\\]"
+    ):
         prepare_data(DataConfig(path=str(acdc_small)))
 
 
 def test_wrong_channel_count_for_the_recipe(kvasir_small):
     problems = _problems(kvasir_small, channels=1)
-    assert len(problems) == 12 and "3 channel(s), the recipe expects 1 (data.channels)" in problems[0]
+    assert (
+        len(problems) == 12 and "3 channel(s), the recipe expects 1 (data.channels)" in problems[0]
+    )
 
 
 def test_mask_values_like_intensities_are_refused(kvasir_small, tmp_path):
@@ -209,7 +226,9 @@ def test_check_data_reports_every_problem(kvasir_small, capsys):
 
     files = sorted((kvasir_small / "images").iterdir())
     files[0].write_bytes(b"broken")
-    io.imsave(kvasir_small / "masks" / files[1].name, np.zeros((10, 10), np.uint8), check_contrast=False)
+    io.imsave(
+        kvasir_small / "masks" / files[1].name, np.zeros((10, 10), np.uint8), check_contrast=False
+    )
     with pytest.raises(SystemExit, match="2 problem"):
         main(["check-data", str(kvasir_small)])
     lines = capsys.readouterr().out.strip().splitlines()
@@ -225,5 +244,9 @@ def test_check_data_ok(acdc_small, capsys):
 
 
 def test_resolve_split_prefers_given_file(acdc_small):
-    split, source = resolve_split(acdc_small, [p.name.removesuffix(".nii.gz") for p in (acdc_small / "labelsTr").iterdir()], DataConfig())
+    split, source = resolve_split(
+        acdc_small,
+        [p.name.removesuffix(".nii.gz") for p in (acdc_small / "labelsTr").iterdir()],
+        DataConfig(),
+    )
     assert source.endswith("splits.json") and len(split["val"]) == 2

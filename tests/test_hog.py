@@ -17,11 +17,19 @@ def test_equals_skimage_on_real_images(kvasir_images, norm, cell, bins):
     cfg = HOGConfig(resize=256, cell=cell, bins=bins, norm=norm)
     images = kvasir_images.astype(np.float64)  # both sides in double: no bin-boundary rounding
     ours = hog_descriptor(torch.from_numpy(images)[:, None], cfg).numpy()
-    reference = np.stack([
-        hog(im, orientations=bins, pixels_per_cell=(cell, cell), cells_per_block=(1, 1),
-            block_norm=SKIMAGE_NORMS[norm], feature_vector=True)
-        for im in images
-    ])
+    reference = np.stack(
+        [
+            hog(
+                im,
+                orientations=bins,
+                pixels_per_cell=(cell, cell),
+                cells_per_block=(1, 1),
+                block_norm=SKIMAGE_NORMS[norm],
+                feature_vector=True,
+            )
+            for im in images
+        ]
+    )
     assert ours.shape == reference.shape == (len(kvasir_images), hog_dim(cfg))
     assert np.abs(ours - reference).max() < 1e-4
 
@@ -33,12 +41,20 @@ def test_float32_default_config_matches_skimage(kvasir_images):
     from skimage.transform import resize
 
     reference = [
-        hog(resize(im, (128, 128), anti_aliasing=True), orientations=8, pixels_per_cell=(16, 16),
-            cells_per_block=(1, 1), block_norm="L2-Hys")
+        hog(
+            resize(im, (128, 128), anti_aliasing=True),
+            orientations=8,
+            pixels_per_cell=(16, 16),
+            cells_per_block=(1, 1),
+            block_norm="L2-Hys",
+        )
         for im in kvasir_images
     ]
     # resizing differs slightly between torch and skimage: compare descriptors, not pixels
-    cos = [np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ours, reference, strict=True)]
+    cos = [
+        np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)
+        for a, b in zip(ours, reference, strict=True)
+    ]
     assert ours.shape == (8, 512) and min(cos) > 0.95
 
 

@@ -20,19 +20,32 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("LITLOGGER_DISABLE_TIP", "1")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    for pattern in (".*treespec.*", ".*does not have many workers.*", ".*ckpt_path.*",
-                    ".*litlogger.*", ".*is not resumable.*", ".*num_workers.*"):
+    for pattern in (
+        ".*treespec.*",
+        ".*does not have many workers.*",
+        ".*ckpt_path.*",
+        ".*litlogger.*",
+        ".*is not resumable.*",
+        ".*num_workers.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.seed",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def find_data_root(explicit: str | None = None) -> Path:
     """``--data``, else ``$MTLSEG_DATA``, else ``../shared/data`` from here or the repository."""
-    candidates = [explicit, os.environ.get("MTLSEG_DATA"), "../shared/data",
-                  str(Path(__file__).resolve().parents[3] / "shared" / "data")]
+    candidates = [
+        explicit,
+        os.environ.get("MTLSEG_DATA"),
+        "../shared/data",
+        str(Path(__file__).resolve().parents[3] / "shared" / "data"),
+    ]
     for c in candidates:
         if c and Path(c).is_dir():
             return Path(c)
@@ -56,7 +69,9 @@ def cmd_train(args) -> None:
     cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}"])
     result = train(cfg, Path(args.out), resume=args.resume)
     score = f"{result.best_val_dice:.4f}" if result.best_val_dice is not None else "n/a"
-    print(f"best val Dice {score}; checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+    print(
+        f"best val Dice {score}; checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)"
+    )
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -87,7 +102,9 @@ def cmd_compare(args) -> None:
 
     result = compare(args.recipes, args.data, args.seeds, Path(args.out), args.set)
     print(result["table"])
-    print(f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}")
+    print(
+        f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}"
+    )
 
 
 def cmd_check_data(args) -> None:
@@ -114,8 +131,10 @@ def cmd_check_data(args) -> None:
     if problems:
         raise SystemExit(f"{len(problems)} problem(s) found in {args.data}")
     n_slices = sum(c.image.shape[0] for c in dataset.cases)
-    print(f"ok: {len(dataset.cases)} cases, {n_slices} slices, {dataset.in_channels} channel(s), "
-          f"classes {dataset.class_names}, format {index.format}, split: {source}")
+    print(
+        f"ok: {len(dataset.cases)} cases, {n_slices} slices, {dataset.in_channels} channel(s), "
+        f"classes {dataset.class_names}, format {index.format}, split: {source}"
+    )
 
 
 def cmd_demo(args) -> None:
@@ -125,12 +144,22 @@ def cmd_demo(args) -> None:
     data = find_data_root(args.data) / DEMO_DATASET
     if not data.is_dir():
         raise MtlsegError(f"{data}: the demo needs the {DEMO_DATASET} dataset in the data folder")
-    overrides = [f"train.max_steps={args.steps}", f"train.val_every={max(1, args.steps // 4)}",
-                 "data.image_size=96", "train.batch_size=8", "train.progress_bar=false", *args.set]
-    print(f"demo: unet vs unet-hog on {data}, {args.steps} steps x {args.seeds} seed(s) -> {args.out}")
+    overrides = [
+        f"train.max_steps={args.steps}",
+        f"train.val_every={max(1, args.steps // 4)}",
+        "data.image_size=96",
+        "train.batch_size=8",
+        "train.progress_bar=false",
+        *args.set,
+    ]
+    print(
+        f"demo: unet vs unet-hog on {data}, {args.steps} steps x {args.seeds} seed(s) -> {args.out}"
+    )
     result = compare(["unet", "unet-hog"], str(data), args.seeds, Path(args.out), overrides)
     print("\n" + result["table"])
-    print(f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}")
+    print(
+        f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,13 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_set(p):
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe key, e.g. train.max_steps=100 (repeatable)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe key, e.g. train.max_steps=100 (repeatable)",
+        )
         return p
 
     sub.add_parser("recipes", help="list the shipped recipes").set_defaults(func=cmd_recipes)
     p = with_set(sub.add_parser("train", help="train a recipe on a dataset"))
-    p.add_argument("--recipe", required=True, help="recipe name (see `mtlseg recipes`) or YAML file")
+    p.add_argument(
+        "--recipe", required=True, help="recipe name (see `mtlseg recipes`) or YAML file"
+    )
     p.add_argument("--data", required=True, help="dataset folder (images/+masks/ or nnU-Net raw)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -171,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.set_defaults(func=cmd_check_data)
     p = with_set(sub.add_parser("demo", help="short unet vs unet-hog comparison on real data"))
-    p.add_argument("--data", help="folder holding kvasir-seg/ (default: $MTLSEG_DATA or ../shared/data)")
+    p.add_argument(
+        "--data", help="folder holding kvasir-seg/ (default: $MTLSEG_DATA or ../shared/data)"
+    )
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--seeds", type=int, default=1)

@@ -159,6 +159,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -190,7 +195,9 @@ def build_dataclass(cls: type, raw: Any, key: str = "") -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{prefix}{err}" if key and not str(err).startswith(key) else str(err))
+        if not key or str(err).startswith(key):
+            raise
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -73,7 +73,9 @@ def read_case(record: CaseRecord) -> RawCase:
         array, affine_i = read_volume(path)
         check_finite(array, path)
         if parts and array.shape[:3] != parts[0].shape[:3]:
-            raise DataError(f"{path}: size {array.shape[:3]} differs from channel 0 {parts[0].shape[:3]}")
+            raise DataError(
+                f"{path}: size {array.shape[:3]} differs from channel 0 {parts[0].shape[:3]}"
+            )
         parts.append(array)
         affine = affine if affine is not None else affine_i
     image = np.concatenate(parts, axis=-1)
@@ -174,7 +176,9 @@ def load_dataset(
         first = raw.record.image_files[0]
         if raw.image.shape[-1] != expected:
             why = "the recipe expects" if cfg.channels is not None else "the first case has"
-            problems.append(f"{first}: {raw.image.shape[-1]} channel(s), {why} {expected} (data.channels)")
+            problems.append(
+                f"{first}: {raw.image.shape[-1]} channel(s), {why} {expected} (data.channels)"
+            )
             continue
         try:
             label = decoder.decode(raw.label, raw.record.label_file)
@@ -192,6 +196,8 @@ def load_dataset(
 def load_dataset_or_raise(index: DatasetIndex, cfg: DataConfig, case_ids=None) -> LoadedDataset:
     dataset, problems = load_dataset(index, cfg, case_ids)
     if problems or dataset is None:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
         raise DataError("\n".join(shown))
     return dataset

@@ -52,8 +52,14 @@ class FolderFormat:
     def discover(root: Path) -> DatasetIndex:
         images = {stem(p): p for p in sorted((root / "images").iterdir()) if _supported(p)}
         masks = {stem(p): p for p in sorted((root / "masks").iterdir()) if _supported(p)}
-        problems = [f"{p}: image without mask (no masks/{s}.*)" for s, p in images.items() if s not in masks]
-        problems += [f"{p}: mask without image (no images/{s}.*)" for s, p in masks.items() if s not in images]
+        problems = [
+            f"{p}: image without mask (no masks/{s}.*)" for s, p in images.items() if s not in masks
+        ]
+        problems += [
+            f"{p}: mask without image (no images/{s}.*)"
+            for s, p in masks.items()
+            if s not in images
+        ]
         if problems:
             raise DataError("\n".join(problems))
         cases = [CaseRecord(s, [images[s]], masks[s]) for s in sorted(images)]
@@ -82,10 +88,14 @@ class NnUNetFormat:
             raise DataError(f"{path}: expected a JSON object")
         missing = [k for k in cls.REQUIRED_KEYS if k not in meta]
         if missing:
-            raise DataError(f"{path}: missing keys {missing} (nnU-Net needs {list(cls.REQUIRED_KEYS)})")
+            raise DataError(
+                f"{path}: missing keys {missing} (nnU-Net needs {list(cls.REQUIRED_KEYS)})"
+            )
         labels = meta["labels"]
         if not isinstance(labels, dict) or not all(isinstance(v, int) for v in labels.values()):
-            raise DataError(f"{path}: 'labels' must map names to integer values (regions are not supported)")
+            raise DataError(
+                f"{path}: 'labels' must map names to integer values (regions are not supported)"
+            )
         values = sorted(labels.values())
         if values != list(range(len(values))):
             raise DataError(f"{path}: label values must be 0..N-1, got {values}")
@@ -102,7 +112,11 @@ class NnUNetFormat:
         for d in (images_dir, labels_dir):
             if not d.is_dir():
                 raise DataError(f"{d}: folder missing (nnU-Net raw needs imagesTr/ and labelsTr/)")
-        labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.iterdir()) if p.name.endswith(ending)}
+        labels = {
+            p.name[: -len(ending)]: p
+            for p in sorted(labels_dir.iterdir())
+            if p.name.endswith(ending)
+        }
         case_ids = sorted(
             {p.name[: -len(ending) - 5] for p in images_dir.iterdir() if p.name.endswith(ending)}
         )
@@ -120,7 +134,11 @@ class NnUNetFormat:
             raise DataError("\n".join(problems))
         names = [n for n, _ in sorted(meta["labels"].items(), key=lambda kv: kv[1])]
         return DatasetIndex(
-            root, "nnunet", cases, names, label_values=sorted(meta["labels"].values()),
+            root,
+            "nnunet",
+            cases,
+            names,
+            label_values=sorted(meta["labels"].values()),
             extra={"channel_names": meta["channel_names"]},
         )
 

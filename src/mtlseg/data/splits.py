@@ -33,7 +33,9 @@ def read_split_file(path: Path, fold: int) -> dict[str, list[str]]:
         raise DataError(f"{path}: unreadable split file ({err})") from None
     if isinstance(raw, list):
         if not 0 <= fold < len(raw):
-            raise DataError(f"{path}: fold {fold} requested, the file has {len(raw)} folds (data.fold)")
+            raise DataError(
+                f"{path}: fold {fold} requested, the file has {len(raw)} folds (data.fold)"
+            )
         raw = raw[fold]
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected an object with 'train' and 'val' lists")
@@ -56,7 +58,9 @@ def seeded_split(case_ids: list[str], val_fraction: float, seed: int) -> dict[st
     return {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
 
 
-def resolve_split(root: Path, case_ids: list[str], cfg: DataConfig) -> tuple[dict[str, list[str]], str]:
+def resolve_split(
+    root: Path, case_ids: list[str], cfg: DataConfig
+) -> tuple[dict[str, list[str]], str]:
     """The split to use and where it came from; case ids are checked against the dataset."""
     path = find_split_file(root, cfg)
     if path is None:
@@ -75,13 +79,17 @@ def validate_split(split: dict[str, list[str]], case_ids: list[str], source: str
             raise DataError(f"{source}: split {name!r} is missing or empty")
         unknown = [c for c in split[name] if c not in known]
         if unknown:
-            raise DataError(f"{source}: split {name!r} names cases not in the dataset: {unknown[:5]}")
+            raise DataError(
+                f"{source}: split {name!r} names cases not in the dataset: {unknown[:5]}"
+            )
     overlap = sorted(set(split["train"]) & set(split["val"]))
     if overlap:
         raise DataError(f"{source}: cases in both train and val: {overlap[:5]}")
     unused = sorted(known - set(split["train"]) - set(split["val"]))
     if unused:
-        log.warning("%s: %d case(s) are in no split and are not used: %s", source, len(unused), unused[:10])
+        log.warning(
+            "%s: %d case(s) are in no split and are not used: %s", source, len(unused), unused[:10]
+        )
 
 
 def write_split(split: dict[str, list[str]], path: Path, source: str) -> None:

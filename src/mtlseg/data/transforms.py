@@ -15,14 +15,21 @@ class Augment2D:
             [
                 A.HorizontalFlip(p=0.5),
                 A.Affine(
-                    scale=(0.9, 1.1), rotate=(-15, 15), translate_percent=(-0.05, 0.05),
-                    border_mode=0, p=0.5,
+                    scale=(0.9, 1.1),
+                    rotate=(-15, 15),
+                    translate_percent=(-0.05, 0.05),
+                    border_mode=0,
+                    p=0.5,
                 ),
             ]
         )
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.pipeline(image=image.permute(1, 2, 0).numpy(), mask=mask.numpy().astype(np.uint8))
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.pipeline(
+            image=image.permute(1, 2, 0).numpy(), mask=mask.numpy().astype(np.uint8)
+        )
         return (
             torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float(),
             torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),

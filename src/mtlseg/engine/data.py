@@ -78,8 +78,12 @@ class EpochShuffleSampler(Sampler[int]):
 def train_loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
     n = len(data.train)
     return DataLoader(
-        data.train, batch_size=min(batch_size, n), sampler=EpochShuffleSampler(n, seed),
-        drop_last=n >= 2 * batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
+        data.train,
+        batch_size=min(batch_size, n),
+        sampler=EpochShuffleSampler(n, seed),
+        drop_last=n >= 2 * batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
     )
 
 

@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from mtlseg.data.dataset import SliceDataset, resize_slices
-from mtlseg.data.io import IMAGE_ENDINGS, NIFTI_ENDINGS, check_finite, file_ending, read_volume, stem
+from mtlseg.data.io import (
+    IMAGE_ENDINGS,
+    NIFTI_ENDINGS,
+    check_finite,
+    file_ending,
+    read_volume,
+    stem,
+)
 from mtlseg.data.loading import NORMALIZATIONS
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.data import prepare_data
@@ -30,19 +37,29 @@ def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
 
 
 @torch.no_grad()
-def segment_slices(module: MultiTaskModule, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def segment_slices(
+    module: MultiTaskModule, images: torch.Tensor, batch_size: int = 16
+) -> torch.Tensor:
     """(N, C, S, S) -> logits (N, K, S, S), in chunks."""
     device = next(module.parameters()).device
-    return torch.cat([module.model.segment(images[i : i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            module.model.segment(images[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
-def evaluate(ckpt_path: Path | str, data_path: str, split: str = "val", with_hd95: bool = True) -> dict:
+def evaluate(
+    ckpt_path: Path | str, data_path: str, split: str = "val", with_hd95: bool = True
+) -> dict:
     """Full metrics of a checkpoint on a split (the one recorded at training) of ``data_path``."""
     module = load_module(ckpt_path)
     recorded = module.hparams.get("split")
     if not recorded or split not in recorded:
-        raise MtlsegError(f"{ckpt_path}: split {split!r} is not recorded in the checkpoint (have: {sorted(recorded or {})})")
+        raise MtlsegError(
+            f"{ckpt_path}: split {split!r} is not recorded in the checkpoint (have: {sorted(recorded or {})})"
+        )
     cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment=False)
     data = prepare_data(cfg, split=recorded)
     dataset: SliceDataset = data.train if split == "train" else data.val
@@ -75,7 +92,9 @@ def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.nd
     check_finite(image, path)
     expected = module.hparams["in_channels"]
     if image.shape[-1] != expected:
-        raise DataError(f"{path}: {image.shape[-1]} channel(s), the model was trained on {expected}")
+        raise DataError(
+            f"{path}: {image.shape[-1]} channel(s), the model was trained on {expected}"
+        )
     cfg = module.cfg.data
     image = NORMALIZATIONS.get(cfg.normalization)(image.astype(np.float32))
     x, _ = resize_slices(image, None, cfg.image_size)

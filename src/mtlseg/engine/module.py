@@ -31,16 +31,23 @@ class MultiTaskModule(pl.LightningModule):
     ``torch.load(weights_only=True)`` and rebuild the exact model.
     """
 
-    def __init__(self, config: dict[str, Any], in_channels: int, class_names: list[str],
-                 val_case_ids: list[str] | None = None,
-                 split: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        in_channels: int,
+        class_names: list[str],
+        val_case_ids: list[str] | None = None,
+        split: dict[str, list[str]] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg: RunConfig = build_dataclass(RunConfig, config)
         self.class_names = list(class_names)
         self.model, self.tasks = build_model_and_tasks(self.cfg, in_channels, len(class_names))
         self.weighting = build_weighting(
-            self.cfg.weighting.kind, self.cfg.weighting.params, {t.name: t.weight for t in self.tasks}
+            self.cfg.weighting.kind,
+            self.cfg.weighting.params,
+            {t.name: t.weight for t in self.tasks},
         )
         self.val_metrics = SegmentationMetrics(self.class_names)
         self.case_index = {c: i for i, c in enumerate(val_case_ids or [])}
@@ -84,5 +91,10 @@ class MultiTaskModule(pl.LightningModule):
     def configure_optimizers(self):
         t = self.cfg.train
         optimizer = torch.optim.Adam(self.parameters(), lr=t.lr)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_halve_every, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=t.lr_halve_every, gamma=0.5
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

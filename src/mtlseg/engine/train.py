@@ -15,7 +15,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mtlseg.config import RunConfig
 from mtlseg.engine.checkpoint import AtomicCheckpointIO
-from mtlseg.engine.data import PreparedData, prepare_data, train_loader, val_loader, write_split_file
+from mtlseg.engine.data import (
+    PreparedData,
+    prepare_data,
+    train_loader,
+    val_loader,
+    write_split_file,
+)
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import MtlsegError
 
@@ -40,8 +46,22 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
     t = cfg.train
     ckpt_dir = out / "checkpoints"
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice", mode="max",
-                        save_top_k=1, save_last=True, enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val/dice",
+            mode="max",
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        # Lightning writes save_last only when the top-k file changed; resuming needs it always
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
     ]
     if t.progress_bar:
@@ -57,7 +77,10 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         devices=1,
         precision=_precision(cfg),
         callbacks=callbacks,
-        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tb", version="")],
+        logger=[
+            CSVLogger(out, name="logs", version=""),
+            TensorBoardLogger(out, name="tb", version=""),
+        ],
         log_every_n_steps=t.log_every,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
@@ -68,26 +91,37 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
 
 def resume_checkpoint(out: Path) -> Path | None:
     """The newest of ``last.ckpt`` (every validation) and ``interrupted.ckpt`` (on a crash or Ctrl-C)."""
-    found = [p for p in (out / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
+    found = [
+        p
+        for p in (out / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt"))
+        if p.is_file()
+    ]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def train(cfg: RunConfig, out: Path | str, resume: bool = False,
-          data: PreparedData | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig, out: Path | str, resume: bool = False, data: PreparedData | None = None
+) -> TrainResult:
     """Train ``cfg`` into ``out``; ``resume`` continues from ``out/checkpoints/last.ckpt``."""
     out = Path(out)
     last = out / "checkpoints" / "last.ckpt"
     resume_from = resume_checkpoint(out)
     if resume and resume_from is None:
-        raise MtlsegError(f"{out}: nothing to resume (no checkpoints/last.ckpt or interrupted.ckpt)")
+        raise MtlsegError(
+            f"{out}: nothing to resume (no checkpoints/last.ckpt or interrupted.ckpt)"
+        )
     if not resume and resume_from is not None:
-        raise MtlsegError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise MtlsegError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_split_file(data, out / "splits.json")
-    module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names, data.case_ids, data.split)
+    module = MultiTaskModule(
+        cfg.to_dict(), data.dataset.in_channels, data.class_names, data.case_ids, data.split
+    )
     trainer = build_trainer(cfg, out)
     nw = cfg.data.num_workers
     if torch.get_num_threads() > os.cpu_count():
@@ -98,7 +132,7 @@ def train(cfg: RunConfig, out: Path | str, resume: bool = False,
         val_dataloaders=val_loader(data, cfg.train.batch_size, nw),
         ckpt_path=str(resume_from) if resume else None,
     )
-    ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+    ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     score = ckpt_cb.best_model_score
     return TrainResult(out, best, last, float(score) if score is not None else None)

@@ -47,7 +47,9 @@ def hd95(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Te
     if both.any():
         with warnings.catch_warnings():  # empty classes are handled by the convention above
             warnings.simplefilter("ignore")
-            dist = compute_hausdorff_distance(p.cpu(), t.cpu(), include_background=True, percentile=95)
+            dist = compute_hausdorff_distance(
+                p.cpu(), t.cpu(), include_background=True, percentile=95
+            )
         out = torch.where(both.cpu(), torch.nan_to_num(dist.float(), nan=0.0), out)
     diagonal = math.hypot(*pred.shape[-2:])
     return torch.where((p_any ^ t_any).cpu(), torch.full_like(out, diagonal), out)
@@ -94,17 +96,24 @@ class SegmentationMetrics(Metric):
             per_metric["hd95"] = self._cat(self.hd).double()
         for metric, values in per_metric.items():
             self._add_per_class(result, metric, values.mean(0))
-        result["pixel_accuracy"] = float(self._cat(self.correct).sum() / self._cat(self.pixels).sum())
+        result["pixel_accuracy"] = float(
+            self._cat(self.correct).sum() / self._cat(self.pixels).sum()
+        )
         case = self._cat(self.case)
         if case.unique().numel() < case.numel():  # several slices per case: volumes
             n_cases = int(case.max()) + 1
-            sums = [torch.zeros(n_cases, tp.shape[1], dtype=tp.dtype).index_add_(0, case.cpu(), x.cpu()) for x in (tp, fp, fn)]
+            sums = [
+                torch.zeros(n_cases, tp.shape[1], dtype=tp.dtype).index_add_(0, case.cpu(), x.cpu())
+                for x in (tp, fp, fn)
+            ]
             seen = torch.zeros(n_cases, dtype=torch.bool).index_fill_(0, case.cpu(), True)
             vtp, vfp, vfn = (s[seen] for s in sums)
             self._add_per_class(result, "volume_dice", _ratio(2 * vtp, 2 * vtp + vfp + vfn).mean(0))
         return result
 
-    def _add_per_class(self, result: dict[str, float], metric: str, per_class: torch.Tensor) -> None:
+    def _add_per_class(
+        self, result: dict[str, float], metric: str, per_class: torch.Tensor
+    ) -> None:
         for name, value in zip(self.class_names, per_class.tolist(), strict=True):
             result[f"{metric}/{name}"] = value
         fg = per_class[1:] if len(self.class_names) > 1 else per_class

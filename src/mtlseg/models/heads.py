@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,10 +21,14 @@ class RegressionUnit(nn.Module):
     def __init__(self, c_in: int, in_size: int, out_dim: int, hidden: int = 32, max_grid: int = 8):
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(c_in, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
         )
-        size = -(-(-(-in_size // 2)) // 2)  # two ceil-mode halvings
+        size = math.ceil(math.ceil(in_size / 2) / 2)  # two ceil-mode max-pools
         grid = min(size, max_grid)
         self.pool = nn.AdaptiveAvgPool2d(grid) if grid < size else nn.Identity()
         self.linear = nn.Linear(hidden * grid * grid, out_dim)
@@ -43,7 +49,12 @@ class FeatureHeads(nn.Module):
 
 
 def regression_heads(
-    backbone: Backbone, spec: str | list[str], image_size: int, out_dim: int, hidden: int, max_grid: int
+    backbone: Backbone,
+    spec: str | list[str],
+    image_size: int,
+    out_dim: int,
+    hidden: int,
+    max_grid: int,
 ) -> FeatureHeads:
     """A RegressionUnit on each feature named by ``spec`` (``bottleneck``, ``decoder``, ...)."""
     heads = {}

@@ -11,7 +11,9 @@ from mtlseg.models.base import Backbone
 class MultiTaskModel(nn.Module):
     """Segmentation logits under ``seg_name`` and one entry per auxiliary head."""
 
-    def __init__(self, backbone: Backbone, heads: dict[str, nn.Module], seg_name: str = "segmentation"):
+    def __init__(
+        self, backbone: Backbone, heads: dict[str, nn.Module], seg_name: str = "segmentation"
+    ):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)

@@ -71,7 +71,11 @@ class RSU4F(nn.Module):
         )
         self.bottom = ConvBNReLU(c_mid, c_mid, 8)
         self.decoder = nn.ModuleList(
-            [ConvBNReLU(2 * c_mid, c_mid, 4), ConvBNReLU(2 * c_mid, c_mid, 2), ConvBNReLU(2 * c_mid, c_out, 1)]
+            [
+                ConvBNReLU(2 * c_mid, c_mid, 4),
+                ConvBNReLU(2 * c_mid, c_mid, 2),
+                ConvBNReLU(2 * c_mid, c_out, 1),
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +114,8 @@ class U2Net(Backbone):
         if len(out) != 6 or len(mid) != 6:
             raise ValueError("u2net needs six out_channels and six mid_channels")
         self.encoder = nn.ModuleList(
-            _rsu(d, c_in, m, o) for d, c_in, m, o in zip(STAGE_DEPTHS, [in_channels, *out[:5]], mid, out, strict=True)
+            _rsu(d, c_in, m, o)
+            for d, c_in, m, o in zip(STAGE_DEPTHS, [in_channels, *out[:5]], mid, out, strict=True)
         )
         # decoder stage k (k = 5..1) takes [upsampled deeper output, encoder stage k] and
         # outputs encoder stage k-1's width (stage 1 keeps its own), as the paper's model
@@ -119,7 +124,9 @@ class U2Net(Backbone):
         self.decoder = nn.ModuleList(
             _rsu(STAGE_DEPTHS[k], dec_in[k], mid[k], dec_out[k]) for k in range(5)
         )
-        self.side = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1) for c in [*dec_out, out[5]])
+        self.side = nn.ModuleList(
+            nn.Conv2d(c, num_classes, 3, padding=1) for c in [*dec_out, out[5]]
+        )
         self.fuse = nn.Conv2d(6 * num_classes, num_classes, 1)
         self.feature_info = {"bottleneck": FeatureInfo(out[5], 32)}
         for k in range(4, -1, -1):
@@ -136,6 +143,8 @@ class U2Net(Backbone):
             h = self.decoder[k](torch.cat([_up_to(h, skips[k]), skips[k]], dim=1))
             features[f"decoder{5 - k}"] = h
             decoded.append(h)
-        sides = [self.side[5](decoded[0])] + [self.side[k](decoded[5 - k]) for k in range(4, -1, -1)]
+        sides = [self.side[5](decoded[0])] + [
+            self.side[k](decoded[5 - k]) for k in range(4, -1, -1)
+        ]
         fused = self.fuse(torch.cat([_up_to(s, x) for s in sides], dim=1))
         return fused, features

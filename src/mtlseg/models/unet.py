@@ -30,11 +30,15 @@ class UNet(Backbone):
         if len(ch) < 2:
             raise ValueError("unet needs at least two levels of channels")
         self.encoder = nn.ModuleList(
-            UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=cfg.norm)
+            UnetBasicBlock(
+                2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=cfg.norm
+            )
             for i, (c_in, c_out) in enumerate(zip([in_channels, *ch[:-1]], ch, strict=True))
         )
         self.decoder = nn.ModuleList(
-            UnetUpBlock(2, c_in, c_out, kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=cfg.norm)
+            UnetUpBlock(
+                2, c_in, c_out, kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=cfg.norm
+            )
             for c_in, c_out in zip(ch[:0:-1], ch[-2::-1], strict=True)
         )
         self.out = UnetOutBlock(2, ch[0], num_classes)

@@ -18,7 +18,9 @@ from mtlseg.report.tables import markdown_table, per_class_table, summarise
 log = logging.getLogger(__name__)
 
 
-def _run_one(recipe: str, seed: int, data_path: str, overrides: list[str], run_dir: Path, shared) -> dict:
+def _run_one(
+    recipe: str, seed: int, data_path: str, overrides: list[str], run_dir: Path, shared
+) -> dict:
     """Train and evaluate one (recipe, seed); a finished run is reused, a partial one resumed."""
     metrics_file = run_dir / "metrics.json"
     if metrics_file.is_file():
@@ -33,8 +35,14 @@ def _run_one(recipe: str, seed: int, data_path: str, overrides: list[str], run_d
     return metrics
 
 
-def compare(recipes: list[str], data_path: str, seeds: int, out: Path | str,
-            overrides: list[str] | tuple[str, ...] = (), grid_samples: int = 6) -> dict:
+def compare(
+    recipes: list[str],
+    data_path: str,
+    seeds: int,
+    out: Path | str,
+    overrides: list[str] | tuple[str, ...] = (),
+    grid_samples: int = 6,
+) -> dict:
     """Train every recipe with seeds 0..seeds-1 on the same split; write results and figures."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,17 +56,38 @@ def compare(recipes: list[str], data_path: str, seeds: int, out: Path | str,
     for recipe in recipes:
         name = Path(recipe).stem
         dirs[name] = [out / name / f"seed{s}" for s in range(seeds)]
-        runs[name] = [_run_one(recipe, s, data_path, overrides, d, (first.data, data)) for s, d in enumerate(dirs[name])]
+        runs[name] = [
+            _run_one(recipe, s, data_path, overrides, d, (first.data, data))
+            for s, d in enumerate(dirs[name])
+        ]
     summary = summarise(runs)
     table = markdown_table(summary)
     per_class = per_class_table(summary, "dice")
     volume = per_class_table(summary, "volume_dice")
-    report = "\n\n".join(x for x in (table, "Per-class Dice (slice-wise):\n\n" + per_class if per_class else "",
-                                      "Per-class Dice (per volume):\n\n" + volume if volume else "") if x)
+    report = "\n\n".join(
+        x
+        for x in (
+            table,
+            "Per-class Dice (slice-wise):\n\n" + per_class if per_class else "",
+            "Per-class Dice (per volume):\n\n" + volume if volume else "",
+        )
+        if x
+    )
     (out / "results.md").write_text(report + "\n")
-    (out / "results.json").write_text(json.dumps(
-        {"recipes": recipes, "seeds": seeds, "data": data_path, "overrides": overrides,
-         "split_source": data.split_source, "runs": runs, "summary": summary}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "recipes": recipes,
+                "seeds": seeds,
+                "data": data_path,
+                "overrides": overrides,
+                "split_source": data.split_source,
+                "runs": runs,
+                "summary": summary,
+            },
+            indent=1,
+        )
+    )
     curves = plot_curves(dirs, out / "curves.png")
     grid = _qualitative(dirs, out / "qualitative.png", grid_samples)
     return {"table": report, "results": out / "results.json", "curves": curves, "qualitative": grid}
@@ -68,8 +97,10 @@ def _qualitative(dirs: dict[str, list[Path]], out: Path, n: int) -> Path:
     """Input | each recipe (seed 0, best checkpoint) | ground truth on validation samples with foreground."""
     modules = {name: load_module(d[0] / "checkpoints" / "best.ckpt") for name, d in dirs.items()}
     any_module = next(iter(modules.values()))
-    data = prepare_data(any_module.cfg.data.__class__(**{**any_module.cfg.data.__dict__, "augment": False}),
-                        split=any_module.hparams["split"])
+    data = prepare_data(
+        any_module.cfg.data.__class__(**{**any_module.cfg.data.__dict__, "augment": False}),
+        split=any_module.hparams["split"],
+    )
     has_fg = (data.val.masks.flatten(1) > 0).any(1).nonzero()[:, 0]
     pool = has_fg if len(has_fg) >= n else torch.arange(len(data.val))
     chosen = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]

@@ -63,15 +63,20 @@ def _display(image: torch.Tensor) -> np.ndarray:
 
 
 def plot_qualitative(
-    images: torch.Tensor, masks: torch.Tensor, predictions: dict[str, torch.Tensor],
-    num_classes: int, out: Path,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    predictions: dict[str, torch.Tensor],
+    num_classes: int,
+    out: Path,
 ) -> Path:
     """Rows of samples; columns input | each recipe's prediction | ground truth."""
     columns = ["input", *predictions, "ground truth"]
     n = len(images)
     fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
     for i in range(n):
-        panels = [_display(images[i])] + [_colour(p[i].numpy(), num_classes) for p in predictions.values()]
+        panels = [_display(images[i])] + [
+            _colour(p[i].numpy(), num_classes) for p in predictions.values()
+        ]
         panels.append(_colour(masks[i].numpy(), num_classes))
         for j, panel in enumerate(panels):
             ax = axes[i, j]

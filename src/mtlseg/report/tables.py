@@ -9,7 +9,11 @@ HEADLINE = ("dice/mean", "iou/mean", "hd95/mean", "pixel_accuracy", "volume_dice
 
 def mean_std(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "n": len(a),
+    }
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
@@ -23,11 +27,16 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
     summary = {}
     for name in names:
         metrics = sorted(set().union(*(r.keys() for r in runs[name])))
-        entry = {m: mean_std([r[m] for r in runs[name]]) for m in metrics if all(m in r for r in runs[name])}
+        entry = {
+            m: mean_std([r[m] for r in runs[name]])
+            for m in metrics
+            if all(m in r for r in runs[name])
+        }
         n = min(len(base), len(runs[name]))
         entry["diff"] = {
             m: mean_std([runs[name][i][m] - base[i][m] for i in range(n)])
-            for m in metrics if all(m in r for r in runs[name][:n]) and all(m in r for r in base[:n])
+            for m in metrics
+            if all(m in r for r in runs[name][:n]) and all(m in r for r in base[:n])
         }
         summary[name] = entry
     return summary
@@ -56,10 +65,18 @@ def markdown_table(summary: dict[str, dict], metrics: tuple[str, ...] | None = N
 def per_class_table(summary: dict[str, dict], metric: str = "dice") -> str:
     """Per-class ``metric`` (mean ± std over seeds), foreground classes and their mean."""
     names = list(summary)
-    classes = [k.split("/", 1)[1] for k in summary[names[0]] if k.startswith(f"{metric}/") and k != f"{metric}/background"]
+    classes = [
+        k.split("/", 1)[1]
+        for k in summary[names[0]]
+        if k.startswith(f"{metric}/") and k != f"{metric}/background"
+    ]
     if not classes:
         return ""
     lines = ["| recipe | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(_fmt(summary[name][f"{metric}/{c}"]) for c in classes) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(summary[name][f"{metric}/{c}"]) for c in classes)
+            + " |"
+        )
     return "\n".join(lines)

@@ -39,7 +39,9 @@ class HOGConfig:
         if self.norm not in NORMS:
             raise ConfigError(f"hog norm {self.norm!r} unknown; valid: {', '.join(NORMS)}")
         if self.cell < 2 or self.resize < self.cell:
-            raise ConfigError(f"hog: need 2 <= cell <= resize, got cell={self.cell}, resize={self.resize}")
+            raise ConfigError(
+                f"hog: need 2 <= cell <= resize, got cell={self.cell}, resize={self.resize}"
+            )
         if self.bins < 1:
             raise ConfigError(f"hog: bins must be >= 1, got {self.bins}")
 
@@ -88,7 +90,13 @@ def hog_descriptor(images: torch.Tensor, cfg: HOGConfig | None = None) -> torch.
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     grey = images.to(dtype).mean(dim=1, keepdim=True)
     if grey.shape[-2:] != (cfg.resize, cfg.resize):
-        grey = F.interpolate(grey, size=(cfg.resize, cfg.resize), mode="bilinear", align_corners=False, antialias=True)
+        grey = F.interpolate(
+            grey,
+            size=(cfg.resize, cfg.resize),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
     g_row, g_col = _gradients(grey[:, 0])
     magnitude = torch.hypot(g_row, g_col)
     orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0

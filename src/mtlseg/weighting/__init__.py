@@ -28,7 +28,9 @@ class Weighting(nn.Module):
         self.task_weights = dict(task_weights)
         self.cfg = cfg
 
-    def weights(self, losses: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int
+    ) -> dict[str, torch.Tensor | float]:
         raise NotImplementedError
 
     def forward(self, losses: dict[str, torch.Tensor], step: int = 0) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""End to end on real data with tiny models: train, checkpoint, resume, evaluate, predict."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from skimage import io
+
+from mtlseg.config import load_config
+from mtlseg.engine.checkpoint import load_checkpoint, save_atomic
+from mtlseg.engine.inference import evaluate, load_module, predict
+from mtlseg.engine.train import train
+from mtlseg.errors import MtlsegError, TrainingError
+from tests.conftest import TINY_UNET
+
+
+def _cfg(recipe, data, *extra):
+    return load_config(recipe, [*TINY_UNET, f"data.path={data}", *extra])
+
+
+def test_train_checkpoint_resume_evaluate_predict_volumes(acdc_small, tmp_path):
+    out = tmp_path / "run"
+    result = train(_cfg("unet-hog", acdc_small, "train.max_steps=4", "train.val_every=2"), out)
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    assert (out / "config.yaml").is_file() and (out / "logs" / "metrics.csv").is_file()
+    given = json.loads((acdc_small / "splits.json").read_text())
+    assert json.loads((out / "splits.json").read_text())["val"] == given["val"]
+    assert any((out / "tb").iterdir()), "TensorBoard events are written"
+    ckpt = load_checkpoint(result.last_checkpoint)  # weights_only=True
+    assert ckpt["global_step"] == 4
+
+    with pytest.raises(MtlsegError, match="already holds a run"):
+        train(_cfg("unet-hog", acdc_small, "train.max_steps=6"), out)
+    resumed = train(
+        _cfg("unet-hog", acdc_small, "train.max_steps=6", "train.val_every=2"), out, resume=True
+    )
+    assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 6
+
+    metrics = evaluate(resumed.best_checkpoint, str(acdc_small), "val")
+    assert metrics["num_cases"] == 2
+    for key in ("dice/RV", "dice/mean", "iou/LV", "hd95/MYO", "pixel_accuracy", "volume_dice/mean"):
+        assert key in metrics and np.isfinite(metrics[key])
+    assert 0.0 <= metrics["dice/mean"] <= 1.0
+
+    volume = sorted((acdc_small / "imagesTr").iterdir())[0]
+    written = predict(resumed.best_checkpoint, volume, tmp_path / "pred")
+    assert [p.name for p in written] == [volume.name.replace("_0000", "")]
+    pred = nib.load(str(written[0]))
+    source = nib.load(str(volume))
+    assert pred.shape == source.shape and np.allclose(pred.affine, source.affine)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_resumed_run_equals_uninterrupted_run(kvasir_small, tmp_path):
+    # 12 cases, 9 train / batch 4 -> 2 steps per epoch: the checkpoint falls on an epoch end
+    common = ["train.val_every=2", "data.val_fraction=0.25"]
+    full = train(_cfg("unet-hog", kvasir_small, "train.max_steps=4", *common), tmp_path / "full")
+    train(_cfg("unet-hog", kvasir_small, "train.max_steps=2", *common), tmp_path / "split")
+    half = train(
+        _cfg("unet-hog", kvasir_small, "train.max_steps=4", *common),
+        tmp_path / "split",
+        resume=True,
+    )
+    a = load_checkpoint(full.last_checkpoint)["state_dict"]
+    b = load_checkpoint(half.last_checkpoint)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+
+
+def test_predict_png_masks_at_original_size(kvasir_small, tmp_path):
+    result = train(
+        _cfg("unet", kvasir_small, "train.max_steps=2", "train.val_every=2"), tmp_path / "run"
+    )
+    written = predict(result.best_checkpoint, kvasir_small / "images", tmp_path / "pred")
+    assert len(written) == 12
+    mask = io.imread(written[0])
+    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_predict_rejects_wrong_channel_count(kvasir_small, acdc_small, tmp_path):
+    result = train(
+        _cfg("unet", kvasir_small, "train.max_steps=2", "train.val_every=2"), tmp_path / "run"
+    )
+    volume = sorted((acdc_small / "imagesTr").iterdir())[0]
+    with pytest.raises(
+        MtlsegError, match=f"{volume}: 1 channel\\(s\\), the model was trained on 3"
+    ):
+        predict(result.best_checkpoint, volume, tmp_path / "pred")
+
+
+def test_nan_loss_stops_with_step_and_task(kvasir_small, tmp_path):
+    cfg = _cfg("unet-hog", kvasir_small, "train.max_steps=3", "train.lr=1e30")
+    with pytest.raises(TrainingError, match=r"step \d+: loss of task '(segmentation|hog)' is nan"):
+        train(cfg, tmp_path / "run")
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    save_atomic({"a": torch.ones(2)}, target)
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError):
+        save_atomic({"a": torch.zeros(2)}, target)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(target)["a"], torch.ones(2)), "old checkpoint intact"
+
+
+def test_checkpoint_loading_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"x": np.dtype("float64").type}, "state_dict": {}}, path)
+    with pytest.raises(MtlsegError, match="cannot load checkpoint"):
+        load_module(path)
+
+
+def test_resume_without_a_run_is_a_clear_error(kvasir_small, tmp_path):
+    with pytest.raises(MtlsegError, match="nothing to resume"):
+        train(_cfg("unet", kvasir_small), tmp_path / "empty", resume=True)

@@ -1,0 +1,63 @@
+"""Contract tests generated from the backbone registry, plus the HOG regression unit."""
+
+import pytest
+import torch
+
+from mtlseg.config import load_config
+from mtlseg.engine.module import build_model_and_tasks
+from mtlseg.models import BACKBONES, build_backbone
+from mtlseg.models.heads import RegressionUnit
+
+TINY = {
+    "unet": {"channels": [4, 8, 16]},
+    "u2net": {"out_channels": [4] * 6, "mid_channels": [2] * 6},
+}
+
+
+def test_every_registered_backbone_has_a_tiny_config():
+    assert set(BACKBONES.names()) == set(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("size", [32, 40])
+def test_backbone_contract(name, size):
+    torch.manual_seed(0)
+    model = build_backbone(name, TINY[name], in_channels=3, num_classes=4)
+    logits, features = model(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, 4, size, size) and torch.isfinite(logits).all()
+    assert list(features) == list(model.feature_info)
+    assert "bottleneck" in features and any(k.startswith("decoder") for k in features)
+    for key, feat in features.items():
+        info = model.feature_info[key]
+        assert feat.shape[1] == info.channels and feat.shape[-1] == -(-size // info.stride)
+    (logits.mean() + sum(f.mean() for f in features.values())).backward()
+    assert all(p.grad is not None for p in model.parameters()), "every parameter gets a gradient"
+
+
+def test_regression_unit_follows_table_1():
+    unit = RegressionUnit(c_in=16, in_size=8, out_dim=512, hidden=12)
+    convs = [m for m in unit.convs if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in unit.convs if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == 2 and all(c.kernel_size == (3, 3) for c in convs) and len(pools) == 2
+    assert unit.linear.in_features == 12 * 2 * 2 and unit.linear.out_features == 512
+    assert unit(torch.randn(5, 16, 8, 8)).shape == (5, 512)
+
+
+def test_shallow_stages_are_pooled_to_the_grid():
+    unit = RegressionUnit(c_in=4, in_size=128, out_dim=64, hidden=8, max_grid=8)
+    assert unit.linear.in_features == 8 * 8 * 8
+    assert unit(torch.randn(2, 4, 128, 128)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("recipe,stages", [("unet-hog", 1), ("u2net-hog", 5)])
+def test_multitask_model_outputs_one_entry_per_task(recipe, stages):
+    params = [f"model.params={TINY[recipe.split('-')[0]]}".replace("'", '"'), "data.image_size=32"]
+    cfg = load_config(recipe, params)
+    model, tasks = build_model_and_tasks(cfg, in_channels=1, num_classes=3)
+    out = model(torch.randn(2, 1, 32, 32))
+    assert set(out) == {"segmentation", "hog"}
+    assert out["segmentation"].shape == (2, 3, 32, 32)
+    assert out["hog"].shape == (stages, 2, 512)
+    batch = {"image": torch.randn(2, 1, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
+    losses = {t.name: t.loss(out[t.name], t.target(batch)) for t in tasks}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
