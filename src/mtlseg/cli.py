@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="folder holding kvasir-seg/ (default: $MTLSEG_DATA or ../shared/data)"
     )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=1)
     p.set_defaults(func=cmd_demo)
     return parser
