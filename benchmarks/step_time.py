@@ -19,7 +19,9 @@ from mtlseg.engine.data import prepare_data
 from mtlseg.engine.module import MultiTaskModule
 
 
-def time_steps(recipe: str, data, size: int, steps: int, batch: int, device: str, amp: bool) -> float:
+def time_steps(
+    recipe: str, data, size: int, steps: int, batch: int, device: str, amp: bool
+) -> float:
     cfg = load_config(recipe, [f"data.image_size={size}", f"data.path={data.index.root}"])
     module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names).to(device)
     opt = torch.optim.Adam(module.parameters(), lr=2e-4)
@@ -58,8 +60,10 @@ def main() -> None:
     cfg = load_config(args.recipes[0], [f"data.image_size={args.size}", f"data.path={args.data}"])
     cfg.data.augment = False
     data = prepare_data(cfg.data)
-    print(f"device {device} (mixed precision: {amp}), threads {torch.get_num_threads()}, "
-          f"image {args.size}px, batch {args.batch}, median of {args.steps} steps")
+    print(
+        f"device {device} (mixed precision: {amp}), threads {torch.get_num_threads()}, "
+        f"image {args.size}px, batch {args.batch}, median of {args.steps} steps"
+    )
     base = None
     for recipe in args.recipes:
         t = time_steps(recipe, data, args.size, args.steps, args.batch, device, amp)

@@ -12,7 +12,7 @@ SKIMAGE_NORMS = {"l1": "L1", "l1-sqrt": "L1-sqrt", "l2": "L2", "l2-hys": "L2-Hys
 
 
 @pytest.mark.parametrize("norm", sorted(SKIMAGE_NORMS))
-@pytest.mark.parametrize("cell,bins", [(16, 9), (8, 8)])
+@pytest.mark.parametrize("cell,bins", [(16, 9), (8, 8), (16, 8), (12, 7)])
 def test_equals_skimage_on_real_images(kvasir_images, norm, cell, bins):
     cfg = HOGConfig(resize=256, cell=cell, bins=bins, norm=norm)
     images = kvasir_images.astype(np.float64)  # both sides in double: no bin-boundary rounding
@@ -32,6 +32,34 @@ def test_equals_skimage_on_real_images(kvasir_images, norm, cell, bins):
     )
     assert ours.shape == reference.shape == (len(kvasir_images), hog_dim(cfg))
     assert np.abs(ours - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize("bins", [8, 9])
+def test_raw_histograms_equal_skimage_on_many_real_images(kvasir_root, bins):
+    """Unnormalised histograms, recovered from scikit-image's one-cell L1 blocks: the per-cell
+    magnitude sum does not depend on the binning, so ``L1 * (sum + eps)`` undoes the norm."""
+    from skimage import io
+
+    files = sorted((kvasir_root / "images").iterdir())[:48]
+    images = np.stack([io.imread(f).astype(np.float64).mean(-1) / 255 for f in files])
+    cfg = HOGConfig(resize=256, cell=16, bins=bins, norm="none")
+    raw = (
+        hog_descriptor(torch.from_numpy(images)[:, None], cfg).numpy().reshape(len(files), -1, bins)
+    )
+    l1 = np.stack(
+        [
+            hog(
+                im,
+                orientations=bins,
+                pixels_per_cell=(16, 16),
+                cells_per_block=(1, 1),
+                block_norm="L1",
+            )
+            for im in images
+        ]
+    ).reshape(raw.shape)
+    reference = l1 * (raw.sum(-1, keepdims=True) + 1e-5)
+    assert np.abs(raw - reference).max() < 1e-4
 
 
 def test_float32_default_config_matches_skimage(kvasir_images):
@@ -56,6 +84,19 @@ def test_float32_default_config_matches_skimage(kvasir_images):
         for a, b in zip(ours, reference, strict=True)
     ]
     assert ours.shape == (8, 512) and min(cos) > 0.95
+
+
+def test_orientations_on_a_bin_edge_follow_skimage():
+    """Gradients with |dx| == |dy| give exactly 45 degrees, an edge when bins = 8: the
+    bin starting there takes it, as scikit-image's ``start <= angle < end`` does."""
+    image = np.add.outer(np.arange(16.0), np.arange(16.0)) / 30  # a diagonal ramp
+    ours = hog_descriptor(
+        torch.from_numpy(image)[None, None], HOGConfig(resize=16, cell=16, bins=8, norm="l1")
+    )
+    ref = hog(
+        image, orientations=8, pixels_per_cell=(16, 16), cells_per_block=(1, 1), block_norm="L1"
+    )
+    assert ours[0].argmax() == 2 and np.abs(ours[0].numpy() - ref).max() < 1e-6
 
 
 def test_batch_equals_single_images(kvasir_images):

@@ -10,13 +10,17 @@ cell, and all patches are concatenated into one vector per image.
 Everything is batched tensor arithmetic, so it runs on the training device inside the
 training step. With ``norm`` set to one of scikit-image's block norms, the result equals
 ``skimage.feature.hog(img, orientations=bins, pixels_per_cell=(cell, cell),
-cells_per_block=(1, 1), block_norm=...)`` on the same grey image.
+cells_per_block=(1, 1), block_norm=...)`` on the same grey image, exactly for float64
+input; in float32 a gradient on a bin edge (see ``_orientation``) may vote in the other
+neighbouring bin.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -58,9 +62,32 @@ def _gradients(grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     [-1, 0, 1]) flips both gradients together, which leaves magnitude and unsigned
     orientation unchanged.
     """
-    g_row = F.pad(grey[:, 2:, :] - grey[:, :-2, :], (0, 0, 1, 1))
-    g_col = F.pad(grey[:, :, 2:] - grey[:, :, :-2], (1, 1, 0, 0))
+    g_row = torch.zeros_like(grey)
+    g_col = torch.zeros_like(grey)
+    g_row[:, 1:-1, :] = grey[:, 2:, :] - grey[:, :-2, :]
+    g_col[:, :, 1:-1] = grey[:, :, 2:] - grey[:, :, :-2]
     return g_row, g_col
+
+
+def _orientation(g_row: torch.Tensor, g_col: torch.Tensor, bins: int) -> torch.Tensor:
+    """Unsigned orientation arctan(dy / dx) in degrees, [0, 180).
+
+    In float64 (the reference path) angles within 1e-9 degrees of a bin edge are settled
+    with NumPy's correctly rounded ``atan2``: 8-bit images make |dy| = |dx| ties common,
+    and the bin of a tie depends on the last bit. The float32 training path stays on the
+    device; there a tie may fall in either neighbouring bin.
+    """
+    orientation = torch.atan2(g_row, g_col).mul_(180.0 / math.pi)  # as np.rad2deg
+    orientation = torch.where(orientation < 0, orientation + 180.0, orientation)
+    orientation = torch.where(orientation >= 180.0, orientation - 180.0, orientation)
+    if orientation.dtype == torch.float64:
+        width = 180.0 / bins
+        near = ((orientation / width) - torch.round(orientation / width)).abs() * width < 1e-9
+        if near.any():
+            rows, cols = g_row[near].cpu().numpy(), g_col[near].cpu().numpy()
+            exact = np.rad2deg(np.arctan2(rows, cols)) % 180.0
+            orientation[near] = torch.from_numpy(exact).to(orientation)
+    return orientation
 
 
 def _normalise(hist: torch.Tensor, norm: str) -> torch.Tensor:
@@ -99,15 +126,20 @@ def hog_descriptor(images: torch.Tensor, cfg: HOGConfig | None = None) -> torch.
         )
     g_row, g_col = _gradients(grey[:, 0])
     magnitude = torch.hypot(g_row, g_col)
-    orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
-    bin_index = (orientation * (cfg.bins / 180.0)).floor().long().clamp_(0, cfg.bins - 1)
-    # (B, H, W) -> (B, bins, H, W): each pixel's magnitude in its orientation bin
-    votes = grey.new_zeros(grey.shape[0], cfg.bins, *magnitude.shape[-2:])
-    votes.scatter_(1, bin_index[:, None], magnitude[:, None])
-    n = cfg.resize // cfg.cell
-    votes = votes[..., : n * cfg.cell, : n * cfg.cell]
-    hist = F.avg_pool2d(votes, kernel_size=cfg.cell, stride=cfg.cell)  # (B, bins, n, n)
-    hist = _normalise(hist.permute(0, 2, 3, 1), cfg.norm)  # (B, n, n, bins), row-major cells
+    orientation = _orientation(g_row, g_col, cfg.bins)
+    # bin i holds [i, i + 1) * 180 / bins: the nearest bin centre, scikit-image's edges
+    bin_index = orientation.div_(180.0 / cfg.bins).floor_().long().clamp_(max=cfg.bins - 1)
+    # one weighted bincount over (image, cell, bin): no (B, bins, H, W) one-hot tensor
+    n, c = cfg.resize // cfg.cell, cfg.cell
+    b = grey.shape[0]
+    cell_of_pixel = torch.arange(n * c, device=grey.device) // c
+    cell_index = cell_of_pixel[:, None] * n + cell_of_pixel[None, :]  # (n*c, n*c)
+    image_offset = torch.arange(b, device=grey.device)[:, None, None] * (n * n)
+    index = ((image_offset + cell_index) * cfg.bins + bin_index[:, : n * c, : n * c]).flatten()
+    weights = magnitude[:, : n * c, : n * c].flatten()
+    hist = torch.bincount(index, weights=weights, minlength=b * n * n * cfg.bins)
+    hist = hist.to(grey.dtype).reshape(b, n, n, cfg.bins) / (c * c)  # mean over the cell
+    hist = _normalise(hist, cfg.norm)  # (B, n, n, bins), row-major cells as scikit-image
     return hist.reshape(hist.shape[0], -1)
 
 
