@@ -123,24 +123,9 @@ def test_bad_input_is_one_clean_line(argv, message, capsys):
 
 def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert (
-        main(
-            [
-                "compare",
-                "--recipes",
-                "unet",
-                "unet-hog",
-                "--data",
-                str(kvasir_small),
-                "--seeds",
-                "2",
-                "--out",
-                str(out),
-                *_sets("train.max_steps=2", "train.val_every=1"),
-            ]
-        )
-        == 0
-    )
+    argv = ["compare", "--recipes", "unet", "unet-hog", "--data", str(kvasir_small)]
+    argv += ["--seeds", "2", "--out", str(out), *_sets("train.max_steps=2", "train.val_every=1")]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| unet |" in printed and "| unet-hog |" in printed and "Δ dice/mean vs unet" in printed
     results = json.loads((out / "results.json").read_text())
@@ -159,24 +144,7 @@ def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys
         assert (out / png).stat().st_size > 5000
     # a finished compare is reused, not retrained
     mtime = (out / "unet" / "seed0" / "metrics.json").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "compare",
-                "--recipes",
-                "unet",
-                "unet-hog",
-                "--data",
-                str(kvasir_small),
-                "--seeds",
-                "2",
-                "--out",
-                str(out),
-                *_sets("train.max_steps=2", "train.val_every=1"),
-            ]
-        )
-        == 0
-    )
+    assert main(argv) == 0
     assert (out / "unet" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
 
 

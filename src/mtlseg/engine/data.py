@@ -13,7 +13,7 @@ from mtlseg.config import DataConfig
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
 from mtlseg.data.sources import DatasetIndex, discover
-from mtlseg.data.splits import resolve_split, validate_split
+from mtlseg.data.splits import resolve_split, validate_split, write_split
 from mtlseg.data.transforms import Augment2D
 from mtlseg.errors import DataError
 
@@ -92,6 +92,4 @@ def val_loader(data: PreparedData, batch_size: int, num_workers: int) -> DataLoa
 
 
 def write_split_file(data: PreparedData, path: Path) -> None:
-    from mtlseg.data.splits import write_split
-
     write_split(data.split, path, data.split_source)

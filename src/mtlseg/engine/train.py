@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +123,6 @@ def train(
     )
     trainer = build_trainer(cfg, out)
     nw = cfg.data.num_workers
-    if torch.get_num_threads() > os.cpu_count():
-        torch.set_num_threads(os.cpu_count())
     trainer.fit(
         module,
         train_dataloaders=train_loader(data, cfg.train.batch_size, cfg.train.seed, nw),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -97,10 +98,8 @@ def _qualitative(dirs: dict[str, list[Path]], out: Path, n: int) -> Path:
     """Input | each recipe (seed 0, best checkpoint) | ground truth on validation samples with foreground."""
     modules = {name: load_module(d[0] / "checkpoints" / "best.ckpt") for name, d in dirs.items()}
     any_module = next(iter(modules.values()))
-    data = prepare_data(
-        any_module.cfg.data.__class__(**{**any_module.cfg.data.__dict__, "augment": False}),
-        split=any_module.hparams["split"],
-    )
+    cfg = dataclasses.replace(any_module.cfg.data, augment=False)
+    data = prepare_data(cfg, split=any_module.hparams["split"])
     has_fg = (data.val.masks.flatten(1) > 0).any(1).nonzero()[:, 0]
     pool = has_fg if len(has_fg) >= n else torch.arange(len(data.val))
     chosen = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]
