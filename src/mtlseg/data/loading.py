@@ -52,7 +52,7 @@ class LoadedCase:
     """A validated case: normalised image and integer class labels."""
 
     case_id: str
-    image: np.ndarray  # (Z, H, W, C) float32
+    image: np.ndarray  # (Z, H, W, C) float16, normalised
     label: np.ndarray  # (Z, H, W) int64 in [0, num_classes)
     affine: np.ndarray | None
     image_file: str
@@ -172,7 +172,8 @@ def load_dataset(
     channels = raws[0].image.shape[-1]
     expected = cfg.channels if cfg.channels is not None else channels
     cases = []
-    for raw in raws:
+    for i, raw in enumerate(raws):
+        raws[i] = None  # release each raw array once it is converted
         first = raw.record.image_files[0]
         if raw.image.shape[-1] != expected:
             why = "the recipe expects" if cfg.channels is not None else "the first case has"
@@ -185,7 +186,8 @@ def load_dataset(
         except DataError as err:
             problems.append(str(err))
             continue
-        image = normalise(raw.image.astype(np.float32))
+        # normalised in float32, kept in float16: the slices are resized from it once
+        image = normalise(raw.image.astype(np.float32)).astype(np.float16)
         cases.append(LoadedCase(raw.record.case_id, image, label, raw.affine, str(first)))
     if problems:
         return None, problems
