@@ -119,6 +119,19 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
         load_module(path)
 
 
+def test_resume_with_a_different_setup_is_refused(kvasir_small, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg("unet", kvasir_small, "train.max_steps=2", "train.val_every=2"), out)
+    with pytest.raises(MtlsegError, match="cannot resume, data.image_size differs"):
+        train(
+            _cfg("unet", kvasir_small, "train.max_steps=4", "data.image_size=64"), out, resume=True
+        )
+    resumed = train(
+        _cfg("unet", kvasir_small, "train.max_steps=4", "train.val_every=2"), out, resume=True
+    )
+    assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 4
+
+
 def test_resume_without_a_run_is_a_clear_error(kvasir_small, tmp_path):
     with pytest.raises(MtlsegError, match="nothing to resume"):
         train(_cfg("unet", kvasir_small), tmp_path / "empty", resume=True)

@@ -98,6 +98,29 @@ def resume_checkpoint(out: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
+RESUME_MUST_MATCH = ("data", "model", "tasks", "weighting")
+
+
+def check_resumable(cfg: RunConfig, out: Path) -> None:
+    """A run continues only with the model, tasks, data and weighting it was started with;
+    the schedule (``train.*``, e.g. a larger ``max_steps``) may change."""
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved, current = yaml.safe_load(saved_file.read_text()), cfg.to_dict()
+    for section in RESUME_MUST_MATCH:
+        before, now = saved.get(section), current[section]
+        if before == now:
+            continue
+        where = section
+        if isinstance(before, dict) and isinstance(now, dict):
+            where += "." + min(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        raise MtlsegError(
+            f"{out}: cannot resume, {where} differs from the run's config.yaml "
+            "(start a new --out for a different setup)"
+        )
+
+
 def train(
     cfg: RunConfig, out: Path | str, resume: bool = False, data: PreparedData | None = None
 ) -> TrainResult:
@@ -113,6 +136,8 @@ def train(
         raise MtlsegError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
+    if resume:
+        check_resumable(cfg, out)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
