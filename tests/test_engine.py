@@ -119,6 +119,29 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
         load_module(path)
 
 
+def test_crash_mid_training_leaves_a_checkpoint_to_resume_from(kvasir_small, tmp_path, monkeypatch):
+    from mtlseg.engine.module import MultiTaskModule
+    from mtlseg.engine.train import resume_checkpoint
+
+    real_step = MultiTaskModule.training_step
+
+    def crash_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("power cut")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(MultiTaskModule, "training_step", crash_at_step_3)
+    out = tmp_path / "run"
+    cfg = _cfg("unet-hog", kvasir_small, "train.max_steps=6", "train.val_every=10")
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, out)
+    monkeypatch.undo()
+    assert resume_checkpoint(out).name == "interrupted.ckpt"
+    assert load_checkpoint(out / "checkpoints" / "interrupted.ckpt")["global_step"] == 3
+    resumed = train(cfg, out, resume=True)
+    assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 6
+
+
 def test_resume_with_a_different_setup_is_refused(kvasir_small, tmp_path):
     out = tmp_path / "run"
     train(_cfg("unet", kvasir_small, "train.max_steps=2", "train.val_every=2"), out)

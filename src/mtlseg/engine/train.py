@@ -154,6 +154,7 @@ def train(
         val_dataloaders=val_loader(data, cfg.train.batch_size, nw),
         ckpt_path=str(resume_from) if resume else None,
     )
+    trainer.save_checkpoint(last)  # the final state, also when the last steps had no validation
     ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     score = ckpt_cb.best_model_score
