@@ -98,6 +98,12 @@ def resume_checkpoint(out: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
+def _saved_step(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+
+
 RESUME_MUST_MATCH = ("data", "model", "tasks", "weighting")
 
 
@@ -154,7 +160,8 @@ def train(
         val_dataloaders=val_loader(data, cfg.train.batch_size, nw),
         ckpt_path=str(resume_from) if resume else None,
     )
-    trainer.save_checkpoint(last)  # the final state, also when the last steps had no validation
+    if _saved_step(last) != trainer.global_step:  # steps after the last validation
+        trainer.save_checkpoint(last)
     ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     score = ckpt_cb.best_model_score
