@@ -21,38 +21,10 @@ def test_recipes_lists_the_shipped_recipes(capsys):
 
 def test_train_evaluate_predict_through_the_cli(kvasir_small, tmp_path, capsys):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                "unet-hog",
-                "--data",
-                str(kvasir_small),
-                "--out",
-                str(out),
-                *_sets("train.max_steps=2", "train.val_every=2"),
-            ]
-        )
-        == 0
-    )
+    train = ["train", "--recipe", "unet-hog", "--data", str(kvasir_small), "--out", str(out)]
+    assert main([*train, *_sets("train.max_steps=2", "train.val_every=2")]) == 0
     assert "best val Dice" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                "unet-hog",
-                "--data",
-                str(kvasir_small),
-                "--out",
-                str(out),
-                "--resume",
-                *_sets("train.max_steps=4", "train.val_every=2"),
-            ]
-        )
-        == 0
-    )
+    assert main([*train, "--resume", *_sets("train.max_steps=4", "train.val_every=2")]) == 0
     metrics_file = tmp_path / "metrics.json"
     assert (
         main(
@@ -158,3 +130,18 @@ def test_demo_without_data_says_where_it_looked(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("mtlseg.cli.Path.is_dir", lambda self: False)
     assert main(["demo"]) == 2
     assert "no data found: pass --data DIR or set MTLSEG_DATA" in capsys.readouterr().err
+
+
+def test_table_shows_no_spread_for_a_single_seed():
+    from mtlseg.report.tables import markdown_table, summarise
+
+    one = summarise({"a": [{"dice/mean": 0.5}], "b": [{"dice/mean": 0.7}]})
+    three = summarise(
+        {
+            "a": [{"dice/mean": x} for x in (0.5, 0.6, 0.7)],
+            "b": [{"dice/mean": x} for x in (0.6, 0.6, 0.9)],
+        }
+    )
+    assert "±" not in markdown_table(one) and "| b | 1 | 0.7000 | +0.2000 |" in markdown_table(one)
+    assert "| a | 3 | 0.6000 ± 0.1000 |" in markdown_table(three)
+    assert three["b"]["diff"]["dice/mean"]["mean"] == pytest.approx(0.1)

@@ -44,6 +44,8 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
 
 def _fmt(stat: dict[str, float], signed: bool = False) -> str:
     sign = "+" if signed else ""
+    if stat["n"] < 2:  # one seed: no spread to report
+        return f"{stat['mean']:{sign}.4f}"
     return f"{stat['mean']:{sign}.4f} ± {stat['std']:.4f}"
 
 
