@@ -141,8 +141,3 @@ def hog_descriptor(images: torch.Tensor, cfg: HOGConfig | None = None) -> torch.
     hist = hist.to(grey.dtype).reshape(b, n, n, cfg.bins) / (c * c)  # mean over the cell
     hist = _normalise(hist, cfg.norm)  # (B, n, n, bins), row-major cells as scikit-image
     return hist.reshape(hist.shape[0], -1)
-
-
-def hog_grid(cfg: HOGConfig) -> int:
-    """Cells per side of the descriptor grid."""
-    return cfg.resize // cfg.cell
