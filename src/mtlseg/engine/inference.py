@@ -20,7 +20,7 @@ from mtlseg.data.io import (
 )
 from mtlseg.data.loading import NORMALIZATIONS
 from mtlseg.engine.checkpoint import load_checkpoint
-from mtlseg.engine.data import prepare_data
+from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import DataError, MtlsegError
 from mtlseg.metrics import SegmentationMetrics
@@ -51,17 +51,25 @@ def segment_slices(
 
 
 def evaluate(
-    ckpt_path: Path | str, data_path: str, split: str = "val", with_hd95: bool = True
+    ckpt_path: Path | str,
+    data_path: str,
+    split: str = "val",
+    with_hd95: bool = True,
+    data: PreparedData | None = None,
 ) -> dict:
-    """Full metrics of a checkpoint on a split (the one recorded at training) of ``data_path``."""
+    """Full metrics of a checkpoint on a split (the one recorded at training) of ``data_path``.
+
+    ``data``: the data the run was trained on, when the caller holds it, to skip re-reading it.
+    """
     module = load_module(ckpt_path)
     recorded = module.hparams.get("split")
     if not recorded or split not in recorded:
         raise MtlsegError(
             f"{ckpt_path}: split {split!r} is not recorded in the checkpoint (have: {sorted(recorded or {})})"
         )
-    cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment=False)
-    data = prepare_data(cfg, split=recorded)
+    if data is None:
+        cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment=False)
+        data = prepare_data(cfg, split=recorded)
     dataset: SliceDataset = data.train if split == "train" else data.val
     ids = sorted({m["case_id"] for m in dataset.meta})
     index = {c: i for i, c in enumerate(ids)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mtlseg.config import load_config
-from mtlseg.engine.data import prepare_data
+from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import evaluate, load_module, segment_slices
 from mtlseg.engine.train import train
 from mtlseg.report.plots import plot_curves, plot_qualitative
@@ -31,7 +30,7 @@ def _run_one(
     data = shared[1] if cfg.data == shared[0] else prepare_data(cfg.data, split=shared[1].split)
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     result = train(cfg, run_dir, resume=resume, data=data)
-    metrics = evaluate(result.best_checkpoint, data_path, "val")
+    metrics = evaluate(result.best_checkpoint, data_path, "val", data=data)
     metrics_file.write_text(json.dumps(metrics, indent=1))
     return metrics
 
@@ -90,16 +89,13 @@ def compare(
         )
     )
     curves = plot_curves(dirs, out / "curves.png")
-    grid = _qualitative(dirs, out / "qualitative.png", grid_samples)
+    grid = _qualitative(dirs, data, out / "qualitative.png", grid_samples)
     return {"table": report, "results": out / "results.json", "curves": curves, "qualitative": grid}
 
 
-def _qualitative(dirs: dict[str, list[Path]], out: Path, n: int) -> Path:
+def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: int) -> Path:
     """Input | each recipe (seed 0, best checkpoint) | ground truth on validation samples with foreground."""
     modules = {name: load_module(d[0] / "checkpoints" / "best.ckpt") for name, d in dirs.items()}
-    any_module = next(iter(modules.values()))
-    cfg = dataclasses.replace(any_module.cfg.data, augment=False)
-    data = prepare_data(cfg, split=any_module.hparams["split"])
     has_fg = (data.val.masks.flatten(1) > 0).any(1).nonzero()[:, 0]
     pool = has_fg if len(has_fg) >= n else torch.arange(len(data.val))
     chosen = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]
