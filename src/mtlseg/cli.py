@@ -123,7 +123,9 @@ def cmd_check_data(args) -> None:
         dataset, problems = load_dataset(index, cfg)
         if dataset is not None and not problems:
             try:
-                _, source = resolve_split(index.root, [c.case_id for c in dataset.cases], cfg)
+                _, source = resolve_split(
+                    index.root, {c.case_id: c.meta.patient_id for c in dataset.cases}, cfg
+                )
             except MtlsegError as err:
                 problems.append(str(err))
     for line in problems:

@@ -36,8 +36,12 @@ class DataConfig:
     channels: int | None = None  # expected input channels; None accepts what the data has
     splits: str | None = None  # splits JSON; default <data>/splits.json when present
     fold: int = 0  # which fold of an nnU-Net style list of folds
-    val_fraction: float = 0.2  # seeded split by case when no splits file exists
+    split_mode: str = "patient"  # case | patient | seen-patients (mtlseg.data.splits)
+    val_fraction: float = 0.2  # seeded splits: fraction of cases/patients held out
     split_seed: int = 0
+    allow_unlisted: bool = False  # cases in no list of a splits file: error unless true
+    # patient id and scan/phase tag from the case id (ACDC: patient001_frame01)
+    case_pattern: str = r"^(?P<patient>.+?)_(?P<phase>(?:frame|phase|day|time|tp|t)\d+)$"
     augment: bool = True
     num_workers: int = 0
 

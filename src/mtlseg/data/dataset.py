@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mtlseg.data.loading import LoadedCase
+from mtlseg.data.metadata import META_FIELDS, require_fields
 
 
 def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int):
@@ -25,8 +26,10 @@ def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int):
 
 
 class SliceDataset(Dataset):
-    """2D samples ``{"image": (C,S,S), "mask": (S,S), "case_id", "slice_index", "num_slices"}``.
+    """2D samples: ``image`` (C,S,S), ``mask`` (S,S), ids and the slice's metadata.
 
+    Each sample carries ``case_id``, ``patient_id``, ``slice_index``, ``num_slices``,
+    ``position`` and ``meta``: a float vector over ``META_FIELDS`` (NaN where unknown).
     Volumes are served slice by slice; a 2D image is a case with one slice. Images are kept
     as float16 after per-case normalisation to halve memory.
     """
@@ -34,17 +37,24 @@ class SliceDataset(Dataset):
     def __init__(
         self, cases: list[LoadedCase], image_size: int, augment: Callable | None = None
     ) -> None:
-        images, masks, self.meta = [], [], []
+        images, masks, vectors, self.meta = [], [], [], []
         for case in cases:
             x, y = resize_slices(case.image, case.label, image_size)
             images.append(x.half())
             masks.append(y)
-            n = x.shape[0]
+            vectors.append(case.meta.slice_vectors())
             self.meta += [
-                {"case_id": case.case_id, "slice_index": z, "num_slices": n} for z in range(n)
+                {
+                    "case_id": case.case_id,
+                    "patient_id": case.meta.patient_id,
+                    "slice_index": z,
+                    "num_slices": x.shape[0],
+                }
+                for z in range(x.shape[0])
             ]
         self.images = torch.cat(images)
         self.masks = torch.cat(masks)
+        self.meta_values = torch.from_numpy(np.concatenate(vectors))
         self.augment = augment
 
     def __len__(self) -> int:
@@ -54,4 +64,19 @@ class SliceDataset(Dataset):
         image, mask = self.images[i].float(), self.masks[i].long()
         if self.augment is not None:
             image, mask = self.augment(image, mask)
-        return {"image": image, "mask": mask, **self.meta[i]}
+        meta = self.meta_values[i]
+        return {
+            "image": image,
+            "mask": mask,
+            **self.meta[i],
+            "position": meta[META_FIELDS.index("position")],
+            "meta": meta,
+        }
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [m["case_id"] for m in self.meta]
+
+    def require(self, fields: list[str], who: str, where: str) -> None:
+        """Raise a DataError naming the cases for which one of ``fields`` is unknown."""
+        require_fields(self.meta_values.numpy(), self.case_ids, fields, who, where)

@@ -12,6 +12,7 @@ import numpy as np
 
 from mtlseg.config import DataConfig
 from mtlseg.data.io import check_finite, read_volume
+from mtlseg.data.metadata import CaseMeta, case_meta
 from mtlseg.data.sources import CaseRecord, DatasetIndex
 from mtlseg.errors import DataError
 from mtlseg.registry import Registry
@@ -56,6 +57,7 @@ class LoadedCase:
     label: np.ndarray  # (Z, H, W) int64 in [0, num_classes)
     affine: np.ndarray | None
     image_file: str
+    meta: CaseMeta
 
 
 @dataclass
@@ -188,7 +190,8 @@ def load_dataset(
             continue
         # normalised in float32, kept in float16: the slices are resized from it once
         image = normalise(raw.image.astype(np.float32)).astype(np.float16)
-        cases.append(LoadedCase(raw.record.case_id, image, label, raw.affine, str(first)))
+        meta = case_meta(raw.record.case_id, image.shape, raw.affine, cfg.case_pattern)
+        cases.append(LoadedCase(raw.record.case_id, image, label, raw.affine, str(first), meta))
     if problems:
         return None, problems
     is_volume = any(c.image.shape[0] > 1 for c in cases)

@@ -1,4 +1,4 @@
-"""Train/val splits by case: a given splits file is honoured, otherwise a seeded split is made."""
+"""Train/val splits by case, by patient, or "seen patients, unseen scans" (paper 001)."""
 
 from __future__ import annotations
 
@@ -58,21 +58,78 @@ def seeded_split(case_ids: list[str], val_fraction: float, seed: int) -> dict[st
     return {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
 
 
+def _seeded_by_patient(
+    patients: dict[str, str], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """Hold out ``val_fraction`` of the patients with all their cases."""
+    by_patient = seeded_split(sorted(set(patients.values())), val_fraction, seed)
+    val = set(by_patient["val"])
+    return {
+        "train": sorted(c for c, p in patients.items() if p not in val),
+        "val": sorted(c for c, p in patients.items() if p in val),
+    }
+
+
+def _seen_patients(patients: dict[str, str], val_fraction: float, seed: int):
+    """Paper 001's patient-day split, generalised: for ``val_fraction`` of the patients that
+    have two or more scans, one seeded scan goes to val; every other scan trains."""
+    scans: dict[str, list[str]] = {}
+    for case, patient in sorted(patients.items()):
+        scans.setdefault(patient, []).append(case)
+    multi = sorted(p for p, cases in scans.items() if len(cases) >= 2)
+    if not multi:
+        raise DataError(
+            "split_mode seen-patients needs patients with two or more scans; every patient has "
+            "one (patient ids come from the case ids via data.case_pattern)"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    n_val = min(max(1, round(val_fraction * len(scans))), len(multi))
+    val = sorted(str(rng.choice(scans[p])) for p in rng.permutation(multi)[:n_val])
+    return {"train": sorted(set(patients) - set(val)), "val": val}
+
+
 def resolve_split(
-    root: Path, case_ids: list[str], cfg: DataConfig
+    root: Path, patients: dict[str, str], cfg: DataConfig
 ) -> tuple[dict[str, list[str]], str]:
-    """The split to use and where it came from; case ids are checked against the dataset."""
+    """The split to use and where it came from. ``patients``: case id -> patient id.
+
+    Modes (``data.split_mode``): ``case`` and ``patient`` honour a splits file when there is
+    one (``patient`` also checks that no patient is on both sides) and otherwise hold out a
+    seeded fraction of cases / patients; ``seen-patients`` always draws its own split.
+    """
+    mode, seed, fraction = cfg.split_mode, cfg.split_seed, cfg.val_fraction
+    if mode not in SPLIT_MODES:
+        raise DataError(f"data.split_mode: expected one of {', '.join(SPLIT_MODES)}, got {mode!r}")
+    seeded = f"seeded {mode} split (seed {seed}, val fraction {fraction})"
+    if mode == "seen-patients":
+        split = _seen_patients(patients, fraction, seed)
+        validate_split(split, list(patients), seeded)
+        return split, seeded
     path = find_split_file(root, cfg)
     if path is None:
-        return seeded_split(case_ids, cfg.val_fraction, cfg.split_seed), (
-            f"seeded split (seed {cfg.split_seed}, val fraction {cfg.val_fraction})"
-        )
+        if mode == "case":
+            return seeded_split(list(patients), fraction, seed), seeded
+        return _seeded_by_patient(patients, fraction, seed), seeded
     split = read_split_file(path, cfg.fold)
-    validate_split(split, case_ids, str(path))
+    validate_split(split, list(patients), str(path), cfg.allow_unlisted)
+    if mode == "patient":
+        shared = sorted({patients[c] for c in split["train"]} & {patients[c] for c in split["val"]})
+        if shared:
+            raise DataError(
+                f"{path}: patient(s) {shared[:5]} have cases in both train and val; "
+                "use data.split_mode=seen-patients for that, or case to accept it"
+            )
     return split, str(path)
 
 
-def validate_split(split: dict[str, list[str]], case_ids: list[str], source: str) -> None:
+SPLIT_MODES = ("case", "patient", "seen-patients")
+
+
+def validate_split(
+    split: dict[str, list[str]], case_ids: list[str], source: str, allow_unlisted: bool = False
+) -> None:
     known = set(case_ids)
     for name in SPLIT_NAMES:
         if not split.get(name):
@@ -86,6 +143,11 @@ def validate_split(split: dict[str, list[str]], case_ids: list[str], source: str
     if overlap:
         raise DataError(f"{source}: cases in both train and val: {overlap[:5]}")
     unused = sorted(known - set(split["train"]) - set(split["val"]))
+    if unused and not allow_unlisted:
+        raise DataError(
+            f"{source}: {len(unused)} case(s) of the dataset are in no split, e.g. {unused[:5]}; "
+            "add them to train or val, or set data.allow_unlisted=true to leave them out"
+        )
     if unused:
         log.warning(
             "%s: %d case(s) are in no split and are not used: %s", source, len(unused), unused[:10]

@@ -39,12 +39,12 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     """Discover, load and validate the dataset, then split it by case (or use ``split``)."""
     index = discover(cfg.path, cfg.format)
     dataset = load_dataset_or_raise(index, cfg)
-    ids = [c.case_id for c in dataset.cases]
+    patients = {c.case_id: c.meta.patient_id for c in dataset.cases}
     if split is None:
-        split, source = resolve_split(index.root, ids, cfg)
+        split, source = resolve_split(index.root, patients, cfg)
     else:
         source = "given"
-        validate_split(split, ids, "recorded split")
+        validate_split(split, list(patients), "recorded split", allow_unlisted=True)
     by_id = {c.case_id: c for c in dataset.cases}
     train_cases = [by_id[c] for c in split["train"]]
     val_cases = [by_id[c] for c in split["val"]]
