@@ -10,7 +10,11 @@ from mtlseg.weighting import build_weighting
 
 
 def test_shipped_recipes_load_and_are_the_decided_set():
-    assert {"unet", "unet-hog", "u2net", "u2net-hog"} <= set(recipe_names())
+    assert {"unet", "unet-hog", "u2net", "u2net-hog", "small-unet", "small-unet-position"} | {
+        "small-unet-contrastive",
+        "small-unet-film",
+        "big-unet",
+    } == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
         assert cfg.tasks[0].kind == "segmentation" and cfg.name == name
@@ -54,12 +58,20 @@ def test_unknown_recipe_lists_the_shipped_ones():
 
 
 def test_unknown_task_backbone_weighting_list_valid_names():
-    with pytest.raises(ConfigError, match="unknown task 'depth'; valid tasks: hog, segmentation"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown task .depth.; valid tasks: contrastive, hog, position, segmentation",
+    ):
         TASKS.get("depth")
-    with pytest.raises(ConfigError, match="unknown backbone 'resnet'.*u2net, unet"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown backbone .resnet.; valid backbones: big-unet, small-unet, u2net, unet",
+    ):
         build_backbone("resnet", {}, 1, 2)
-    with pytest.raises(ConfigError, match="unknown weighting 'nash'.*fixed"):
-        build_weighting("nash", {}, {})
+    with pytest.raises(
+        ConfigError, match="unknown weighting .nash.; valid weightings: constant, decay, fixed"
+    ):
+        build_weighting("nash", {}, {}, "segmentation")
 
 
 def test_task_params_are_validated_against_the_task():

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.metrics import SegmentationMetrics, confusion_counts, hd95
 from mtlseg.weighting import build_weighting
@@ -59,13 +60,43 @@ def test_hd95_conventions():
 
 @pytest.mark.parametrize("name", SEG_LOSSES.names())
 def test_segmentation_losses_prefer_the_right_answer(name):
-    loss = SEG_LOSSES.get(name)()
+    factory = SEG_LOSSES.get(name)
+    loss = factory()
     target = torch.randint(0, 3, (2, 8, 8))
     good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+    if factory.mode == "multilabel":  # one channel per foreground class
+        good, target = good[:, 1:], good[:, 1:] > 0
     assert loss(good, target) < loss(-good, target)
 
 
+def test_bce_dice_is_paper_001_equation_1_and_allows_overlap():
+    loss = SEG_LOSSES.get("bce-dice")()
+    logits = torch.tensor([[[[2.0, -1.0]], [[0.5, 3.0]]]])  # (1, 2 classes, 1, 2)
+    target = torch.tensor([[[[1.0, 1.0]], [[1.0, 1.0]]]])  # both classes on: overlap
+    p = logits.sigmoid()
+    bce = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    dice = 1 - (2 * (p * target).sum((2, 3)) / (p.sum((2, 3)) + target.sum((2, 3)))).mean()
+    assert loss(logits, target).item() == pytest.approx((0.6 * bce + 0.4 * dice).item(), abs=1e-4)
+
+
+def test_constant_and_decaying_auxiliary_weights():
+    tasks = {"seg": 1.0, "position": 1.0}
+    losses = {"seg": torch.tensor(2.0), "position": torch.tensor(10.0)}
+    constant = build_weighting("constant", {"c": 0.1}, tasks, "seg")
+    assert constant(losses, step=500, epoch=7).item() == pytest.approx(2.0 + 0.1 * 10)
+    by_epoch = build_weighting("decay", {"c": 0.3}, tasks, "seg")
+    # eq. 3: c / t with t = epoch + 1, whatever the step
+    expected = [0.3, 0.15, 0.1, 0.075]
+    got = [by_epoch.weights(losses, step=999, epoch=e)["position"] for e in range(4)]
+    assert got == pytest.approx(expected)
+    assert by_epoch.weights(losses, 0, 3)["seg"] == 1.0
+    by_step = build_weighting("decay", {"c": 0.3, "unit": "step"}, tasks, "seg")
+    assert by_step.weights(losses, step=9, epoch=0)["position"] == pytest.approx(0.03)
+    with pytest.raises(ConfigError, match="weighting.params: unit must be epoch or step"):
+        build_weighting("decay", {"unit": "batch"}, tasks, "seg")
+
+
 def test_fixed_weighting_is_the_weighted_sum():
-    w = build_weighting("fixed", {}, {"segmentation": 1.0, "hog": 0.25})
+    w = build_weighting("fixed", {}, {"segmentation": 1.0, "hog": 0.25}, "segmentation")
     losses = {"segmentation": torch.tensor(2.0), "hog": torch.tensor(4.0)}
     assert w(losses).item() == pytest.approx(3.0)

@@ -11,6 +11,8 @@ from mtlseg.models.heads import RegressionUnit
 TINY = {
     "unet": {"channels": [4, 8, 16]},
     "u2net": {"out_channels": [4] * 6, "mid_channels": [2] * 6},
+    "small-unet": {"channels": [4, 8, 16]},
+    "big-unet": {"layers": [1, 1, 1], "width": 4},
 }
 
 

@@ -47,11 +47,30 @@ class DataConfig:
 
 
 @dataclass
+class FiLMConfig:
+    """Metadata conditioning (paper 001, section 4.3): which fields, MLP size, missing values."""
+
+    fields: list[str] = field(
+        default_factory=lambda: ["position", "phase", "num_slices", "height", "width"]
+    )
+    hidden: int = 64
+    layers: int = 3  # Linear layers in each of the scale and shift MLPs
+    missing: str = "error"  # error: refuse cases lacking a field | zero: fill the train mean
+
+
+@dataclass
 class ModelConfig:
-    """Which backbone (by registry name) and its own parameters."""
+    """Which backbone (by registry name), its own parameters, optional FiLM conditioning."""
 
     backbone: str = "unet"
     params: dict[str, Any] = field(default_factory=dict)
+    film: FiLMConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.film is not None and self.film.missing not in ("error", "zero"):
+            raise ConfigError(
+                f"model.film.missing: expected error or zero, got {self.film.missing!r}"
+            )
 
 
 @dataclass
@@ -78,13 +97,18 @@ class WeightingConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule (paper 000 section 4: Adam 2e-4, halved every 50k, val every 1k)."""
+    """Optimisation schedule (paper 000 section 4: Adam 2e-4, halved every 50k, val every 1k;
+    paper 001: Adam + cosine annealing, at most 10 epochs, early stopping)."""
 
-    max_steps: int = 150_000
+    max_steps: int = 150_000  # -1: no step limit (then max_epochs decides)
+    max_epochs: int | None = None  # None: no epoch limit
     batch_size: int = 8
     lr: float = 2e-4
+    scheduler: str = "step"  # step: halve every lr_halve_every | cosine: anneal to 0 | constant
     lr_halve_every: int = 50_000
-    val_every: int = 1_000
+    val_every: int = 1_000  # validate every N optimiser steps; 0: at the end of every epoch
+    early_stopping: int | None = None  # stop after N validations without a better val Dice
+    sampler: str = "shuffle"  # shuffle | pairs | patient-pairs (adjacent-slice pairs)
     seed: int = 0
     accelerator: str = "auto"  # auto | cpu | gpu
     precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU

@@ -12,10 +12,12 @@ from torch.utils.data import DataLoader, Sampler
 from mtlseg.config import DataConfig
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
+from mtlseg.data.samplers import AdjacentPairBatchSampler
 from mtlseg.data.sources import DatasetIndex, discover
 from mtlseg.data.splits import resolve_split, validate_split, write_split
 from mtlseg.data.transforms import Augment2D
 from mtlseg.errors import DataError
+from mtlseg.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,12 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
-def train_loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+SAMPLERS: Registry = Registry("train.sampler")
+
+
+@SAMPLERS.register("shuffle")
+def shuffle_loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+    """Every slice once per epoch in a (seed, epoch) order."""
     n = len(data.train)
     return DataLoader(
         data.train,
@@ -85,6 +92,30 @@ def train_loader(data: PreparedData, batch_size: int, seed: int, num_workers: in
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+def _pair_loader(single_patient: bool):
+    def loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+        sampler = AdjacentPairBatchSampler(data.train.meta, batch_size, seed, single_patient)
+        return DataLoader(
+            data.train,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+
+    loader.__doc__ = "Adjacent-slice pairs" + (", one patient per batch" if single_patient else "")
+    return loader
+
+
+SAMPLERS.register("pairs")(_pair_loader(single_patient=False))
+SAMPLERS.register("patient-pairs")(_pair_loader(single_patient=True))
+
+
+def train_loader(
+    data: PreparedData, batch_size: int, seed: int, num_workers: int, sampler: str = "shuffle"
+) -> DataLoader:
+    return SAMPLERS.get(sampler)(data, batch_size, seed, num_workers)
 
 
 def val_loader(data: PreparedData, batch_size: int, num_workers: int) -> DataLoader:

@@ -19,6 +19,7 @@ from mtlseg.data.io import (
     stem,
 )
 from mtlseg.data.loading import NORMALIZATIONS
+from mtlseg.data.metadata import case_meta, require_fields
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.module import MultiTaskModule
@@ -31,23 +32,39 @@ def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
     ckpt = load_checkpoint(Path(ckpt_path))
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise MtlsegError(f"{ckpt_path}: not an mtlseg checkpoint (no hyper_parameters/state_dict)")
-    module = MultiTaskModule(**ckpt["hyper_parameters"])
+    hparams = dict(ckpt["hyper_parameters"])
+    params = hparams["config"].get("model", {}).get("params", {})
+    if params.get("weights"):  # the trained weights follow; the pretrained file is not needed
+        hparams["config"] = {
+            **hparams["config"],
+            "model": {**hparams["config"]["model"], "params": {**params, "weights": None}},
+        }
+    module = MultiTaskModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval().to(device)
 
 
 @torch.no_grad()
 def segment_slices(
-    module: MultiTaskModule, images: torch.Tensor, batch_size: int = 16
+    module: MultiTaskModule,
+    images: torch.Tensor,
+    meta: torch.Tensor | None = None,
+    batch_size: int = 16,
 ) -> torch.Tensor:
-    """(N, C, S, S) -> logits (N, K, S, S), in chunks."""
+    """(N, C, S, S) images [+ (N, F) metadata for FiLM] -> logits (N, K, S, S), in chunks."""
     device = next(module.parameters()).device
-    return torch.cat(
-        [
-            module.model.segment(images[i : i + batch_size].to(device)).float().cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    chunks = []
+    for i in range(0, len(images), batch_size):
+        m = meta[i : i + batch_size].to(device) if meta is not None else None
+        x = images[i : i + batch_size].to(device)
+        chunks.append(module.model.segment(x, m).float().cpu())
+    return torch.cat(chunks)
+
+
+def predict_dataset(module: MultiTaskModule, dataset: SliceDataset) -> torch.Tensor:
+    """Class indices (N, S, S) for every slice of a dataset, with its metadata."""
+    logits = segment_slices(module, dataset.images.float(), dataset.meta_values)
+    return module.seg_task.decode(logits)
 
 
 def evaluate(
@@ -74,9 +91,8 @@ def evaluate(
     ids = sorted({m["case_id"] for m in dataset.meta})
     index = {c: i for i, c in enumerate(ids)}
     metrics = SegmentationMetrics(data.class_names, with_hd95=with_hd95)
-    logits = segment_slices(module, dataset.images.float())
     cases = torch.tensor([index[m["case_id"]] for m in dataset.meta])
-    metrics.update(logits.argmax(1), dataset.masks.long(), cases)
+    metrics.update(predict_dataset(module, dataset), dataset.masks.long(), cases)
     result = metrics.compute()
     result["num_samples"] = len(dataset)
     result["num_cases"] = len(ids)
@@ -104,11 +120,18 @@ def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.nd
             f"{path}: {image.shape[-1]} channel(s), the model was trained on {expected}"
         )
     cfg = module.cfg.data
+    meta = case_meta(stem(path).removesuffix("_0000"), image.shape, affine, cfg.case_pattern)
+    values = torch.from_numpy(meta.slice_vectors())
+    film = module.cfg.model.film
+    if film is not None and film.missing == "error":
+        require_fields(
+            values.numpy(), [str(path)] * len(values), film.fields, "model.film", str(path)
+        )
     image = NORMALIZATIONS.get(cfg.normalization)(image.astype(np.float32))
     x, _ = resize_slices(image, None, cfg.image_size)
-    logits = segment_slices(module, x)
+    logits = segment_slices(module, x, values)
     logits = F.interpolate(logits, size=image.shape[1:3], mode="bilinear", align_corners=False)
-    return logits.argmax(1).to(torch.uint8).numpy(), affine
+    return module.seg_task.decode(logits).to(torch.uint8).numpy(), affine
 
 
 def predict(ckpt_path: Path | str, input_path: Path | str, out_dir: Path | str) -> list[Path]:

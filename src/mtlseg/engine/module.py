@@ -8,20 +8,40 @@ import lightning.pytorch as pl
 import torch
 
 from mtlseg.config import RunConfig, build_dataclass
-from mtlseg.errors import TrainingError
+from mtlseg.engine.schedulers import build_scheduler
+from mtlseg.errors import ConfigError, TrainingError
 from mtlseg.metrics import SegmentationMetrics
 from mtlseg.models import MultiTaskModel, build_backbone
-from mtlseg.tasks import TaskContext, build_task
+from mtlseg.models.film import FiLMGenerator
+from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.weighting import build_weighting
+
+PAIR_SAMPLERS = ("pairs", "patient-pairs")
 
 
 def build_model_and_tasks(cfg: RunConfig, in_channels: int, num_classes: int):
     """RunConfig -> (MultiTaskModel, tasks). The first task is the segmentation task."""
-    backbone = build_backbone(cfg.model.backbone, cfg.model.params, in_channels, num_classes)
+    seg = cfg.tasks[0]
+    seg_cls = TASKS.get(seg.kind)
+    seg_params = build_dataclass(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
+    out_channels = seg_cls.output_channels(seg_params, num_classes)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.params, in_channels, out_channels)
     ctx = TaskContext(backbone, num_classes, in_channels, cfg.data.image_size)
     tasks = [build_task(t, ctx) for t in cfg.tasks]
+    needs_pairs = [t.name for t in tasks if t.needs_pairs]
+    if needs_pairs and cfg.train.sampler not in PAIR_SAMPLERS:
+        raise ConfigError(
+            f"tasks.{needs_pairs[0]}: needs adjacent-slice pairs in every batch; set "
+            f"train.sampler to one of {', '.join(PAIR_SAMPLERS)} (now {cfg.train.sampler!r})"
+        )
     heads = {t.name: head for t in tasks if (head := t.build_head()) is not None}
-    return MultiTaskModel(backbone, heads, seg_name=tasks[0].name), tasks
+    film = None
+    if cfg.model.film is not None:
+        try:
+            film = FiLMGenerator(cfg.model.film, backbone.film_channels)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return MultiTaskModel(backbone, heads, seg_name=tasks[0].name, film=film), tasks
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -48,19 +68,33 @@ class MultiTaskModule(pl.LightningModule):
             self.cfg.weighting.kind,
             self.cfg.weighting.params,
             {t.name: t.weight for t in self.tasks},
+            self.tasks[0].name,
         )
         self.val_metrics = SegmentationMetrics(self.class_names)
         self.case_index = {c: i for i, c in enumerate(val_case_ids or [])}
+        self.lr = self.cfg.train.lr  # Lightning's LR finder reads and writes this attribute
 
     @property
     def seg_task(self):
         return self.tasks[0]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model(x)
+    def required_meta(self) -> dict[str, list[str]]:
+        """Metadata fields that every slice must have, by who needs them."""
+        needed = {f"tasks.{t.name}": list(t.required_meta) for t in self.tasks if t.required_meta}
+        film = self.cfg.model.film
+        if film is not None and film.missing == "error":
+            needed["model.film"] = list(film.fields)
+        return needed
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.model(x, meta)
+
+    def predict_labels(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, H, W) class indices."""
+        return self.seg_task.decode(self.model.segment(x, meta))
 
     def task_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        outputs = self.model(batch["image"])
+        outputs = self.model(batch["image"], batch.get("meta"))
         return {t.name: t.loss(outputs[t.name], t.target(batch)) for t in self.tasks}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -71,14 +105,14 @@ class MultiTaskModule(pl.LightningModule):
                     f"step {self.global_step}: loss of task {name!r} is {value.item()} "
                     "(lower train.lr, or check the data for extreme values)"
                 )
-        total = self.weighting(losses, self.global_step)
+        total = self.weighting(losses, self.global_step, self.current_epoch)
         bs = batch["image"].shape[0]
         self.log_dict({f"train/loss_{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred = self.model.segment(batch["image"]).argmax(1)
+        pred = self.predict_labels(batch["image"], batch.get("meta"))
         cases = torch.tensor([self.case_index.get(c, 0) for c in batch["case_id"]])
         self.val_metrics.update(pred, batch["mask"], cases)
 
@@ -89,11 +123,9 @@ class MultiTaskModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in result.items() if k != "dice/mean"})
 
     def configure_optimizers(self):
-        t = self.cfg.train
-        optimizer = torch.optim.Adam(self.parameters(), lr=t.lr)
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=t.lr_halve_every, gamma=0.5
-        )
+        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        scheduler = build_scheduler(self.cfg.train, optimizer, int(total))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -9,7 +9,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    ModelCheckpoint,
+    OnExceptionCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mtlseg.config import RunConfig
@@ -22,7 +27,7 @@ from mtlseg.engine.data import (
     write_split_file,
 )
 from mtlseg.engine.module import MultiTaskModule
-from mtlseg.errors import MtlsegError
+from mtlseg.errors import ConfigError, MtlsegError
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +68,17 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         ),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
     ]
+    if t.early_stopping is not None:
+        callbacks.append(EarlyStopping("val/dice", mode="max", patience=t.early_stopping))
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every)))
+    if t.max_steps < 0 and t.max_epochs is None:
+        raise ConfigError("train: set max_steps or max_epochs (both are unlimited now)")
     return pl.Trainer(
         default_root_dir=out,
         max_steps=t.max_steps,
-        max_epochs=-1,
-        val_check_interval=min(t.val_every, t.max_steps),
-        check_val_every_n_epoch=None,
+        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+        **_validation_schedule(t),
         num_sanity_val_steps=0,
         accelerator=t.accelerator,
         devices=1,
@@ -86,6 +94,14 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         plugins=[AtomicCheckpointIO()],
         deterministic=False,
     )
+
+
+def _validation_schedule(t) -> dict:
+    """``val_every`` steps (across epoch boundaries), or once per epoch when it is 0."""
+    if t.val_every == 0:
+        return {"val_check_interval": 1.0, "check_val_every_n_epoch": 1}
+    every = t.val_every if t.max_steps < 0 else min(t.val_every, t.max_steps)
+    return {"val_check_interval": every, "check_val_every_n_epoch": None}
 
 
 def resume_checkpoint(out: Path) -> Path | None:
@@ -127,6 +143,28 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
         )
 
 
+def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
+    """The module for ``cfg``; checks the metadata it needs and sets FiLM's statistics."""
+    module = MultiTaskModule(
+        cfg.to_dict(), data.dataset.in_channels, data.class_names, data.case_ids, data.split
+    )
+    for who, fields in module.required_meta().items():
+        data.train.require(fields, who, f"{data.index.root} (train split)")
+        if who == "model.film":  # conditioning needs the fields at inference too
+            data.val.require(fields, who, f"{data.index.root} (val split)")
+    if module.model.film is not None:
+        module.model.film.set_statistics(data.train.meta_values)
+    return module
+
+
+def loaders(cfg: RunConfig, data: PreparedData):
+    t, nw = cfg.train, cfg.data.num_workers
+    return (
+        train_loader(data, t.batch_size, t.seed, nw, t.sampler),
+        val_loader(data, t.batch_size, nw),
+    )
+
+
 def train(
     cfg: RunConfig, out: Path | str, resume: bool = False, data: PreparedData | None = None
 ) -> TrainResult:
@@ -149,15 +187,13 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_split_file(data, out / "splits.json")
-    module = MultiTaskModule(
-        cfg.to_dict(), data.dataset.in_channels, data.class_names, data.case_ids, data.split
-    )
+    module = build_module(cfg, data)
     trainer = build_trainer(cfg, out)
-    nw = cfg.data.num_workers
+    train_dl, val_dl = loaders(cfg, data)
     trainer.fit(
         module,
-        train_dataloaders=train_loader(data, cfg.train.batch_size, cfg.train.seed, nw),
-        val_dataloaders=val_loader(data, cfg.train.batch_size, nw),
+        train_dataloaders=train_dl,
+        val_dataloaders=val_dl,
         ckpt_path=str(resume_from) if resume else None,
     )
     if _saved_step(last) != trainer.global_step:  # steps after the last validation

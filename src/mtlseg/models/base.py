@@ -22,9 +22,21 @@ class Backbone(nn.Module):
     ``forward(x)`` maps (B, C_in, H, W) to ``(logits (B, K, H, W), {name: feature})``.
     ``feature_info`` names every feature; ``"bottleneck"`` is the deepest one and
     ``"decoder"`` expands to every decoder stage, deepest first.
+
+    ``film``: optional per-sample (scale, shift), each (B, film_channels), applied by
+    ``modulate`` to the output of the first convolution block (paper 001, section 4.3).
     """
 
     feature_info: dict[str, FeatureInfo]
+    film_channels: int
+
+    @staticmethod
+    def modulate(x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """FiLM (Perez et al. 2018): gamma * x + beta, per sample and channel."""
+        if film is None:
+            return x
+        gamma, beta = film
+        return x * gamma[:, :, None, None] + beta[:, :, None, None]
 
     def resolve_features(self, spec: str | list[str]) -> list[str]:
         names = [spec] if isinstance(spec, str) else list(spec)
@@ -38,5 +50,7 @@ class Backbone(nn.Module):
             )
         return names
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -63,3 +63,17 @@ def regression_heads(
         size = max(1, -(-image_size // info.stride))
         heads[name] = RegressionUnit(info.channels, size, out_dim, hidden, max_grid)
     return FeatureHeads(heads)
+
+
+class PooledHead(nn.Module):
+    """Global average pool of one feature, then Linear-ReLU-Linear: {name: feat} -> (B, out)."""
+
+    def __init__(self, feature: str, c_in: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.feature = feature
+        self.mlp = nn.Sequential(
+            nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+        )
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mlp(features[self.feature].mean(dim=(-2, -1)))

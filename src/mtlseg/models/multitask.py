@@ -5,27 +5,44 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtlseg.errors import ConfigError
 from mtlseg.models.base import Backbone
 
 
 class MultiTaskModel(nn.Module):
-    """Segmentation logits under ``seg_name`` and one entry per auxiliary head."""
+    """Segmentation logits under ``seg_name`` and one entry per auxiliary head.
+
+    With a FiLM generator the backbone is conditioned on ``meta`` (B, len(META_FIELDS)),
+    the slices' metadata vectors, which every call must then pass.
+    """
 
     def __init__(
-        self, backbone: Backbone, heads: dict[str, nn.Module], seg_name: str = "segmentation"
+        self,
+        backbone: Backbone,
+        heads: dict[str, nn.Module],
+        seg_name: str = "segmentation",
+        film: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
         self.seg_name = seg_name
+        self.film = film
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, features = self.backbone(x)
+    def _film(self, meta: torch.Tensor | None):
+        if self.film is None:
+            return None
+        if meta is None:
+            raise ConfigError("this model is conditioned on slice metadata (FiLM): pass meta")
+        return self.film(meta)
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits, features = self.backbone(x, self._film(meta))
         outputs = {self.seg_name: logits}
         for name, head in self.heads.items():
             outputs[name] = head(features)
         return outputs
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
+    def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Segmentation logits only, skipping the auxiliary heads (inference)."""
-        return self.backbone(x)[0]
+        return self.backbone(x, self._film(meta))[0]

@@ -128,14 +128,16 @@ class U2Net(Backbone):
             nn.Conv2d(c, num_classes, 3, padding=1) for c in [*dec_out, out[5]]
         )
         self.fuse = nn.Conv2d(6 * num_classes, num_classes, 1)
+        self.film_channels = out[0]
         self.feature_info = {"bottleneck": FeatureInfo(out[5], 32)}
         for k in range(4, -1, -1):
             self.feature_info[f"decoder{5 - k}"] = FeatureInfo(dec_out[k], 2**k)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         skips, h = [], x
         for k, stage in enumerate(self.encoder):
             h = stage(F.max_pool2d(h, 2, ceil_mode=True) if k > 0 else h)
+            h = self.modulate(h, film) if k == 0 else h
             skips.append(h)
         features = {"bottleneck": h}
         decoded: list[torch.Tensor] = [h]  # stage 6 output, then decoder 5..1

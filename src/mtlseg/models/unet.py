@@ -43,14 +43,16 @@ class UNet(Backbone):
         )
         self.out = UnetOutBlock(2, ch[0], num_classes)
         depth = len(ch) - 1
+        self.film_channels = ch[0]
         self.feature_info = {"bottleneck": FeatureInfo(ch[-1], 2**depth)}
         for i, c in enumerate(ch[-2::-1]):
             self.feature_info[f"decoder{i + 1}"] = FeatureInfo(c, 2 ** (depth - 1 - i))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         skips = []
-        for block in self.encoder:
+        for i, block in enumerate(self.encoder):
             x = block(x)
+            x = self.modulate(x, film) if i == 0 else x
             skips.append(x)
         features = {"bottleneck": x}
         for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):

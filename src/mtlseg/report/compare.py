@@ -100,5 +100,8 @@ def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: 
     pool = has_fg if len(has_fg) >= n else torch.arange(len(data.val))
     chosen = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]
     images, masks = data.val.images[chosen].float(), data.val.masks[chosen]
-    predictions = {name: segment_slices(m, images).argmax(1) for name, m in modules.items()}
+    meta = data.val.meta_values[chosen]
+    predictions = {
+        name: m.seg_task.decode(segment_slices(m, images, meta)) for name, m in modules.items()
+    }
     return plot_qualitative(images, masks, predictions, len(data.class_names), out)

@@ -29,6 +29,8 @@ class Task:
     """
 
     Config: type = object
+    required_meta: tuple[str, ...] = ()  # metadata fields every training slice must have
+    needs_pairs: bool = False  # batches must hold adjacent-slice pairs (a pair sampler)
 
     def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
         self.name: str = cfg.name or cfg.kind
@@ -36,6 +38,11 @@ class Task:
         self.weight = cfg.weight
         self.params = build_dataclass(self.Config, cfg.params, f"tasks.{self.name}.params")
         self.ctx = ctx
+
+    @classmethod
+    def output_channels(cls, params: Any, num_classes: int) -> int:
+        """Channels the backbone must output when this is the primary task."""
+        return num_classes
 
     def build_head(self) -> nn.Module | None:
         return None

@@ -1,0 +1,80 @@
+"""Paper 001's "Big UNet": a ResNet-50 encoder without its 2048-channel stage, UNet decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from monai.networks.blocks import UnetOutBlock
+from torch import nn
+
+from mtlseg.models.base import Backbone, FeatureInfo
+from mtlseg.models.blocks import UpBlock
+from mtlseg.models.registry import register_backbone
+from mtlseg.models.resnet import ResNetEncoder
+
+# torchvision's order of a ResNet's children; ``freeze: N`` freezes the first N
+ENCODER_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+
+
+@dataclass
+class BigUNetConfig:
+    layers: list[int] = field(default_factory=lambda: [3, 4, 6])  # ResNet-50 minus layer4
+    width: int = 64  # ResNet stem width; 64 is ResNet-50 (tests use a tiny one)
+    weights: str | None = None  # local ImageNet state_dict (torchvision names); no download
+    freeze: int = 0  # freeze the first N encoder children (4: the stem, as paper 001 tried)
+    norm: str = "batch"
+
+
+@register_backbone("big-unet", BigUNetConfig)
+class BigUNet(Backbone):
+    """ResNet stages give skips at strides 2 (stem), 4, 8 and a 16w-channel bottleneck
+    (1024 for ResNet-50) at stride 16; four up-blocks return to full size, the last one
+    concatenating the input. One-channel input is replicated to the 3 channels the
+    ImageNet encoder expects. FiLM acts on the stem output.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: BigUNetConfig) -> None:
+        super().__init__()
+        if not 1 <= cfg.freeze <= len(ENCODER_CHILDREN) and cfg.freeze != 0:
+            raise ValueError(f"freeze must be 0..{len(ENCODER_CHILDREN)}, got {cfg.freeze}")
+        self.replicate = in_channels == 1
+        self.encoder = ResNetEncoder(3 if self.replicate else in_channels, cfg.layers, cfg.width)
+        self.weights_report = self.encoder.load_weights(cfg.weights) if cfg.weights else None
+        self.frozen = [getattr(self.encoder, n) for n in ENCODER_CHILDREN[: cfg.freeze]]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        enc = self.encoder.channels  # [w, 4w, 8w, 16w]
+        dec = [enc[-1] // 2**k for k in range(1, len(enc))] + [cfg.width]
+        skips = [*enc[-2::-1], 3 if self.replicate else in_channels]
+        ins = [enc[-1], *dec[:-1]]
+        self.decoder = nn.ModuleList(
+            UpBlock(c_in, c_skip, c_out, cfg.norm)
+            for c_in, c_skip, c_out in zip(ins, skips, dec, strict=True)
+        )
+        self.out = UnetOutBlock(2, dec[-1], num_classes)
+        self.film_channels = enc[0]
+        n = len(enc) - 1
+        self.feature_info = {"bottleneck": FeatureInfo(enc[-1], 2 ** (n + 1))}
+        for i, c in enumerate(dec):
+            self.feature_info[f"decoder{i + 1}"] = FeatureInfo(c, 2 ** (n - i))
+
+    def train(self, mode: bool = True) -> BigUNet:
+        """Frozen layers stay in eval mode: their batch-norm statistics do not move either."""
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.replicate:
+            x = x.expand(-1, 3, -1, -1)
+        stem = self.modulate(self.encoder.stem(x), film)
+        skips = [x, stem, *self.encoder.stages(stem)]
+        h = skips.pop()
+        features = {"bottleneck": h}
+        for i, block in enumerate(self.decoder):
+            skip = skips.pop()
+            h = block(h, skip.shape[-2:], skip)
+            features[f"decoder{i + 1}"] = h
+        return self.out(h), features
