@@ -66,11 +66,29 @@ def cmd_train(args) -> None:
     from mtlseg.config import load_config
     from mtlseg.engine.train import train
 
-    cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}"])
-    result = train(cfg, Path(args.out), resume=args.resume)
+    overrides = [*args.set, f"data.path={args.data}"]
+    if args.auto_lr and not args.resume:
+        from mtlseg.engine.lr_find import find_lr
+
+        found = find_lr(load_config(args.recipe, overrides), Path(args.out) / "lr_find")
+        print(f"learning-rate finder suggests {found.suggestion:.3g} (curve: {found.plot})")
+        overrides.append(f"train.lr={found.suggestion}")
+    result = train(load_config(args.recipe, overrides), Path(args.out), resume=args.resume)
     score = f"{result.best_val_dice:.4f}" if result.best_val_dice is not None else "n/a"
     print(
         f"best val Dice {score}; checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)"
+    )
+
+
+def cmd_lr_find(args) -> None:
+    from mtlseg.config import load_config
+    from mtlseg.engine.lr_find import find_lr
+
+    cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}"])
+    found = find_lr(cfg, Path(args.out), args.steps, args.min_lr, args.max_lr)
+    print(
+        f"suggested learning rate: {found.suggestion:.3g} (use --set train.lr={found.suggestion:.3g})"
+        f"\ncurve: {found.plot}\nfigures: {found.record}"
     )
 
 
@@ -186,7 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (images/+masks/ or nnU-Net raw)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument(
+        "--auto-lr",
+        action="store_true",
+        help="run Lightning's learning-rate finder first and train with its suggestion",
+    )
     p.set_defaults(func=cmd_train)
+    p = with_set(sub.add_parser("lr-find", help="learning-rate range test (Lightning's finder)"))
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="folder for lr_find.png and lr_find.json")
+    p.add_argument("--steps", type=int, default=100, help="training steps of the range test")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--max-lr", type=float, default=1.0)
+    p.set_defaults(func=cmd_lr_find)
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data", required=True)
