@@ -69,7 +69,10 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
     ]
     if t.early_stopping is not None:
-        callbacks.append(EarlyStopping("val/dice", mode="max", patience=t.early_stopping))
+        stop = EarlyStopping(
+            "val/dice", mode="max", patience=t.early_stopping, check_on_train_epoch_end=False
+        )
+        callbacks.append(stop)  # checked after each validation, never mid-epoch
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every)))
     if t.max_steps < 0 and t.max_epochs is None:
