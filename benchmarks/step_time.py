@@ -1,10 +1,13 @@
 """Training-step time of a multi-task recipe vs its single-task baseline, in one process.
 
     python benchmarks/step_time.py --data ../shared/data/kvasir-seg --size 128 --steps 30
+    python benchmarks/step_time.py --data ../shared/data/acdc --size 64 --batch 32 \
+        --recipes small-unet small-unet-position small-unet-contrastive small-unet-film big-unet
 
 Prints seconds per step for each recipe and the ratio (goal for unet-hog / unet: <= 1.10).
-Real batches from the dataset; forward + backward + Adam step, as in training (HOG
-targets included, computed on the same device). Uses CUDA + mixed precision when present.
+Real batches from the recipe's own train loader (pair batches for the contrastive recipe);
+forward + backward + Adam step, as in training (HOG targets included, computed on the same
+device). ``--set`` overrides apply to every recipe (e.g. narrower widths). Uses CUDA + mixed precision when present.
 """
 
 from __future__ import annotations
@@ -15,22 +18,27 @@ import time
 import torch
 
 from mtlseg.config import load_config
-from mtlseg.engine.data import prepare_data
+from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
 
 
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def time_steps(
-    recipe: str, data, size: int, steps: int, batch: int, device: str, amp: bool
+    recipe: str, data, size: int, steps: int, batch: int, device: str, amp: bool, overrides
 ) -> float:
-    cfg = load_config(recipe, [f"data.image_size={size}", f"data.path={data.index.root}"])
+    cfg = load_config(
+        recipe, [f"data.image_size={size}", f"data.path={data.index.root}", *overrides]
+    )
     module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names).to(device)
-    opt = torch.optim.Adam(module.parameters(), lr=2e-4)
-    images = data.train.images[: batch * 4].float()
-    masks = data.train.masks[: batch * 4].long()
+    opt = torch.optim.Adam([q for q in module.parameters() if q.requires_grad], lr=2e-4)
+    loader = iter(train_loader(data, batch, 0, 0, cfg.train.sampler))
+    batches = [_to(next(loader), device) for _ in range(4)]
     times = []
     for i in range(steps + 5):
-        j = (i % 4) * batch
-        b = {"image": images[j : j + batch].to(device), "mask": masks[j : j + batch].to(device)}
+        b = batches[i % 4]
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -54,11 +62,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--set", action="append", default=[], help="recipe override for all")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     amp = device == "cuda"
     cfg = load_config(args.recipes[0], [f"data.image_size={args.size}", f"data.path={args.data}"])
     cfg.data.augment = False
+    cfg.data.split_mode = "case"  # any split: only training batches are timed
     data = prepare_data(cfg.data)
     print(
         f"device {device} (mixed precision: {amp}), threads {torch.get_num_threads()}, "
@@ -66,9 +76,9 @@ def main() -> None:
     )
     base = None
     for recipe in args.recipes:
-        t = time_steps(recipe, data, args.size, args.steps, args.batch, device, amp)
+        t = time_steps(recipe, data, args.size, args.steps, args.batch, device, amp, args.set)
         base = base or t
-        print(f"{recipe:12s} {t * 1000:8.1f} ms/step   ratio vs {args.recipes[0]}: {t / base:.3f}")
+        print(f"{recipe:24s} {t * 1000:8.1f} ms/step   ratio vs {args.recipes[0]}: {t / base:.3f}")
 
 
 if __name__ == "__main__":

@@ -314,3 +314,10 @@ def test_multilabel_decoding():
     assert seg.decode(logits).tolist() == [[[3, 0]]]  # the most probable on class; none: 0
     target = seg.target({"mask": torch.tensor([[[0, 3]]])})
     assert target.shape == (1, 3, 1, 2) and target[0, :, 0, 1].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_backbone_parameter_errors_name_the_key():
+    with pytest.raises(ConfigError, match="model.params: freeze must be 0..7, got 9"):
+        build_backbone("big-unet", {"layers": [1, 1, 1], "width": 4, "freeze": 9}, 1, 3)
+    with pytest.raises(ConfigError, match="model.params: small-unet needs at least two levels"):
+        build_backbone("small-unet", {"channels": [4]}, 1, 3)

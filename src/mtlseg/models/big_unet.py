@@ -36,7 +36,7 @@ class BigUNet(Backbone):
 
     def __init__(self, in_channels: int, num_classes: int, cfg: BigUNetConfig) -> None:
         super().__init__()
-        if not 1 <= cfg.freeze <= len(ENCODER_CHILDREN) and cfg.freeze != 0:
+        if not 0 <= cfg.freeze <= len(ENCODER_CHILDREN):
             raise ValueError(f"freeze must be 0..{len(ENCODER_CHILDREN)}, got {cfg.freeze}")
         self.replicate = in_channels == 1
         self.encoder = ResNetEncoder(3 if self.replicate else in_channels, cfg.layers, cfg.width)

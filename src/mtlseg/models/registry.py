@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtlseg.config import build_dataclass
+from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 
 BACKBONES: Registry[tuple[type, type]] = Registry("backbone")
@@ -21,4 +22,7 @@ def register_backbone(name: str, config_cls: type):
 def build_backbone(name: str, params: dict[str, Any], in_channels: int, num_classes: int):
     cls, config_cls = BACKBONES.get(name)
     cfg = build_dataclass(config_cls, params, "model.params")
-    return cls(in_channels, num_classes, cfg)
+    try:
+        return cls(in_channels, num_classes, cfg)
+    except ValueError as err:  # a backbone's own check of its parameters
+        raise ConfigError(f"model.params: {err}") from None
