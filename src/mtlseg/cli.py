@@ -59,7 +59,7 @@ def cmd_recipes(args) -> None:
     from mtlseg.config import load_config, recipe_names
 
     for name in recipe_names():
-        print(f"{name:12s} {load_config(name).description}")
+        print(f"{name:24s} {load_config(name).description}")
 
 
 def cmd_train(args) -> None:
