@@ -85,3 +85,13 @@ def test_task_params_are_validated_against_the_task():
 def test_recipe_needs_segmentation_first():
     with pytest.raises(ConfigError, match="first task must be the primary 'segmentation'"):
         load_config({"tasks": [{"kind": "hog"}]})
+
+
+def test_documented_ablation_recipes_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "docs" / "ablations").glob("*.yaml"))
+    assert files
+    for path in files:
+        cfg = load_config(str(path))
+        assert cfg.train.sampler in ("shuffle", "pairs", "patient-pairs")
