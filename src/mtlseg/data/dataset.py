@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 from mtlseg.data.loading import LoadedCase
 from mtlseg.data.metadata import META_FIELDS, require_fields
 
+POSITION = META_FIELDS.index("position")
+
 
 def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int):
     """(Z, H, W, C) image, (Z, H, W) label -> (Z, C, S, S) float, (Z, S, S) uint8."""
@@ -69,7 +71,7 @@ class SliceDataset(Dataset):
             "image": image,
             "mask": mask,
             **self.meta[i],
-            "position": meta[META_FIELDS.index("position")],
+            "position": meta[POSITION],
             "meta": meta,
         }
 

@@ -14,6 +14,7 @@ from mtlseg.errors import DataError
 log = logging.getLogger(__name__)
 SPLIT_FILES = ("splits.json", "splits_final.json")
 SPLIT_NAMES = ("train", "val")
+SPLIT_MODES = ("case", "patient", "seen-patients")
 
 
 def find_split_file(root: Path, cfg: DataConfig) -> Path | None:
@@ -122,9 +123,6 @@ def resolve_split(
                 "use data.split_mode=seen-patients for that, or case to accept it"
             )
     return split, str(path)
-
-
-SPLIT_MODES = ("case", "patient", "seen-patients")
 
 
 def validate_split(

@@ -16,6 +16,16 @@ class FeatureInfo:
     stride: int  # input size / feature size
 
 
+def level_feature_info(channels: list[int]) -> dict[str, FeatureInfo]:
+    """Features of a UNet with one stride-2 step per level: ``bottleneck`` at the deepest
+    level, then ``decoder1..N`` back up to full size (deepest first)."""
+    depth = len(channels) - 1
+    info = {"bottleneck": FeatureInfo(channels[-1], 2**depth)}
+    for i, c in enumerate(channels[-2::-1]):
+        info[f"decoder{i + 1}"] = FeatureInfo(c, 2 ** (depth - 1 - i))
+    return info
+
+
 class Backbone(nn.Module):
     """A segmentation network exposing its features for auxiliary heads.
 

@@ -8,7 +8,7 @@ import torch
 from monai.networks.blocks import UnetBasicBlock, UnetOutBlock
 from torch import nn
 
-from mtlseg.models.base import Backbone, FeatureInfo
+from mtlseg.models.base import Backbone, level_feature_info
 from mtlseg.models.blocks import UpBlock
 from mtlseg.models.registry import register_backbone
 
@@ -44,11 +44,8 @@ class SmallUNet(Backbone):
             for c_in, c_out in zip(ch[:0:-1], ch[-2::-1], strict=True)
         )
         self.out = UnetOutBlock(2, ch[0], num_classes)
-        depth = len(ch) - 1
         self.film_channels = ch[0]
-        self.feature_info = {"bottleneck": FeatureInfo(ch[-1], 2**depth)}
-        for i, c in enumerate(ch[-2::-1]):
-            self.feature_info[f"decoder{i + 1}"] = FeatureInfo(c, 2 ** (depth - 1 - i))
+        self.feature_info = level_feature_info(ch)
 
     def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         skips = []
