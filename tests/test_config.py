@@ -44,7 +44,7 @@ def test_set_reaches_tasks_by_name_and_index():
         ("train.max_stepz=3", "train.max_stepz: unknown key"),
         ("train.max_steps", "expected KEY=VALUE"),
         ("tasks.depth.weight=1", "no list item named 'depth'"),
-        ("data.augment=maybe", "data.augment: expected true/false"),
+        ("data.augment=maybe", "data.augment: unknown augmentation 'maybe'; valid: flips"),
     ],
 )
 def test_bad_set_values_name_the_key(override, message):

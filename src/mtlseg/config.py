@@ -42,8 +42,21 @@ class DataConfig:
     allow_unlisted: bool = False  # cases in no list of a splits file: error unless true
     # patient id and scan/phase tag from the case id (ACDC: patient001_frame01)
     case_pattern: str = r"^(?P<patient>.+?)_(?P<phase>(?:frame|phase|day|time|tp|t)\d+)$"
-    augment: bool = True
-    num_workers: int = 0
+    # augmentation pipeline by name (mtlseg.data.transforms.AUGMENTATIONS); true/false
+    # (older recipes) mean the default pipeline / none
+    augment: bool | str = "strong"
+    num_workers: int = 1  # DataLoader worker processes that read and augment samples
+
+    def __post_init__(self) -> None:
+        from mtlseg.data.transforms import AUGMENTATIONS
+
+        if isinstance(self.augment, bool):
+            self.augment = "strong" if self.augment else "none"
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(
+                f"data.augment: unknown augmentation {self.augment!r}; "
+                f"valid: {', '.join(AUGMENTATIONS.names())} (or true/false)"
+            )
 
 
 @dataclass
@@ -98,13 +111,22 @@ class WeightingConfig:
 @dataclass
 class TrainConfig:
     """Optimisation schedule (paper 000 section 4: Adam 2e-4, halved every 50k, val every 1k;
-    paper 001: Adam + cosine annealing, at most 10 epochs, early stopping)."""
+    paper 001: Adam + cosine annealing, at most 10 epochs, early stopping).
 
-    max_steps: int = 150_000  # -1: no step limit (then max_epochs decides)
+    Schedules follow the run's progress: the larger of steps done / steps planned and, with
+    ``max_minutes``, minutes spent / budget, so a budgeted run still anneals to its end.
+    """
+
+    max_steps: int = 150_000  # -1: no step limit (then max_epochs or max_minutes decide)
     max_epochs: int | None = None  # None: no epoch limit
+    max_minutes: float | None = None  # wall-clock training budget (Lightning's max_time)
     batch_size: int = 8
+    optimizer: str = "adam"  # adam | adamw | sgd (Nesterov, nnU-Net), mtlseg.engine.optimizers
     lr: float = 2e-4
-    scheduler: str = "step"  # step: halve every lr_halve_every | cosine: anneal to 0 | constant
+    weight_decay: float = 0.0
+    momentum: float = 0.99  # sgd only
+    scheduler: str = "step"  # step | cosine | poly | constant (mtlseg.engine.schedulers)
+    warmup: float = 0.0  # linear warm-up over this fraction of the run (steps or budget)
     lr_halve_every: int = 50_000
     val_every: int = 1_000  # validate every N optimiser steps; 0: at the end of every epoch
     early_stopping: int | None = None  # stop after N validations without a better val Dice

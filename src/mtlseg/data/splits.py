@@ -59,7 +59,7 @@ def seeded_split(case_ids: list[str], val_fraction: float, seed: int) -> dict[st
     return {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
 
 
-def _seeded_by_patient(
+def seeded_patient_split(
     patients: dict[str, str], val_fraction: float, seed: int
 ) -> dict[str, list[str]]:
     """Hold out ``val_fraction`` of the patients with all their cases."""
@@ -112,7 +112,7 @@ def resolve_split(
     if path is None:
         if mode == "case":
             return seeded_split(list(patients), fraction, seed), seeded
-        return _seeded_by_patient(patients, fraction, seed), seeded
+        return seeded_patient_split(patients, fraction, seed), seeded
     split = read_split_file(path, cfg.fold)
     validate_split(split, list(patients), str(path), cfg.allow_unlisted)
     if mode == "patient":

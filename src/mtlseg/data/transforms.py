@@ -1,32 +1,86 @@
-"""2D augmentation with albumentations, applied to (C, H, W) tensors and (H, W) masks."""
+"""2D augmentation pipelines (albumentations) by name, applied to (C, H, W) tensors and masks.
+
+``data.augment`` picks one. Every call draws its random state from torch's generator, which
+Lightning seeds from ``train.seed`` in the main process and per worker, so augmentation is
+reproducible, differs between DataLoader workers, and does not depend on how many there are.
+Intensities are z-scored per case before augmentation, so intensity changes are stated in
+units of the case's standard deviation.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 
+from mtlseg.registry import Registry
+
+AUGMENTATIONS: Registry[Callable[[], list]] = Registry("augmentation")
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation() -> list:
+    return []
+
+
+@AUGMENTATIONS.register("flips")
+def flips() -> list:
+    """Horizontal flips only (what a plain UNet script does)."""
+    return [A.HorizontalFlip(p=0.5)]
+
+
+@AUGMENTATIONS.register("mild")
+def mild() -> list:
+    """Flips and a mild affine (scale 0.9-1.1, rotation 15 deg, shift 5 %): the pre-0.2 default."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(
+            scale=(0.9, 1.1),
+            rotate=(-15, 15),
+            translate_percent=(-0.05, 0.05),
+            border_mode=cv2.BORDER_CONSTANT,
+            p=0.5,
+        ),
+    ]
+
+
+@AUGMENTATIONS.register("strong")
+def strong() -> list:
+    """nnU-Net's 2D recipe in spirit (Isensee et al. 2021, suppl. "data augmentation"):
+    rotation, scaling 0.7-1.4, flips, Gaussian noise and blur, brightness/contrast."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(
+            scale=(0.7, 1.4),
+            rotate=(-180, 180),
+            translate_percent=(-0.1, 0.1),
+            border_mode=cv2.BORDER_CONSTANT,
+            p=0.7,
+        ),
+        A.GaussNoise(std_range=(0.0, 0.3), p=0.15),
+        A.GaussianBlur(sigma_limit=(0.5, 1.0), blur_limit=0, p=0.2),
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.3),
+    ]
+
 
 class Augment2D:
-    """Flips and a mild affine (scale, rotation, shift), the same on image and mask."""
+    """One named pipeline, the same spatial transform on image and mask.
 
-    def __init__(self) -> None:
-        self.pipeline = A.Compose(
-            [
-                A.HorizontalFlip(p=0.5),
-                A.Affine(
-                    scale=(0.9, 1.1),
-                    rotate=(-15, 15),
-                    translate_percent=(-0.05, 0.05),
-                    border_mode=0,
-                    p=0.5,
-                ),
-            ]
-        )
+    ``image`` (C, H, W) float, ``mask`` (H, W) integer -> the augmented pair, same shapes.
+    """
+
+    def __init__(self, name: str = "strong") -> None:
+        self.name = name
+        self.pipeline = A.Compose(AUGMENTATIONS.get(name)())
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.pipeline.set_random_seed(int(torch.randint(2**31 - 1, ())))
         out = self.pipeline(
             image=image.permute(1, 2, 0).numpy(), mask=mask.numpy().astype(np.uint8)
         )
@@ -34,3 +88,7 @@ class Augment2D:
             torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float(),
             torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
         )
+
+
+def build_augmentation(name: str) -> Augment2D | None:
+    return None if name == "none" else Augment2D(name)

@@ -15,7 +15,7 @@ from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
 from mtlseg.data.samplers import AdjacentPairBatchSampler
 from mtlseg.data.sources import DatasetIndex, discover
 from mtlseg.data.splits import resolve_split, validate_split, write_split
-from mtlseg.data.transforms import Augment2D
+from mtlseg.data.transforms import build_augmentation
 from mtlseg.errors import DataError
 from mtlseg.registry import Registry
 
@@ -50,8 +50,7 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     by_id = {c.case_id: c for c in dataset.cases}
     train_cases = [by_id[c] for c in split["train"]]
     val_cases = [by_id[c] for c in split["val"]]
-    augment = Augment2D() if cfg.augment else None
-    train = SliceDataset(train_cases, cfg.image_size, augment)
+    train = SliceDataset(train_cases, cfg.image_size, build_augmentation(cfg.augment))
     val = SliceDataset(val_cases, cfg.image_size)
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:

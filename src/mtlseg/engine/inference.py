@@ -85,7 +85,7 @@ def evaluate(
             f"{ckpt_path}: split {split!r} is not recorded in the checkpoint (have: {sorted(recorded or {})})"
         )
     if data is None:
-        cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment=False)
+        cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment="none")
         data = prepare_data(cfg, split=recorded)
     dataset: SliceDataset = data.train if split == "train" else data.val
     ids = sorted({m["case_id"] for m in dataset.meta})

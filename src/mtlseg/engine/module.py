@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from mtlseg.config import RunConfig, build_dataclass
-from mtlseg.engine.schedulers import build_scheduler
+from mtlseg.engine.optimizers import build_optimizer
+from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.errors import ConfigError, TrainingError
 from mtlseg.metrics import SegmentationMetrics
 from mtlseg.models import MultiTaskModel, build_backbone
@@ -26,7 +29,7 @@ def build_model_and_tasks(cfg: RunConfig, in_channels: int, num_classes: int):
     seg_params = build_dataclass(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
     out_channels = seg_cls.output_channels(seg_params, num_classes)
     backbone = build_backbone(cfg.model.backbone, cfg.model.params, in_channels, out_channels)
-    ctx = TaskContext(backbone, num_classes, in_channels, cfg.data.image_size)
+    ctx = TaskContext(backbone, num_classes, in_channels, cfg.data.image_size, out_channels)
     tasks = [build_task(t, ctx) for t in cfg.tasks]
     needs_pairs = [t.name for t in tasks if t.needs_pairs]
     if needs_pairs and cfg.train.sampler not in PAIR_SAMPLERS:
@@ -123,10 +126,23 @@ class MultiTaskModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in result.items() if k != "dice/mean"})
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        scheduler = build_scheduler(self.cfg.train, optimizer, int(total))
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.cfg.train, self.lr)
+        scheduler = build_scheduler(self.cfg.train, optimizer, self._progress())
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _progress(self) -> RunProgress:
+        """Run progress from the planned steps and, with ``train.max_minutes``, the clock."""
+        if self._trainer is None:
+            return RunProgress(1)
+        total = self.trainer.estimated_stepping_batches
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        minutes = self.cfg.train.max_minutes
+        return RunProgress(
+            int(total) if math.isfinite(total) else 10**9,
+            budget_s=60.0 * minutes if minutes and timer is not None else None,
+            elapsed=(lambda: timer.time_elapsed("train")) if timer is not None else None,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mtlseg.config import RunConfig
+from mtlseg.engine.callbacks import ThroughputMonitor
 from mtlseg.engine.checkpoint import AtomicCheckpointIO
 from mtlseg.engine.data import (
     PreparedData,
@@ -38,6 +40,8 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     best_val_dice: float | None
+    throughput: dict[str, float]  # images/s and data-wait share (ThroughputMonitor.totals)
+    steps: int  # optimiser steps done
 
 
 def _precision(cfg: RunConfig) -> str:
@@ -67,6 +71,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
             enable_version_counter=False,
         ),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+        ThroughputMonitor(every=max(1, t.log_every)),
     ]
     if t.early_stopping is not None:
         stop = EarlyStopping(
@@ -75,12 +80,16 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         callbacks.append(stop)  # checked after each validation, never mid-epoch
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every)))
-    if t.max_steps < 0 and t.max_epochs is None:
-        raise ConfigError("train: set max_steps or max_epochs (both are unlimited now)")
+    if t.max_steps < 0 and t.max_epochs is None and t.max_minutes is None:
+        raise ConfigError("train: set max_steps, max_epochs or max_minutes (all are unlimited now)")
+    if t.max_minutes is not None and t.max_minutes <= 0:
+        raise ConfigError(f"train.max_minutes: expected a positive number, got {t.max_minutes}")
     return pl.Trainer(
         default_root_dir=out,
         max_steps=t.max_steps,
         max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+        # stops after the batch that crosses the budget, then validates once more
+        max_time=timedelta(minutes=t.max_minutes) if t.max_minutes is not None else None,
         **_validation_schedule(t),
         num_sanity_val_steps=0,
         accelerator=t.accelerator,
@@ -204,4 +213,12 @@ def train(
     ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     score = ckpt_cb.best_model_score
-    return TrainResult(out, best, last, float(score) if score is not None else None)
+    monitor = next(c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
+    return TrainResult(
+        out,
+        best,
+        last,
+        float(score) if score is not None else None,
+        monitor.totals(),
+        trainer.global_step,
+    )

@@ -77,3 +77,17 @@ class PooledHead(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.mlp(features[self.feature].mean(dim=(-2, -1)))
+
+
+class DeepSupervisionHead(nn.Module):
+    """1x1 conv logits on decoder stages below full resolution (nnU-Net's deep supervision,
+    Isensee et al. 2021): {name: feat} -> [(B, K, h_i, w_i)], finest first."""
+
+    def __init__(self, features: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleDict(
+            {name: nn.Conv2d(c, num_classes, kernel_size=1) for name, c in features.items()}
+        )
+
+    def forward(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(features[name]) for name, conv in self.convs.items()]

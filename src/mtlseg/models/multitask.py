@@ -12,6 +12,9 @@ from mtlseg.models.base import Backbone
 class MultiTaskModel(nn.Module):
     """Segmentation logits under ``seg_name`` and one entry per auxiliary head.
 
+    A head registered under ``seg_name`` itself extends the primary output (deep
+    supervision): the entry is then ``[logits, *head(features)]``, full resolution first.
+
     With a FiLM generator the backbone is conditioned on ``meta`` (B, len(META_FIELDS)),
     the slices' metadata vectors, which every call must then pass.
     """
@@ -40,7 +43,8 @@ class MultiTaskModel(nn.Module):
         logits, features = self.backbone(x, self._film(meta))
         outputs = {self.seg_name: logits}
         for name, head in self.heads.items():
-            outputs[name] = head(features)
+            out = head(features)
+            outputs[name] = [logits, *out] if name == self.seg_name else out
         return outputs
 
     def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ class TaskContext:
     num_classes: int
     in_channels: int
     image_size: int
+    out_channels: int = 0  # channels of the primary (segmentation) output
 
 
 class Task:

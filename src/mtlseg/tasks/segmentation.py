@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
+from mtlseg.models.heads import DeepSupervisionHead
 from mtlseg.tasks.base import Task, register_task
 
 
@@ -17,6 +19,8 @@ class SegmentationParams:
     loss: str = "ce"  # registry name in mtlseg.losses.SEG_LOSSES; its mode must match
     mode: str = "softmax"  # softmax: K channels | multilabel: one sigmoid channel per fg class
     threshold: float = 0.5  # multilabel: a class is on where its probability exceeds this
+    # deep supervision: also supervise this many coarser decoder stages (nnU-Net), 0 = off
+    deep_supervision: int = 0
 
 
 @register_task("segmentation")
@@ -25,6 +29,11 @@ class SegmentationTask(Task):
     (B, K-1, H, W). Output: the backbone's logits. ``decode`` turns logits into class
     indices for the metrics: argmax, or for multilabel the most probable class that is on
     (background where none is).
+
+    With ``deep_supervision: n`` a 1x1 conv head adds logits at the n decoder stages just
+    below full resolution; the loss is sum_i w_i L(logits_i, mask resized to level i), with
+    w_i proportional to 1/2^i (finest i = 0) and summing to 1, as nnU-Net (its coarsest,
+    unsupervised levels are simply not attached here). Inference uses the full-size logits.
     """
 
     Config = SegmentationParams
@@ -49,6 +58,24 @@ class SegmentationTask(Task):
     def output_channels(cls, params: SegmentationParams, num_classes: int) -> int:
         return max(1, num_classes - 1) if params.mode == "multilabel" else num_classes
 
+    def build_head(self) -> nn.Module | None:
+        n = self.params.deep_supervision
+        if n <= 0:
+            return None
+        info = self.ctx.backbone.feature_info
+        stages = sorted(
+            (i.stride, name)
+            for name, i in info.items()
+            if name.startswith("decoder") and i.stride > 1
+        )
+        if len(stages) < n:
+            raise ConfigError(
+                f"tasks.{self.name}.params.deep_supervision: {n} levels asked, the backbone has "
+                f"{len(stages)} decoder stages below full resolution"
+            )
+        channels = {name: info[name].channels for _, name in stages[:n]}
+        return DeepSupervisionHead(channels, self.ctx.out_channels)
+
     def target(self, batch):
         mask = batch["mask"]
         if self.params.mode == "softmax":
@@ -57,7 +84,14 @@ class SegmentationTask(Task):
         return onehot[:, 1:].float()
 
     def loss(self, output, target):
-        return self._loss(output, target)
+        if isinstance(output, torch.Tensor):
+            return self._loss(output, target)
+        weights = [0.5**i for i in range(len(output))]
+        total = sum(weights)
+        return sum(
+            w / total * self._loss(logits, _resize_target(target, logits.shape[-2:]))
+            for w, logits in zip(weights, output, strict=True)
+        )
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) logits -> (B, H, W) class indices."""
@@ -66,3 +100,12 @@ class SegmentationTask(Task):
         prob = logits.float().sigmoid()
         best, index = prob.max(1)
         return torch.where(best > self.params.threshold, index + 1, torch.zeros_like(index))
+
+
+def _resize_target(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Nearest-neighbour resize of class indices (B, H, W) or binary maps (B, K, H, W)."""
+    if target.shape[-2:] == size:
+        return target
+    t = target[:, None] if target.dim() == 3 else target
+    out = F.interpolate(t.float(), size=tuple(size), mode="nearest")
+    return out[:, 0].to(target.dtype) if target.dim() == 3 else out.to(target.dtype)

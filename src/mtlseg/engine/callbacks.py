@@ -1,0 +1,64 @@
+"""Training callbacks of our own: throughput and the share of time spent waiting for data."""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+
+
+class ThroughputMonitor(pl.Callback):
+    """Logs ``time/images_per_s`` and ``time/data_wait_share`` every ``every`` steps.
+
+    The wait is the time from the end of one training batch to the start of the next (the
+    DataLoader's fetch and collation, plus Lightning's bookkeeping); validation is not
+    counted. Totals over the whole run stay in ``totals()`` for benchmarks.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+        self.wait = self.busy = 0.0
+        self.images = 0
+        self._window = [0.0, 0.0, 0]  # wait, busy, images since the last log
+        self._ended: float | None = None
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._ended = time.perf_counter()  # the epoch's first fetch counts as waiting
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._started = time.perf_counter()
+        if self._ended is not None:
+            self._window[0] += self._started - self._ended
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._ended = time.perf_counter()
+        self._window[1] += self._ended - self._started
+        self._window[2] += batch["image"].shape[0]
+        if trainer.global_step % self.every == 0:
+            self._flush(pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._ended = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._ended = time.perf_counter() if trainer.training else None
+
+    def _flush(self, pl_module) -> None:
+        wait, busy, images = self._window
+        self.wait, self.busy, self.images = self.wait + wait, self.busy + busy, self.images + images
+        self._window = [0.0, 0.0, 0]
+        if wait + busy > 0:
+            pl_module.log("time/images_per_s", images / (wait + busy))
+            pl_module.log("time/data_wait_share", wait / (wait + busy))
+
+    def totals(self) -> dict[str, float]:
+        """Over the run so far: images/s of training steps and the share spent waiting."""
+        wait, busy = self.wait + self._window[0], self.busy + self._window[1]
+        images = self.images + self._window[2]
+        total = max(wait + busy, 1e-9)
+        return {
+            "images_per_s": images / total,
+            "data_wait_share": wait / total,
+            "train_seconds": total,
+        }
