@@ -44,14 +44,14 @@ class DataConfig:
     case_pattern: str = r"^(?P<patient>.+?)_(?P<phase>(?:frame|phase|day|time|tp|t)\d+)$"
     # augmentation pipeline by name (mtlseg.data.transforms.AUGMENTATIONS); true/false
     # (older recipes) mean the default pipeline / none
-    augment: bool | str = "strong"
+    augment: bool | str = "mild"
     num_workers: int = 1  # DataLoader worker processes that read and augment samples
 
     def __post_init__(self) -> None:
         from mtlseg.data.transforms import AUGMENTATIONS
 
         if isinstance(self.augment, bool):
-            self.augment = "strong" if self.augment else "none"
+            self.augment = "mild" if self.augment else "none"
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(
                 f"data.augment: unknown augmentation {self.augment!r}; "
@@ -117,18 +117,18 @@ class TrainConfig:
     ``max_minutes``, minutes spent / budget, so a budgeted run still anneals to its end.
     """
 
-    max_steps: int = 150_000  # -1: no step limit (then max_epochs or max_minutes decide)
+    max_steps: int = -1  # -1: no step limit (then max_epochs or max_minutes decide)
     max_epochs: int | None = None  # None: no epoch limit
-    max_minutes: float | None = None  # wall-clock training budget (Lightning's max_time)
-    batch_size: int = 8
+    max_minutes: float | None = 30.0  # wall-clock training budget (Lightning's max_time)
+    batch_size: int = 16
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov, nnU-Net), mtlseg.engine.optimizers
-    lr: float = 2e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.99  # sgd only
-    scheduler: str = "step"  # step | cosine | poly | constant (mtlseg.engine.schedulers)
-    warmup: float = 0.0  # linear warm-up over this fraction of the run (steps or budget)
-    lr_halve_every: int = 50_000
-    val_every: int = 1_000  # validate every N optimiser steps; 0: at the end of every epoch
+    scheduler: str = "poly"  # poly | cosine | step | constant (mtlseg.engine.schedulers)
+    warmup: float = 0.05  # linear warm-up over this fraction of the run (steps or budget)
+    lr_halve_every: int = 50_000  # step scheduler only
+    val_every: int = 250  # validate every N optimiser steps; 0: at the end of every epoch
     early_stopping: int | None = None  # stop after N validations without a better val Dice
     sampler: str = "shuffle"  # shuffle | pairs | patient-pairs (adjacent-slice pairs)
     seed: int = 0

@@ -3,8 +3,9 @@
 ``data.augment`` picks one. Every call draws its random state from torch's generator, which
 Lightning seeds from ``train.seed`` in the main process and per worker, so augmentation is
 reproducible, differs between DataLoader workers, and does not depend on how many there are.
-Intensities are z-scored per case before augmentation, so intensity changes are stated in
-units of the case's standard deviation.
+A preset returns (spatial, intensity) transforms. Intensity transforms of albumentations
+assume [0, 1] floats and clip to it, while our images are z-scored, so they run on a copy
+rescaled to [0, 1] per image and are mapped back to the image's own range afterwards.
 """
 
 from __future__ import annotations
@@ -18,24 +19,25 @@ import torch
 
 from mtlseg.registry import Registry
 
-AUGMENTATIONS: Registry[Callable[[], list]] = Registry("augmentation")
+Preset = tuple[list, list]  # (spatial transforms, intensity transforms)
+AUGMENTATIONS: Registry[Callable[[], Preset]] = Registry("augmentation")
 
 
 @AUGMENTATIONS.register("none")
-def no_augmentation() -> list:
-    return []
+def no_augmentation() -> Preset:
+    return [], []
 
 
 @AUGMENTATIONS.register("flips")
-def flips() -> list:
+def flips() -> Preset:
     """Horizontal flips only (what a plain UNet script does)."""
-    return [A.HorizontalFlip(p=0.5)]
+    return [A.HorizontalFlip(p=0.5)], []
 
 
 @AUGMENTATIONS.register("mild")
-def mild() -> list:
+def mild() -> Preset:
     """Flips and a mild affine (scale 0.9-1.1, rotation 15 deg, shift 5 %): the pre-0.2 default."""
-    return [
+    spatial = [
         A.HorizontalFlip(p=0.5),
         A.Affine(
             scale=(0.9, 1.1),
@@ -45,13 +47,14 @@ def mild() -> list:
             p=0.5,
         ),
     ]
+    return spatial, []
 
 
 @AUGMENTATIONS.register("strong")
-def strong() -> list:
+def strong() -> Preset:
     """nnU-Net's 2D recipe in spirit (Isensee et al. 2021, suppl. "data augmentation"):
-    rotation, scaling 0.7-1.4, flips, Gaussian noise and blur, brightness/contrast."""
-    return [
+    rotation, scaling 0.7-1.4, flips; Gaussian noise and blur, brightness/contrast, gamma."""
+    spatial = [
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.Affine(
@@ -61,10 +64,14 @@ def strong() -> list:
             border_mode=cv2.BORDER_CONSTANT,
             p=0.7,
         ),
-        A.GaussNoise(std_range=(0.0, 0.3), p=0.15),
-        A.GaussianBlur(sigma_limit=(0.5, 1.0), blur_limit=0, p=0.2),
-        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.3),
     ]
+    intensity = [  # on [0, 1]-rescaled images (module docstring)
+        A.GaussNoise(std_range=(0.0, 0.03), p=0.15),
+        A.GaussianBlur(sigma_limit=(0.5, 1.0), blur_limit=0, p=0.2),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.25, p=0.3),
+        A.RandomGamma(gamma_limit=(70, 150), p=0.3),
+    ]
+    return spatial, intensity
 
 
 class Augment2D:
@@ -75,17 +82,25 @@ class Augment2D:
 
     def __init__(self, name: str = "strong") -> None:
         self.name = name
-        self.pipeline = A.Compose(AUGMENTATIONS.get(name)())
+        spatial, intensity = AUGMENTATIONS.get(name)()
+        self.spatial = A.Compose(spatial)
+        self.intensity = A.Compose(intensity) if intensity else None
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.pipeline.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        out = self.pipeline(
-            image=image.permute(1, 2, 0).numpy(), mask=mask.numpy().astype(np.uint8)
-        )
+        seed = int(torch.randint(2**31 - 1, ()))
+        self.spatial.set_random_seed(seed)
+        out = self.spatial(image=image.permute(1, 2, 0).numpy(), mask=mask.numpy().astype(np.uint8))
+        array = out["image"]
+        if self.intensity is not None:
+            self.intensity.set_random_seed(seed + 1)
+            low, high = float(array.min()), float(array.max())
+            scale = max(high - low, 1e-6)
+            unit = ((array - low) / scale).astype(np.float32)
+            array = self.intensity(image=unit)["image"] * scale + low
         return (
-            torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float(),
+            torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float(),
             torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
         )
 

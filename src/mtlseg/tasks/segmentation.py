@@ -16,7 +16,7 @@ from mtlseg.tasks.base import Task, register_task
 
 @dataclass
 class SegmentationParams:
-    loss: str = "ce"  # registry name in mtlseg.losses.SEG_LOSSES; its mode must match
+    loss: str = "dice-ce"  # registry name in mtlseg.losses.SEG_LOSSES; its mode must match
     mode: str = "softmax"  # softmax: K channels | multilabel: one sigmoid channel per fg class
     threshold: float = 0.5  # multilabel: a class is on where its probability exceeds this
     # deep supervision: also supervise this many coarser decoder stages (nnU-Net), 0 = off

@@ -1,0 +1,234 @@
+"""Issue 7: schedules, optimisers, augmentation presets, deep supervision, time budgets."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mtlseg.config import TrainConfig, load_config
+from mtlseg.data.transforms import AUGMENTATIONS, Augment2D
+from mtlseg.engine.checkpoint import load_checkpoint
+from mtlseg.engine.inference import load_module
+from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.optimizers import build_optimizer
+from mtlseg.engine.schedulers import RunProgress, build_scheduler
+from mtlseg.engine.train import train
+from mtlseg.errors import ConfigError
+from tests.conftest import TINY_UNET
+
+
+def _lrs(cfg: TrainConfig, progress: RunProgress, steps: int) -> list[float]:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched = build_scheduler(cfg, opt, progress)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_poly_and_cosine_follow_their_formulas_to_zero():
+    n = 10
+    poly = _lrs(TrainConfig(lr=1.0, scheduler="poly"), RunProgress(n), n + 1)
+    assert poly == pytest.approx([(1 - s / n) ** 0.9 for s in range(n + 1)])
+    cos = _lrs(TrainConfig(lr=1.0, scheduler="cosine"), RunProgress(n), n + 1)
+    assert cos == pytest.approx([0.5 * (1 + math.cos(math.pi * s / n)) for s in range(n + 1)])
+    step = _lrs(TrainConfig(lr=1.0, scheduler="step", lr_halve_every=3), RunProgress(n), 7)
+    assert step == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_warmup_rises_linearly_then_hands_over():
+    lrs = _lrs(TrainConfig(lr=1.0, scheduler="constant", warmup=0.4), RunProgress(10), 6)
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_budget_progress_anneals_by_the_clock():
+    clock = {"t": 0.0}
+    progress = RunProgress(10**9, budget_s=100.0, elapsed=lambda: clock["t"])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = build_scheduler(TrainConfig(lr=1.0, scheduler="poly"), opt, progress)
+    seen = []
+    for t in (10.0, 50.0, 90.0, 120.0):  # steps are nothing next to 1e9: time decides
+        clock["t"] = t
+        opt.step()
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.9**0.9, 0.5**0.9, 0.1**0.9, 0.0])
+
+
+def test_optimisers_by_name():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(params, TrainConfig(optimizer="sgd", momentum=0.9), 0.01)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+    assert sgd.defaults["momentum"] == 0.9
+    adamw = build_optimizer(params, TrainConfig(optimizer="adamw", weight_decay=0.1), 1e-3)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.1
+    with pytest.raises(ConfigError, match="unknown train.optimizer 'lamb'.*adam, adamw, sgd"):
+        build_optimizer(params, TrainConfig(optimizer="lamb"), 1e-3)
+
+
+# ------------------------------------------------------------------ augmentation
+def _pair() -> tuple[torch.Tensor, torch.Tensor]:
+    mask = torch.zeros(48, 48, dtype=torch.long)
+    mask[10:30, 5:20] = 1
+    image = mask[None].float().repeat(3, 1, 1) * 2.0 - 1.0  # image edges == mask edges
+    return image, mask
+
+
+@pytest.mark.parametrize("name", ["flips", "mild", "strong"])
+def test_presets_keep_image_and_mask_aligned(name):
+    aug, (image, mask) = Augment2D(name), _pair()
+    torch.manual_seed(0)
+    for _ in range(8):
+        a_img, a_mask = aug(image, mask)
+        assert a_img.shape == image.shape and a_img.dtype == torch.float32
+        assert set(a_mask.unique().tolist()) <= {0, 1} and torch.isfinite(a_img).all()
+        # the foreground of the mask is where the (noisy, blurred) image is bright
+        inside, outside = a_img.mean(0)[a_mask == 1], a_img.mean(0)[a_mask == 0]
+        if inside.numel() > 20:
+            assert inside.mean() > outside.mean() + 1.0
+
+
+def test_augmentation_follows_the_torch_seed():
+    aug, (image, mask) = Augment2D("strong"), _pair()
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(torch.stack([aug(image, mask)[0] for _ in range(4)]))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+class _Constant(Dataset):
+    def __init__(self, aug):
+        self.aug, self.pair = aug, _pair()
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return self.aug(*self.pair)[0]
+
+
+def test_workers_draw_different_augmentations():
+    """Forked workers must not replay one random sequence (the copied-generator bug)."""
+    torch.manual_seed(0)
+    loader = DataLoader(_Constant(Augment2D("strong")), batch_size=1, num_workers=2)
+    samples = torch.cat(list(loader))  # in order: worker 0, worker 1, worker 0, ...
+    same = [torch.equal(a, b) for a, b in zip(samples[0::2], samples[1::2], strict=True)]
+    assert sum(same) <= 1  # a copied generator would make all four pairs equal
+
+
+def test_unknown_augmentation_lists_the_presets():
+    with pytest.raises(ConfigError, match="data.augment: unknown augmentation 'heavy'"):
+        load_config("unet", ["data.augment=heavy"])
+    assert load_config("unet", ["data.augment=false"]).data.augment == "none"
+    assert {"none", "flips", "mild", "strong"} <= set(AUGMENTATIONS.names())
+
+
+# ------------------------------------------------------------------ deep supervision
+def _module(*extra) -> MultiTaskModule:
+    cfg = load_config("unet", ["model.params.channels=[4,8,16,16]", *extra])
+    return MultiTaskModule(cfg.to_dict(), 1, ["background", "RV", "MYO", "LV"])
+
+
+def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
+    torch.manual_seed(0)
+    module = _module("tasks.0.params.deep_supervision=2", "tasks.0.params.loss=ce")
+    mask = torch.randint(0, 4, (2, 32, 32))
+    image = torch.randn(2, 1, 32, 32)
+    outputs = module.model(image)["segmentation"]
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(32, 32), (16, 16), (8, 8)]
+    expected = sum(
+        w
+        * torch.nn.functional.cross_entropy(o, mask[:, :: 32 // o.shape[-1], :: 32 // o.shape[-1]])
+        for w, o in zip((4 / 7, 2 / 7, 1 / 7), outputs, strict=True)
+    )
+    got = module.task_losses({"image": image, "mask": mask})["segmentation"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # inference reads the full-size logits only, equal to the first output
+    assert torch.equal(module.model.segment(image), outputs[0])
+
+
+def test_deep_supervision_deeper_than_the_decoder_is_refused():
+    with pytest.raises(ConfigError, match="deep_supervision: 3 levels asked.*has 2"):
+        _module("tasks.0.params.deep_supervision=3")
+
+
+# ------------------------------------------------------------------ budgets, end to end
+def test_max_minutes_stops_by_the_clock_and_keeps_the_best(acdc_small, tmp_path):
+    cfg = load_config(
+        "unet",
+        [
+            *TINY_UNET,
+            f"data.path={acdc_small}",
+            "train.max_steps=-1",
+            "train.max_minutes=0.05",  # 3 s
+            "train.val_every=1000",  # never reached: the stop itself validates
+            "train.scheduler=poly",
+            "train.warmup=0.1",
+            "tasks.0.params.deep_supervision=1",
+            "tasks.0.params.loss=dice-ce",
+            "model.params.norm=batch",
+        ],
+    )
+    start = time.perf_counter()
+    result = train(cfg, tmp_path / "run")
+    assert time.perf_counter() - start < 60
+    assert 0 < result.steps < 1000
+    assert result.best_checkpoint.name == "best.ckpt" and result.best_val_dice is not None
+    assert load_checkpoint(result.last_checkpoint)["global_step"] == result.steps
+    assert result.throughput["images_per_s"] > 0
+    assert 0.0 <= result.throughput["data_wait_share"] < 1.0
+    load_module(result.best_checkpoint)  # reloads with its deep-supervision head
+
+
+class _Slow(Dataset):
+    """Real images but a slow reader: the monitor must see the wait."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return {"image": torch.randn(1, 16, 16), "mask": torch.zeros(16, 16, dtype=torch.long)}
+
+
+@pytest.mark.parametrize("delay,low,high", [(0.0, 0.0, 0.5), (0.05, 0.6, 1.0)])
+def test_throughput_monitor_measures_the_data_wait(delay, low, high, tmp_path):
+    import lightning.pytorch as pl
+
+    from mtlseg.engine.callbacks import ThroughputMonitor
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def training_step(self, batch, i):
+            return torch.nn.functional.cross_entropy(self.conv(batch["image"]), batch["mask"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    monitor = ThroughputMonitor(every=2)
+    trainer = pl.Trainer(
+        max_steps=8,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Tiny(), DataLoader(_Slow(delay), batch_size=4))
+    totals = monitor.totals()
+    assert low <= totals["data_wait_share"] <= high
+    assert totals["images_per_s"] == pytest.approx(32 / totals["train_seconds"], rel=1e-6)
+    assert np.isfinite(totals["images_per_s"])
