@@ -23,6 +23,17 @@ Preset = tuple[list, list]  # (spatial transforms, intensity transforms)
 AUGMENTATIONS: Registry[Callable[[], Preset]] = Registry("augmentation")
 
 
+def _affine(scale: float | tuple[float, float], degrees: float, shift: float, p: float):
+    """Random scale (1 +- scale, or a range), rotation and shift; zeros outside the image."""
+    return A.Affine(
+        scale=(1 - scale, 1 + scale) if isinstance(scale, float) else scale,
+        rotate=(-degrees, degrees),
+        translate_percent=(-shift, shift),
+        border_mode=cv2.BORDER_CONSTANT,
+        p=p,
+    )
+
+
 @AUGMENTATIONS.register("none")
 def no_augmentation() -> Preset:
     return [], []
@@ -37,34 +48,14 @@ def flips() -> Preset:
 @AUGMENTATIONS.register("mild")
 def mild() -> Preset:
     """Flips and a mild affine (scale 0.9-1.1, rotation 15 deg, shift 5 %): the pre-0.2 default."""
-    spatial = [
-        A.HorizontalFlip(p=0.5),
-        A.Affine(
-            scale=(0.9, 1.1),
-            rotate=(-15, 15),
-            translate_percent=(-0.05, 0.05),
-            border_mode=cv2.BORDER_CONSTANT,
-            p=0.5,
-        ),
-    ]
-    return spatial, []
+    return [A.HorizontalFlip(p=0.5), _affine(0.1, 15, 0.05, p=0.5)], []
 
 
 @AUGMENTATIONS.register("strong")
 def strong() -> Preset:
     """nnU-Net's 2D recipe in spirit (Isensee et al. 2021, suppl. "data augmentation"):
     rotation, scaling 0.7-1.4, flips; Gaussian noise and blur, brightness/contrast, gamma."""
-    spatial = [
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.Affine(
-            scale=(0.7, 1.4),
-            rotate=(-180, 180),
-            translate_percent=(-0.1, 0.1),
-            border_mode=cv2.BORDER_CONSTANT,
-            p=0.7,
-        ),
-    ]
+    spatial = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), _affine((0.7, 1.4), 180, 0.1, p=0.7)]
     intensity = [  # on [0, 1]-rescaled images (module docstring)
         A.GaussNoise(std_range=(0.0, 0.03), p=0.15),
         A.GaussianBlur(sigma_limit=(0.5, 1.0), blur_limit=0, p=0.2),
