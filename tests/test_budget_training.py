@@ -3,7 +3,6 @@
 import math
 import time
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -175,9 +174,7 @@ def test_max_minutes_stops_by_the_clock_and_keeps_the_best(acdc_small, tmp_path)
             "model.params.norm=batch",
         ],
     )
-    start = time.perf_counter()
-    result = train(cfg, tmp_path / "run")
-    assert time.perf_counter() - start < 60
+    result = train(cfg, tmp_path / "run")  # no step or epoch limit: only the clock stops it
     assert 0 < result.steps < 1000
     assert result.best_checkpoint.name == "best.ckpt" and result.best_val_dice is not None
     assert load_checkpoint(result.last_checkpoint)["global_step"] == result.steps
@@ -200,8 +197,7 @@ class _Slow(Dataset):
         return {"image": torch.randn(1, 16, 16), "mask": torch.zeros(16, 16, dtype=torch.long)}
 
 
-@pytest.mark.parametrize("delay,low,high", [(0.0, 0.0, 0.5), (0.05, 0.6, 1.0)])
-def test_throughput_monitor_measures_the_data_wait(delay, low, high, tmp_path):
+def _fit_with_reader_delay(delay: float, tmp_path) -> dict[str, float]:
     import lightning.pytorch as pl
 
     from mtlseg.engine.callbacks import ThroughputMonitor
@@ -229,6 +225,17 @@ def test_throughput_monitor_measures_the_data_wait(delay, low, high, tmp_path):
     )
     trainer.fit(Tiny(), DataLoader(_Slow(delay), batch_size=4))
     totals = monitor.totals()
-    assert low <= totals["data_wait_share"] <= high
     assert totals["images_per_s"] == pytest.approx(32 / totals["train_seconds"], rel=1e-6)
-    assert np.isfinite(totals["images_per_s"])
+    return totals
+
+
+def test_throughput_monitor_measures_the_data_wait(tmp_path):
+    """Bounds that hold however busy the machine is: the wait includes every injected sleep."""
+    injected = 8 * 4 * 0.05  # 8 batches of 4 samples, 50 ms each
+    slow = _fit_with_reader_delay(0.05, tmp_path / "slow")
+    fast = _fit_with_reader_delay(0.0, tmp_path / "fast")
+    slow_wait = slow["data_wait_share"] * slow["train_seconds"]
+    fast_wait = fast["data_wait_share"] * fast["train_seconds"]
+    assert slow_wait >= injected
+    assert fast_wait < slow_wait - 0.5 * injected
+    assert 0.0 <= fast["data_wait_share"] < slow["data_wait_share"] <= 1.0
