@@ -83,7 +83,7 @@ def test_presets_keep_image_and_mask_aligned(name):
     aug, (image, mask) = Augment2D(name), _pair()
     torch.manual_seed(0)
     for _ in range(8):
-        a_img, a_mask = aug(image, mask)
+        a_img, a_mask, _ = aug(image, mask)
         assert a_img.shape == image.shape and a_img.dtype == torch.float32
         assert set(a_mask.unique().tolist()) <= {0, 1} and torch.isfinite(a_img).all()
         # the foreground of the mask is where the (noisy, blurred) image is bright

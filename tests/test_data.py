@@ -109,7 +109,7 @@ def test_augmentation_moves_image_and_mask_together(kvasir_small):
     torch.manual_seed(0)
     changed = 0
     for _ in range(10):
-        a_img, a_mask = aug(image, mask)
+        a_img, a_mask, _ = aug(image, mask)
         assert a_img.shape == image.shape and set(a_mask.unique().tolist()) <= {0, 1}
         changed += int(not np.array_equal(a_mask.numpy(), mask.numpy()))
         # a horizontal flip alone maps the mask exactly to the flipped mask

@@ -46,6 +46,10 @@ class DataConfig:
     # (older recipes) mean the default pipeline / none
     augment: bool | str = "mild"
     num_workers: int = 1  # DataLoader worker processes that read and augment samples
+    # image/case-level annotations (mtlseg.data.annotations): "auto" reads case_labels.csv /
+    # the one *bboxes.json at the dataset root when present; a path; null: none
+    labels: str | None = "auto"
+    boxes: str | None = "auto"
 
     def __post_init__(self) -> None:
         from mtlseg.data.transforms import AUGMENTATIONS
@@ -78,8 +82,12 @@ class ModelConfig:
     backbone: str = "unet"
     params: dict[str, Any] = field(default_factory=dict)
     film: FiLMConfig | None = None
+    input: str = "image"  # what the network sees (mtlseg.models.inputs): image | lightness
 
     def __post_init__(self) -> None:
+        from mtlseg.models.inputs import INPUTS
+
+        INPUTS.get(self.input)  # unknown names: a ConfigError listing the valid ones
         if self.film is not None and self.film.missing not in ("error", "zero"):
             raise ConfigError(
                 f"model.film.missing: expected error or zero, got {self.film.missing!r}"
@@ -94,6 +102,7 @@ class TaskConfig:
     name: str | None = None
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True  # false drops the task (ablations: --set tasks.1.enabled=false)
 
     def __post_init__(self) -> None:
         if self.name is None:
@@ -151,6 +160,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        self.tasks = [t for t in self.tasks if t.enabled]
         if not self.tasks:
             raise ConfigError("tasks: a recipe needs at least one task (segmentation)")
         names = [t.name for t in self.tasks]

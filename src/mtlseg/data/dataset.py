@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mtlseg.data.annotations import Annotations
 from mtlseg.data.loading import LoadedCase
 from mtlseg.data.metadata import META_FIELDS, require_fields
 
@@ -34,12 +35,33 @@ class SliceDataset(Dataset):
     ``position`` and ``meta``: a float vector over ``META_FIELDS`` (NaN where unknown).
     Volumes are served slice by slice; a 2D image is a case with one slice. Images are kept
     as float16 after per-case normalisation to halve memory.
+
+    With ``annotations``: ``labels`` ({column: class name, "" if missing}) when there is a
+    labels file, ``box`` ((4,) normalised x1, y1, x2, y2, following the augmentation) and
+    ``has_box`` when there is a box file.
     """
 
     def __init__(
-        self, cases: list[LoadedCase], image_size: int, augment: Callable | None = None
+        self,
+        cases: list[LoadedCase],
+        image_size: int,
+        augment: Callable | None = None,
+        annotations: Annotations | None = None,
     ) -> None:
         images, masks, vectors, self.meta = [], [], [], []
+        ann = annotations or Annotations()
+        columns = ann.columns
+        self.case_labels = (
+            {
+                c.case_id: {k: ann.labels.get(c.case_id, {}).get(k, "") for k in columns}
+                for c in cases
+            }
+            if ann.labels_file
+            else None
+        )
+        self.boxes = (
+            {c.case_id: ann.boxes.get(c.case_id) for c in cases} if ann.boxes is not None else None
+        )
         for case in cases:
             x, y = resize_slices(case.image, case.label, image_size)
             images.append(x.half())
@@ -64,16 +86,26 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, mask = self.images[i].float(), self.masks[i].long()
+        case = self.meta[i]["case_id"]
+        box = None if self.boxes is None else self.boxes[case]
         if self.augment is not None:
-            image, mask = self.augment(image, mask)
+            image, mask, box = self.augment(image, mask, box)
         meta = self.meta_values[i]
-        return {
+        sample = {
             "image": image,
             "mask": mask,
             **self.meta[i],
             "position": meta[POSITION],
             "meta": meta,
         }
+        if self.case_labels is not None:
+            sample["labels"] = self.case_labels[case]
+        if self.boxes is not None:
+            sample["has_box"] = box is not None
+            sample["box"] = torch.tensor(
+                box if box is not None else (0.0,) * 4, dtype=torch.float32
+            )
+        return sample
 
     @property
     def case_ids(self) -> list[str]:

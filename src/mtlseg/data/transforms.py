@@ -68,21 +68,26 @@ def strong() -> Preset:
 class Augment2D:
     """One named pipeline, the same spatial transform on image and mask.
 
-    ``image`` (C, H, W) float, ``mask`` (H, W) integer -> the augmented pair, same shapes.
+    ``image`` (C, H, W) float, ``mask`` (H, W) integer, optional ``box`` (x1, y1, x2, y2) in
+    [0, 1] -> the augmented triple. A rotated box becomes the box of its rotated corners
+    (albumentations); a box moved out of the image becomes None.
     """
 
     def __init__(self, name: str = "strong") -> None:
         self.name = name
         spatial, intensity = AUGMENTATIONS.get(name)()
-        self.spatial = A.Compose(spatial)
+        boxes = A.BboxParams(format="albumentations", label_fields=[], clip=True)
+        self.spatial = A.Compose(spatial, bbox_params=boxes)
         self.intensity = A.Compose(intensity) if intensity else None
 
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, box=None):
         seed = int(torch.randint(2**31 - 1, ()))
         self.spatial.set_random_seed(seed)
-        out = self.spatial(image=image.permute(1, 2, 0).numpy(), mask=mask.numpy().astype(np.uint8))
+        out = self.spatial(
+            image=image.permute(1, 2, 0).numpy(),
+            mask=mask.numpy().astype(np.uint8),
+            bboxes=np.asarray([box] if box is not None else np.zeros((0, 4)), dtype=np.float32),
+        )
         array = out["image"]
         if self.intensity is not None:
             self.intensity.set_random_seed(seed + 1)
@@ -90,9 +95,11 @@ class Augment2D:
             scale = max(high - low, 1e-6)
             unit = ((array - low) / scale).astype(np.float32)
             array = self.intensity(image=unit)["image"] * scale + low
+        boxes = out["bboxes"]
         return (
             torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float(),
             torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
+            tuple(float(v) for v in boxes[0]) if len(boxes) else None,
         )
 
 

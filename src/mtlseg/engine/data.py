@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mtlseg.config import DataConfig
+from mtlseg.data.annotations import Annotations, load_annotations
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
 from mtlseg.data.samplers import AdjacentPairBatchSampler
@@ -31,6 +32,7 @@ class PreparedData:
     train: SliceDataset
     val: SliceDataset
     case_ids: list[str]  # val case index -> case id, for per-volume metrics
+    annotations: Annotations = field(default_factory=Annotations)
 
     @property
     def class_names(self) -> list[str]:
@@ -50,13 +52,18 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     by_id = {c.case_id: c for c in dataset.cases}
     train_cases = [by_id[c] for c in split["train"]]
     val_cases = [by_id[c] for c in split["val"]]
-    train = SliceDataset(train_cases, cfg.image_size, build_augmentation(cfg.augment))
-    val = SliceDataset(val_cases, cfg.image_size)
+    ann = load_annotations(
+        index.root, cfg.labels, cfg.boxes, [c.case_id for c in dataset.cases], dataset.is_volume
+    )
+    train = SliceDataset(train_cases, cfg.image_size, build_augmentation(cfg.augment), ann)
+    val = SliceDataset(val_cases, cfg.image_size, annotations=ann)
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"{index.root}: split {name!r} has no samples")
     log.info("data %s: %d train / %d val samples (%s)", index.root, len(train), len(val), source)
-    return PreparedData(index, dataset, split, source, train, val, [c.case_id for c in val_cases])
+    return PreparedData(
+        index, dataset, split, source, train, val, [c.case_id for c in val_cases], ann
+    )
 
 
 class EpochShuffleSampler(Sampler[int]):

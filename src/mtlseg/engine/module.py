@@ -16,20 +16,49 @@ from mtlseg.errors import ConfigError, TrainingError
 from mtlseg.metrics import SegmentationMetrics
 from mtlseg.models import MultiTaskModel, build_backbone
 from mtlseg.models.film import FiLMGenerator
+from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.weighting import build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
 
 
-def build_model_and_tasks(cfg: RunConfig, in_channels: int, num_classes: int):
-    """RunConfig -> (MultiTaskModel, tasks). The first task is the segmentation task."""
+def build_model_and_tasks(
+    cfg: RunConfig,
+    in_channels: int,
+    num_classes: int,
+    label_values: dict[str, list[str]] | None = None,
+):
+    """RunConfig -> (MultiTaskModel, tasks). The first task is the segmentation task.
+
+    ``label_values``: the labels file's values per column, for image-level tasks."""
+    model_input = INPUTS.get(cfg.model.input)
+    if model_input.needs_channels not in (None, in_channels):
+        raise ConfigError(
+            f"model.input={cfg.model.input} needs {model_input.needs_channels}-channel (RGB) "
+            f"images; the data has {in_channels} channel(s)"
+        )
     seg = cfg.tasks[0]
     seg_cls = TASKS.get(seg.kind)
     seg_params = build_dataclass(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
     out_channels = seg_cls.output_channels(seg_params, num_classes)
-    backbone = build_backbone(cfg.model.backbone, cfg.model.params, in_channels, out_channels)
-    ctx = TaskContext(backbone, num_classes, in_channels, cfg.data.image_size, out_channels)
+    names = [t.name or t.kind for t in cfg.tasks]
+    backbone = build_backbone(
+        cfg.model.backbone,
+        cfg.model.params,
+        model_input.channels or in_channels,
+        out_channels,
+        task_names=names,
+    )
+    ctx = TaskContext(
+        backbone,
+        num_classes,
+        in_channels,
+        cfg.data.image_size,
+        out_channels,
+        cfg.model.input,
+        dict(label_values or {}),
+    )
     tasks = [build_task(t, ctx) for t in cfg.tasks]
     needs_pairs = [t.name for t in tasks if t.needs_pairs]
     if needs_pairs and cfg.train.sampler not in PAIR_SAMPLERS:
@@ -44,7 +73,10 @@ def build_model_and_tasks(cfg: RunConfig, in_channels: int, num_classes: int):
             film = FiLMGenerator(cfg.model.film, backbone.film_channels)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    return MultiTaskModel(backbone, heads, seg_name=tasks[0].name, film=film), tasks
+    model = MultiTaskModel(
+        backbone, heads, seg_name=tasks[0].name, film=film, input_transform=model_input.transform
+    )
+    return model, tasks
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -61,12 +93,15 @@ class MultiTaskModule(pl.LightningModule):
         class_names: list[str],
         val_case_ids: list[str] | None = None,
         split: dict[str, list[str]] | None = None,
+        label_values: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg: RunConfig = build_dataclass(RunConfig, config)
         self.class_names = list(class_names)
-        self.model, self.tasks = build_model_and_tasks(self.cfg, in_channels, len(class_names))
+        self.model, self.tasks = build_model_and_tasks(
+            self.cfg, in_channels, len(class_names), label_values
+        )
         self.weighting = build_weighting(
             self.cfg.weighting.kind,
             self.cfg.weighting.params,
@@ -74,6 +109,10 @@ class MultiTaskModule(pl.LightningModule):
             self.tasks[0].name,
         )
         self.val_metrics = SegmentationMetrics(self.class_names)
+        # the auxiliary tasks' own validation metrics (accuracy, box IoU, ...)
+        self.task_metrics = torch.nn.ModuleDict(
+            {t.name: m for t in self.tasks[1:] if (m := t.metrics()) is not None}
+        )
         self.case_index = {c: i for i, c in enumerate(val_case_ids or [])}
         self.lr = self.cfg.train.lr  # Lightning's LR finder reads and writes this attribute
 
@@ -97,7 +136,10 @@ class MultiTaskModule(pl.LightningModule):
         return self.seg_task.decode(self.model.segment(x, meta))
 
     def task_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        outputs = self.model(batch["image"], batch.get("meta"))
+        x = batch["image"]
+        for task in self.tasks:  # e.g. denoising trains every task on a noisy input
+            x = task.training_input(x)
+        outputs = self.model(x, batch.get("meta"))
         return {t.name: t.loss(outputs[t.name], t.target(batch)) for t in self.tasks}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -114,8 +156,28 @@ class MultiTaskModule(pl.LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         return total
 
+    @property
+    def val_aux_tasks(self):
+        """Auxiliary tasks scored on validation batches (pair tasks need paired batches)."""
+        return [t for t in self.tasks[1:] if not t.needs_pairs]
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred = self.predict_labels(batch["image"], batch.get("meta"))
+        image, meta, bs = batch["image"], batch.get("meta"), batch["image"].shape[0]
+        aux = self.val_aux_tasks
+        if aux:
+            outputs = self.model(image, meta)
+            logits = outputs[self.seg_task.name]
+            pred = self.seg_task.decode(logits[0] if isinstance(logits, list) else logits)
+            for task in aux:
+                target = task.target(batch)
+                loss = task.loss(outputs[task.name], target)
+                self.log(f"val/loss_{task.name}", loss, batch_size=bs)
+                if task.name in self.task_metrics:
+                    self.task_metrics[task.name].update(
+                        task.metric_input(outputs[task.name]), target
+                    )
+        else:
+            pred = self.predict_labels(image, meta)
         cases = torch.tensor([self.case_index.get(c, 0) for c in batch["case_id"]])
         self.val_metrics.update(pred, batch["mask"], cases)
 
@@ -124,6 +186,19 @@ class MultiTaskModule(pl.LightningModule):
         self.val_metrics.reset()
         self.log("val/dice", result["dice/mean"], prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in result.items() if k != "dice/mean"})
+        self.log_dict({f"val/{k}": v for k, v in self.compute_task_metrics().items()})
+
+    def compute_task_metrics(self) -> dict[str, torch.Tensor]:
+        """``{task/metric: value}`` of the auxiliary tasks' metrics, then reset them."""
+        out = {}
+        by_name = {t.name: t for t in self.tasks}
+        for name, metric in self.task_metrics.items():
+            for key, value in metric.compute().items():
+                value = value.float().flatten()
+                for label, v in zip(by_name[name].metric_names(key), value, strict=False):
+                    out[f"{name}/{label}"] = v
+            metric.reset()
+        return out
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -29,7 +29,8 @@ from mtlseg.engine.data import (
     write_split_file,
 )
 from mtlseg.engine.module import MultiTaskModule
-from mtlseg.errors import ConfigError, MtlsegError
+from mtlseg.errors import ConfigError, DataError, MtlsegError
+from mtlseg.models.inputs import INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,27 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
 
 
 def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
-    """The module for ``cfg``; checks the metadata it needs and sets FiLM's statistics."""
+    """The module for ``cfg``; checks the metadata and labels it needs, sets FiLM's statistics."""
+    needs = INPUTS.get(cfg.model.input).needs_channels
+    if needs is not None and data.dataset.in_channels != needs:
+        raise DataError(
+            f"{data.index.root}: model.input={cfg.model.input} needs {needs}-channel (RGB) "
+            f"images, this dataset has {data.dataset.in_channels} channel(s) (grey images "
+            "cannot be colourised)"
+        )
+    ann = data.annotations
     module = MultiTaskModule(
-        cfg.to_dict(), data.dataset.in_channels, data.class_names, data.case_ids, data.split
+        cfg.to_dict(),
+        data.dataset.in_channels,
+        data.class_names,
+        data.case_ids,
+        data.split,
+        {c: ann.values(c) for c in ann.columns},
     )
+    cases = [*data.split["train"], *data.split["val"]]
+    for task in module.tasks:
+        if (needed := task.required_labels()) is not None:
+            ann.require(needed[0], cases, f"tasks.{task.name}", needed[1])
     for who, fields in module.required_meta().items():
         data.train.require(fields, who, f"{data.index.root} (train split)")
         if who == "model.film":  # conditioning needs the fields at inference too

@@ -1,6 +1,6 @@
 """Backbones (by registry name), auxiliary heads and the multi-task model."""
 
-from mtlseg.models import big_unet, small_unet, u2net, unet  # noqa: F401  (registers them)
+from mtlseg.models import big_unet, segnet, small_unet, u2net, unet  # noqa: F401  (registers them)
 from mtlseg.models.multitask import MultiTaskModel
 from mtlseg.models.registry import BACKBONES, build_backbone
 

@@ -39,6 +39,13 @@ class Backbone(nn.Module):
 
     feature_info: dict[str, FeatureInfo]
     film_channels: int
+    per_task: bool = False  # built with the task names, one feature branch per task (MTAN)
+
+    def task_features(
+        self, features: dict[str, torch.Tensor], task: str
+    ) -> dict[str, torch.Tensor]:
+        """The features task ``task``'s head reads: the shared ones unless overridden."""
+        return features
 
     @staticmethod
     def modulate(x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtlseg.models.base import Backbone
@@ -91,3 +92,37 @@ class DeepSupervisionHead(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         return [conv(features[name]) for name, conv in self.convs.items()]
+
+
+class DenseHead(nn.Module):
+    """A light per-task decoder for dense auxiliary targets (edges, clean image, colour):
+    from one feature at stride s, log2(s) steps of bilinear x2 + 3x3 conv-BN-ReLU, then a
+    1x1 conv. {name: feat} -> (B, out, size, size) (the training input's size)."""
+
+    def __init__(
+        self, feature: str, c_in: int, stride: int, out_dim: int, hidden: int, size: int
+    ) -> None:
+        super().__init__()
+        self.feature, self.size = feature, (size, size)
+        steps = max(0, math.ceil(math.log2(stride))) if stride > 1 else 0
+        layers: list[nn.Module] = []
+        c = c_in
+        for _ in range(max(steps, 1)):
+            layers += [nn.Conv2d(c, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(True)]
+            c = hidden
+        self.steps = steps
+        self.convs = nn.ModuleList(
+            nn.Sequential(*layers[i : i + 3]) for i in range(0, len(layers), 3)
+        )
+        self.out = nn.Conv2d(hidden, out_dim, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = features[self.feature]
+        for i, conv in enumerate(self.convs):
+            if i < self.steps:
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = conv(x)
+        x = self.out(x)
+        if x.shape[-2:] != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return x

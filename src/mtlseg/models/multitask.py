@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -16,7 +18,8 @@ class MultiTaskModel(nn.Module):
     supervision): the entry is then ``[logits, *head(features)]``, full resolution first.
 
     With a FiLM generator the backbone is conditioned on ``meta`` (B, len(META_FIELDS)),
-    the slices' metadata vectors, which every call must then pass.
+    the slices' metadata vectors, which every call must then pass. ``input_transform``
+    maps the images to what the backbone sees (``model.input``, e.g. LAB lightness).
     """
 
     def __init__(
@@ -25,8 +28,10 @@ class MultiTaskModel(nn.Module):
         heads: dict[str, nn.Module],
         seg_name: str = "segmentation",
         film: nn.Module | None = None,
+        input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
+        self.input_transform = input_transform
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
         self.seg_name = seg_name
@@ -39,14 +44,17 @@ class MultiTaskModel(nn.Module):
             raise ConfigError("this model is conditioned on slice metadata (FiLM): pass meta")
         return self.film(meta)
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_transform is None else self.input_transform(x)
+
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits, features = self.backbone(x, self._film(meta))
+        logits, features = self.backbone(self._input(x), self._film(meta))
         outputs = {self.seg_name: logits}
         for name, head in self.heads.items():
-            out = head(features)
+            out = head(self.backbone.task_features(features, name))
             outputs[name] = [logits, *out] if name == self.seg_name else out
         return outputs
 
     def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Segmentation logits only, skipping the auxiliary heads (inference)."""
-        return self.backbone(x, self._film(meta))[0]
+        return self.backbone(self._input(x), self._film(meta))[0]

@@ -19,10 +19,19 @@ def register_backbone(name: str, config_cls: type):
     return decorator
 
 
-def build_backbone(name: str, params: dict[str, Any], in_channels: int, num_classes: int):
+def build_backbone(
+    name: str,
+    params: dict[str, Any],
+    in_channels: int,
+    num_classes: int,
+    task_names: list[str] | None = None,
+):
+    """``task_names`` reach backbones with one branch per task (``per_task``, e.g. MTAN)."""
     cls, config_cls = BACKBONES.get(name)
     cfg = build_dataclass(config_cls, params, "model.params")
     try:
+        if getattr(cls, "per_task", False):
+            return cls(in_channels, num_classes, cfg, list(task_names or []))
         return cls(in_channels, num_classes, cfg)
     except ValueError as err:  # a backbone's own check of its parameters
         raise ConfigError(f"model.params: {err}") from None

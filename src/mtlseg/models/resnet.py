@@ -5,15 +5,12 @@ torchvision is not a dependency. Module names follow torchvision's, so its Image
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mtlseg.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from mtlseg.models.weights import load_local_weights
 
 
 class Bottleneck(nn.Module):
@@ -80,43 +77,6 @@ class ResNetEncoder(nn.Module):
         return outs
 
     def load_weights(self, path: Path | str) -> dict[str, list[str]]:
-        """Load a local ImageNet ``state_dict`` (torchvision key names) non-strictly.
-
-        Returns and logs the ``missing`` keys (left at their initialisation) and the
-        ``unexpected`` ones (in the file, not in this encoder: e.g. ``layer4.*`` and ``fc.*``
-        of a full ResNet-50). A key present in both with another shape is an error.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: weights file does not exist (model.params.weights)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConfigError(f"{path}: not a readable PyTorch weights file ({err})") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        own = self.state_dict()
-        wrong = [
-            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and v.shape != own[k].shape
-        ]
-        if wrong:
-            raise ConfigError(
-                f"{path}: {len(wrong)} weight(s) have another shape than the encoder, e.g. "
-                f"{wrong[0]} (a ResNet-50 of another width or input channels?)"
-            )
-        result = self.load_state_dict(state, strict=False)
-        report = {
-            "missing": sorted(result.missing_keys),
-            "unexpected": sorted(result.unexpected_keys),
-        }
-        log.info(
-            "%s: loaded %d tensors; %d missing, %d unexpected (e.g. %s)",
-            path,
-            len(state) - len(report["unexpected"]),
-            len(report["missing"]),
-            len(report["unexpected"]),
-            report["unexpected"][:3],
-        )
-        return report
+        """Load a local ImageNet ``state_dict`` (torchvision key names) non-strictly; a full
+        ResNet-50's ``layer4.*`` and ``fc.*`` are reported as unexpected."""
+        return load_local_weights(self, path, "ResNet encoder")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torchmetrics import Metric, MetricCollection
 
 from mtlseg.config import TaskConfig, build_dataclass
 from mtlseg.models.base import Backbone
@@ -22,6 +23,10 @@ class TaskContext:
     in_channels: int
     image_size: int
     out_channels: int = 0  # channels of the primary (segmentation) output
+    model_input: str = "image"  # model.input: what the network sees (mtlseg.models.inputs)
+    label_values: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # labels file: column -> values
 
 
 class Task:
@@ -47,6 +52,25 @@ class Task:
 
     def build_head(self) -> nn.Module | None:
         return None
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The training input as this task wants every task to see it (denoising adds noise)."""
+        return x
+
+    def required_labels(self) -> tuple[str, list[str]] | None:
+        """(column, class names) this task reads from the labels file, checked for every case."""
+        return None
+
+    def metrics(self) -> Metric | MetricCollection | None:
+        """Validation metrics, updated with ``(metric_input(output), target)``."""
+        return None
+
+    def metric_input(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+    def metric_names(self, key: str) -> list[str]:
+        """Names of the entries of a vector-valued metric ``key`` (e.g. per-class recall)."""
+        return [key]
 
     def target(self, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError

@@ -1,0 +1,235 @@
+"""SegNet (Badrinarayanan et al. 2017) and MTAN on its encoder (Liu et al. 2019; paper 002).
+
+The encoder is VGG16-BN's ``features`` (13 conv-BN-ReLU in 5 blocks, each closed by a
+2x2 max-pool), laid out index for index as torchvision's, so a local VGG16-BN
+``state_dict`` loads by name. Pooling keeps its indices; the mirrored decoder puts values
+back where they were taken (max-unpool) before its convolutions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlseg.models.base import Backbone, FeatureInfo
+from mtlseg.models.registry import register_backbone
+from mtlseg.models.weights import load_local_weights
+
+VGG16_WIDTHS = [64, 128, 256, 512, 512]
+VGG16_CONVS = [2, 2, 3, 3, 3]
+
+
+@dataclass
+class SegNetConfig:
+    widths: list[int] = field(default_factory=lambda: list(VGG16_WIDTHS))
+    convs: list[int] = field(default_factory=lambda: list(VGG16_CONVS))  # per block
+    weights: str | None = None  # local VGG16(-BN) state_dict, torchvision names; no download
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != len(self.convs) or not self.widths:
+            raise ValueError("widths and convs need one entry per encoder block")
+        if min(self.convs) < 1:
+            raise ValueError(f"every block needs at least one convolution, got {self.convs}")
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def _adapt_first_conv(key: str, saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
+    """RGB filters of the first convolution summed over colour for a one-channel input
+    (what a grey image replicated to RGB would see); paper 002's colourisation variant."""
+    if key == "features.0.weight" and saved.shape[1] == 3 and own.shape[1] == 1:
+        return saved.sum(dim=1, keepdim=True)
+    return None
+
+
+class VGGEncoder(nn.Module):
+    """VGG-BN ``features`` with index-keeping pools. ``blocks(x)`` returns, per block, the
+    output of its first conv (MTAN's attention input), its last conv (pre-pool), the pooled
+    map, the pooling indices and the pre-pool size."""
+
+    def __init__(self, in_channels: int, widths: list[int], convs: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        self.bounds: list[tuple[int, int, int]] = []  # (start, end of first conv, pool index)
+        c = in_channels
+        for width, n in zip(widths, convs, strict=True):
+            start = len(layers)
+            for _ in range(n):
+                layers += conv_bn_relu(c, width)
+                c = width
+            layers.append(nn.MaxPool2d(2, 2, return_indices=True, ceil_mode=True))
+            self.bounds.append((start, start + 3, len(layers) - 1))
+        self.features = nn.Sequential(*layers)
+
+    def blocks(self, x: torch.Tensor, film=None, modulate=None) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for j, (start, first_end, pool) in enumerate(self.bounds):
+            first = self.features[start:first_end](x)
+            if j == 0 and modulate is not None:
+                first = modulate(first, film)
+            last = self.features[first_end:pool](first)
+            pooled, indices = self.features[pool](last)
+            out.append({"first": first, "last": last, "pooled": pooled, "indices": indices})
+            x = pooled
+        return out
+
+
+class SegNetDecoder(nn.Module):
+    """Mirror of the encoder: per block (deepest first) max-unpool with the encoder's
+    indices, then its convolutions, the last one narrowing to the next block's width."""
+
+    def __init__(self, widths: list[int], convs: list[int], num_classes: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for j in reversed(range(len(widths))):
+            c_out = widths[j - 1] if j > 0 else widths[0]
+            layers = []
+            for k in range(convs[j]):
+                layers += conv_bn_relu(widths[j], c_out if k == convs[j] - 1 else widths[j])
+            self.blocks.append(nn.Sequential(*layers))
+        self.out = nn.Conv2d(widths[0], num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, encoded: list[dict[str, torch.Tensor]]):
+        features = {}
+        for i, (block, enc) in enumerate(zip(self.blocks, reversed(encoded), strict=True)):
+            x = F.max_unpool2d(x, enc["indices"], 2, 2, output_size=enc["last"].shape[-2:])
+            x = block(x)
+            features[f"decoder{i + 1}"] = x
+        return self.out(x), features
+
+
+def segnet_feature_info(widths: list[int]) -> dict[str, FeatureInfo]:
+    """``encoder1..N`` (pooled block outputs, stride 2..2^N; the last is ``bottleneck``) and
+    ``decoder1..N`` (deepest first, the last at full size)."""
+    n = len(widths)
+    info = {"bottleneck": FeatureInfo(widths[-1], 2**n)}
+    for j, w in enumerate(widths):
+        info[f"encoder{j + 1}"] = FeatureInfo(w, 2 ** (j + 1))
+    for i in range(n):
+        j = n - 1 - i
+        info[f"decoder{i + 1}"] = FeatureInfo(widths[j - 1] if j > 0 else widths[0], 2**j)
+    return info
+
+
+@register_backbone("segnet", SegNetConfig)
+class SegNet(Backbone):
+    """SegNet: hard parameter sharing, every auxiliary head reads the shared features.
+
+    FiLM acts on the first convolution's output. Input sizes need not be multiples of 32
+    (ceil-mode pooling, unpooling to the recorded sizes).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: SegNetConfig) -> None:
+        super().__init__()
+        self.encoder = VGGEncoder(in_channels, cfg.widths, cfg.convs)
+        self.decoder = SegNetDecoder(cfg.widths, cfg.convs, num_classes)
+        self.film_channels = cfg.widths[0]
+        self.feature_info = segnet_feature_info(cfg.widths)
+        self.weights_report = (
+            load_local_weights(self.encoder, cfg.weights, "VGG encoder", _adapt_first_conv)
+            if cfg.weights
+            else None
+        )
+
+    def encode(self, x: torch.Tensor, film=None) -> list[dict[str, torch.Tensor]]:
+        return self.encoder.blocks(x, film, self.modulate)
+
+    def forward(self, x: torch.Tensor, film=None):
+        encoded = self.encode(x, film)
+        features = {f"encoder{j + 1}": e["pooled"] for j, e in enumerate(encoded)}
+        features["bottleneck"] = encoded[-1]["pooled"]
+        logits, decoded = self.decoder(encoded[-1]["pooled"], encoded)
+        return logits, {**features, **decoded}
+
+
+class AttentionUnit(nn.Module):
+    """Liu et al. 2019's task attention: 1x1 conv-BN-ReLU-1x1 conv-BN-sigmoid -> mask in (0, 1)."""
+
+    def __init__(self, c_in: int, c: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(c_in, c, 1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 1),
+            nn.BatchNorm2d(c),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@register_backbone("mtan", SegNetConfig)
+class MTAN(SegNet):
+    """MTAN with attention on the encoder only (paper 002, section 2.2).
+
+    Per task and encoder block j: mask_j = att_j([first conv of block j, previous attended
+    output]) (the first block sees the first conv only), attended_j = pool(conv3x3(mask_j *
+    block j's output)), the 3x3 conv shared by the tasks as in Liu et al. Each task reads
+    its own ``encoder1..N``/``bottleneck``; the shared decoder decodes the primary (first)
+    task's attended bottleneck with the shared pooling indices. Task ``t``'s features are
+    stored under ``t/<name>``; ``task_features`` hands each head its own.
+    """
+
+    per_task = True
+
+    def __init__(
+        self, in_channels: int, num_classes: int, cfg: SegNetConfig, task_names: list[str]
+    ) -> None:
+        super().__init__(in_channels, num_classes, cfg)
+        if not task_names:
+            raise ValueError("mtan needs the task names (one attention branch per task)")
+        w = cfg.widths
+        self.task_names = list(task_names)
+        self.attention = nn.ModuleDict(
+            {
+                t: nn.ModuleList(
+                    AttentionUnit(w[j] if j == 0 else 2 * w[j], w[j]) for j in range(len(w))
+                )
+                for t in self.task_names
+            }
+        )
+        outs = [*w[1:], w[-1]]
+        self.block_att = nn.ModuleList(
+            nn.Sequential(*conv_bn_relu(c_in, c_out)) for c_in, c_out in zip(w, outs, strict=True)
+        )
+        self.feature_info = {
+            **segnet_feature_info(w),
+            **{f"encoder{j + 1}": FeatureInfo(c, 2 ** (j + 1)) for j, c in enumerate(outs)},
+            "bottleneck": FeatureInfo(outs[-1], 2 ** len(w)),
+        }
+
+    def attend(self, task: str, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        out, prev = {}, None
+        for j, (unit, conv, enc) in enumerate(
+            zip(self.attention[task], self.block_att, encoded, strict=True)
+        ):
+            mask = unit(enc["first"] if prev is None else torch.cat([enc["first"], prev], 1))
+            prev = F.max_pool2d(conv(mask * enc["last"]), 2, 2, ceil_mode=True)
+            out[f"attention{j + 1}"] = mask
+            out[f"encoder{j + 1}"] = prev
+        out["bottleneck"] = prev
+        return out
+
+    def forward(self, x: torch.Tensor, film=None):
+        encoded = self.encode(x, film)
+        features = {}
+        for task in self.task_names:
+            features.update({f"{task}/{k}": v for k, v in self.attend(task, encoded).items()})
+        primary = features[f"{self.task_names[0]}/bottleneck"]
+        logits, decoded = self.decoder(primary, encoded)
+        return logits, {**features, **decoded}
+
+    def task_features(
+        self, features: dict[str, torch.Tensor], task: str
+    ) -> dict[str, torch.Tensor]:
+        prefix = f"{task}/"
+        own = {k[len(prefix) :]: v for k, v in features.items() if k.startswith(prefix)}
+        shared = {k: v for k, v in features.items() if "/" not in k}
+        return {**shared, **own}

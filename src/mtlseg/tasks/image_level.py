@@ -1,0 +1,140 @@
+"""Image-level auxiliary tasks of paper 002: a class label and a bounding box per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassRecall
+
+from mtlseg.errors import ConfigError
+from mtlseg.metrics.boxes import BoxMetrics
+from mtlseg.models.heads import PooledHead
+from mtlseg.tasks.base import Task, register_task
+
+
+@dataclass
+class ClassificationParams:
+    column: str = ""  # the labels file's column to predict (ACDC: pathology or phase)
+    classes: list[str] | None = None  # class names in output order; default: the file's values
+    features: str = "bottleneck"
+    hidden: int = 64  # global average pool, Linear(C, hidden), ReLU, Linear(hidden, classes)
+
+    def __post_init__(self) -> None:
+        if not self.column:
+            raise ValueError("column: name the labels file's column to predict")
+
+
+@register_task("classification")
+class ClassificationTask(Task):
+    """Predict a case-level label (``case_labels.csv``) from pooled features; cross-entropy
+    (paper 002 eq. 1's L_cls). Output (B, K) logits, target (B,) class indices."""
+
+    Config = ClassificationParams
+
+    def __init__(self, cfg, ctx) -> None:
+        super().__init__(cfg, ctx)
+        p = self.params
+        self.classes = list(p.classes) if p.classes else ctx.label_values.get(p.column, [])
+        if len(self.classes) < 2:
+            raise ConfigError(
+                f"tasks.{self.name}: column {p.column!r} needs at least 2 classes, found "
+                f"{self.classes} (is there a labels file with that column?)"
+            )
+        self.index = {c: i for i, c in enumerate(self.classes)}
+
+    def required_labels(self) -> tuple[str, list[str]]:
+        return self.params.column, self.classes
+
+    def build_head(self):
+        p = self.params
+        info = self.ctx.backbone.feature_info[p.features]
+        return PooledHead(p.features, info.channels, p.hidden, len(self.classes))
+
+    def target(self, batch):
+        values = batch["labels"][self.params.column]
+        return torch.tensor([self.index[v] for v in values], device=batch["image"].device)
+
+    def loss(self, output, target):
+        return F.cross_entropy(output.float(), target)
+
+    def metrics(self) -> MetricCollection:
+        k = len(self.classes)
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(k, average="micro"),
+                "balanced_accuracy": MulticlassAccuracy(k, average="macro"),
+                "recall": MulticlassRecall(k, average="none"),
+            }
+        )
+
+    def metric_names(self, key: str) -> list[str]:
+        return [f"recall/{c}" for c in self.classes] if key == "recall" else [key]
+
+
+@dataclass
+class BoxParams:
+    scale: float = 1.0  # loss multiplier, to bring the box MSE to the other losses' scale
+    features: str = "bottleneck"
+    hidden: int = 64
+
+
+@register_task("bbox")
+class BoxTask(Task):
+    """Regress one box per image, (x1, y1, x2, y2) in [0, 1] (sigmoid outputs), with MSE
+    times ``scale`` (paper 002 eq. 1's L_bbox).
+
+    The target is the data's box (a box file at the dataset root; the union of an image's
+    boxes) when it has one, else the box of all foreground of the (augmented) mask, made on
+    device. Images without a box (none listed, or an empty mask) are left out of the loss
+    and metrics. Target (B, 5): a 0/1 validity flag, then the box.
+    """
+
+    Config = BoxParams
+
+    def build_head(self):
+        p = self.params
+        info = self.ctx.backbone.feature_info[p.features]
+        return PooledHead(p.features, info.channels, p.hidden, 4)
+
+    def target(self, batch):
+        if "box" in batch:
+            valid, box = batch["has_box"].float(), batch["box"].float()
+        else:
+            valid, box = mask_boxes(batch["mask"])
+        return torch.cat([valid[:, None], box], dim=1).to(batch["image"].device)
+
+    def loss(self, output, target):
+        valid, box = target[:, 0] > 0, target[:, 1:]
+        pred = torch.sigmoid(output.float())
+        if not valid.any():
+            return pred.sum() * 0.0  # keeps the graph; nothing to learn from this batch
+        return self.params.scale * F.mse_loss(pred[valid], box[valid])
+
+    def metrics(self) -> BoxMetrics:
+        return BoxMetrics(self.ctx.image_size)
+
+    def metric_names(self, key: str) -> list[str]:
+        return [key]
+
+    def metric_input(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(output.float())
+
+
+def mask_boxes(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W) labels -> (valid (B,), boxes (B, 4)): the normalised box of all pixels > 0,
+    pixel edges included (a single pixel at (0, 0) is (0, 0, 1/W, 1/H))."""
+    fg = mask > 0
+    b, h, w = fg.shape
+    rows, cols = fg.any(2), fg.any(1)
+    valid = rows.any(1)
+    ar_h = torch.arange(h, device=mask.device)
+    ar_w = torch.arange(w, device=mask.device)
+    y1 = torch.where(rows, ar_h, h).min(1).values
+    y2 = torch.where(rows, ar_h, -1).max(1).values + 1
+    x1 = torch.where(cols, ar_w, w).min(1).values
+    x2 = torch.where(cols, ar_w, -1).max(1).values + 1
+    box = torch.stack([x1 / w, y1 / h, x2 / w, y2 / h], 1).float()
+    return valid.float(), torch.where(valid[:, None], box, torch.zeros_like(box))

@@ -1,0 +1,123 @@
+"""Self-supervised dense auxiliary tasks of paper 002 (section 2.4): denoising, Canny edges,
+colourisation. Targets are made from the batch on its device every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mtlseg.errors import ConfigError
+from mtlseg.models.heads import DenseHead
+from mtlseg.targets.image import canny_edges, lab
+from mtlseg.tasks.base import Task, register_task
+
+
+@dataclass
+class DenseParams:
+    features: str = "bottleneck"  # the feature the task's light decoder starts from
+    hidden: int = 32  # channels of that decoder
+
+
+class DenseTask(Task):
+    """A per-pixel target predicted by a ``DenseHead`` of ``out_dim`` channels."""
+
+    Config = DenseParams
+
+    def out_dim(self) -> int:
+        raise NotImplementedError
+
+    def build_head(self):
+        p = self.params
+        info = self.ctx.backbone.feature_info[self.ctx.backbone.resolve_features(p.features)[0]]
+        return DenseHead(
+            p.features, info.channels, info.stride, self.out_dim(), p.hidden, self.ctx.image_size
+        )
+
+
+@dataclass
+class DenoiseParams(DenseParams):
+    # noise std as a fraction of each image's intensity range; paper: std 2 on 0..255
+    std: float = 2 / 255
+
+    def __post_init__(self) -> None:
+        if self.std <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+
+@register_task("denoise")
+class DenoiseTask(DenseTask):
+    """Paper 002, 2.4.1: in training the network sees the image plus Gaussian noise (every
+    task then trains on the noisy input, as in the paper) and regresses the clean image
+    with MSE. Validation and prediction see clean images."""
+
+    Config = DenoiseParams
+
+    def out_dim(self) -> int:
+        return self.ctx.in_channels
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        spread = (flat.max(1).values - flat.min(1).values)[:, None, None, None]
+        return x + torch.randn_like(x) * self.params.std * spread
+
+    def target(self, batch):
+        return batch["image"].float()
+
+    def loss(self, output, target):
+        return F.mse_loss(output.float(), target)
+
+
+@dataclass
+class CannyParams(DenseParams):
+    low: float = 0.1  # kornia.filters.canny thresholds on the [0, 1]-rescaled grey image
+    high: float = 0.2
+    sigma: float = 1.0  # Gaussian blur before the gradient
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.high:
+            raise ValueError(f"need 0 <= low <= high, got low={self.low}, high={self.high}")
+
+
+@register_task("canny")
+class CannyTask(DenseTask):
+    """Paper 002, 2.4.2: predict the image's Canny edge map (kornia, on device); one logit
+    per pixel, BCE with logits."""
+
+    Config = CannyParams
+
+    def out_dim(self) -> int:
+        return 1
+
+    def target(self, batch):
+        p = self.params
+        return canny_edges(batch["image"], p.low, p.high, p.sigma)
+
+    def loss(self, output, target):
+        return F.binary_cross_entropy_with_logits(output.float(), target.float())
+
+
+@register_task("colourise")
+class ColouriseTask(DenseTask):
+    """Paper 002, 2.4.3: the network sees the L channel of CIE LAB only (``model.input:
+    lightness``, for every task) and predicts a and b (MSE, each scaled to about [-1, 1])."""
+
+    needs_input = "lightness"
+
+    def __init__(self, cfg, ctx) -> None:
+        super().__init__(cfg, ctx)
+        if ctx.model_input != self.needs_input:
+            raise ConfigError(
+                f"tasks.{self.name}: colourisation predicts colour from lightness; set "
+                f"model.input: lightness (now {ctx.model_input!r})"
+            )
+
+    def out_dim(self) -> int:
+        return 2
+
+    def target(self, batch):
+        return lab(batch["image"])[:, 1:]
+
+    def loss(self, output, target):
+        return F.mse_loss(output.float(), target)
