@@ -3,11 +3,17 @@
     python benchmarks/step_time.py --data ../shared/data/kvasir-seg --size 128 --steps 30
     python benchmarks/step_time.py --data ../shared/data/acdc --size 64 --batch 32 \
         --recipes small-unet small-unet-position small-unet-contrastive small-unet-film big-unet
+    python benchmarks/step_time.py --data ../shared/data/acdc --recipes segnet segnet-3task \
+        mtan-3task --set model.params.widths=[16,32,64,128,128]          # paper 002
+    python benchmarks/step_time.py --data ../shared/data/kvasir-seg --recipes segnet \
+        mtan-no-class mtan-canny mtan-colour --set tasks.1.enabled=false \
+        --set model.params.widths=[16,32,64,128,128]
 
 Prints seconds per step for each recipe and the ratio (goal for unet-hog / unet: <= 1.10).
 Real batches from the recipe's own train loader (pair batches for the contrastive recipe);
 forward + backward + Adam step, as in training (HOG targets included, computed on the same
 device). ``--set`` overrides apply to every recipe (e.g. narrower widths). Uses CUDA + mixed precision when present.
+Also prints the share of the step spent making targets on device (HOG, Canny, LAB, boxes).
 """
 
 from __future__ import annotations
@@ -26,13 +32,36 @@ def _to(batch: dict, device: str) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def target_time(module, batch: dict, device: str, repeats: int = 10) -> float:
+    """Median seconds to make every task's target for ``batch`` (no model involved)."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        for task in module.tasks:
+            task.target(batch)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 def time_steps(
     recipe: str, data, size: int, steps: int, batch: int, device: str, amp: bool, overrides
-) -> float:
+) -> tuple[float, float]:
+    """(median seconds per training step, median seconds of target making per step)."""
     cfg = load_config(
         recipe, [f"data.image_size={size}", f"data.path={data.index.root}", *overrides]
     )
-    module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names).to(device)
+    ann = data.annotations
+    labels = {c: ann.values(c) for c in ann.columns}
+    module = MultiTaskModule(
+        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
+    ).to(device)
     opt = torch.optim.Adam([q for q in module.parameters() if q.requires_grad], lr=2e-4)
     loader = iter(train_loader(data, batch, 0, 0, cfg.train.sampler))
     batches = [_to(next(loader), device) for _ in range(4)]
@@ -52,7 +81,8 @@ def time_steps(
         if i >= 5:  # warm-up excluded
             times.append(time.perf_counter() - t)
     times.sort()
-    return times[len(times) // 2]  # median: robust to a noisy machine
+    # median: robust to a noisy machine
+    return times[len(times) // 2], target_time(module, batches[0], device)
 
 
 def main() -> None:
@@ -67,7 +97,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     amp = device == "cuda"
     cfg = load_config(args.recipes[0], [f"data.image_size={args.size}", f"data.path={args.data}"])
-    cfg.data.augment = False
+    cfg.data.augment = "none"
     cfg.data.split_mode = "case"  # any split: only training batches are timed
     data = prepare_data(cfg.data)
     print(
@@ -76,9 +106,14 @@ def main() -> None:
     )
     base = None
     for recipe in args.recipes:
-        t = time_steps(recipe, data, args.size, args.steps, args.batch, device, amp, args.set)
+        t, targets = time_steps(
+            recipe, data, args.size, args.steps, args.batch, device, amp, args.set
+        )
         base = base or t
-        print(f"{recipe:24s} {t * 1000:8.1f} ms/step   ratio vs {args.recipes[0]}: {t / base:.3f}")
+        print(
+            f"{recipe:24s} {t * 1000:8.1f} ms/step   ratio vs {args.recipes[0]}: {t / base:.3f}"
+            f"   targets {100 * targets / t:4.1f} % of the step"
+        )
 
 
 if __name__ == "__main__":

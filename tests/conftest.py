@@ -88,3 +88,52 @@ def kvasir_images() -> np.ndarray:
 
     files = sorted((_require(KVASIR) / "images").iterdir())[:8]
     return np.stack([io.imread(f).astype(np.float32).mean(-1) / 255.0 for f in files])
+
+
+ACDC_GROUPS = ["patient002", "patient021", "patient042", "patient062", "patient082", "patient003"]
+TINY_SEGNET = [
+    "model.params.widths=[4,8,8,16,16]",
+    "model.params.convs=[1,1,1,1,1]",
+    "data.image_size=32",
+    "train.batch_size=4",
+    "train.progress_bar=false",
+    "data.augment=false",
+    "train.max_minutes=null",
+]
+
+
+def make_acdc_labelled(dest: Path, patients: list[str] = ACDC_GROUPS) -> Path:
+    """Both frames of patients from each ACDC diagnostic group, their rows of
+    case_labels.csv, and a split with the last two patients as val."""
+    _require(ACDC)
+    (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ACDC / "dataset.json", dest / "dataset.json")
+    cases = [f"{p}_frame0{f}" for p in patients for f in (1, 2)]
+    for case in cases:
+        shutil.copy(ACDC / "labelsTr" / f"{case}.nii.gz", dest / "labelsTr")
+        shutil.copy(ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr")
+    lines = (ACDC / "case_labels.csv").read_text().splitlines()
+    rows = [lines[0]] + [r for r in lines[1:] if r.split(",")[0] in cases]
+    (dest / "case_labels.csv").write_text("\n".join(rows) + "\n")
+    (dest / "splits.json").write_text(json.dumps({"train": cases[:-4], "val": cases[-4:]}))
+    return dest
+
+
+def make_kvasir_boxed(dest: Path, n: int = 12) -> Path:
+    """``make_kvasir_subset`` plus the real box file's entries for those images."""
+    make_kvasir_subset(dest, n)
+    boxes = json.loads((KVASIR / "kavsir_bboxes.json").read_text())
+    ids = {p.stem for p in (dest / "images").iterdir()}
+    (dest / "kavsir_bboxes.json").write_text(json.dumps({k: boxes[k] for k in ids}))
+    return dest
+
+
+@pytest.fixture
+def acdc_labelled(tmp_path: Path) -> Path:
+    return make_acdc_labelled(tmp_path / "acdc-labelled")
+
+
+@pytest.fixture
+def kvasir_boxed(tmp_path: Path) -> Path:
+    return make_kvasir_boxed(tmp_path / "kvasir-boxed")

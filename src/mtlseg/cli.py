@@ -59,7 +59,16 @@ def cmd_recipes(args) -> None:
     from mtlseg.config import load_config, recipe_names
 
     for name in recipe_names():
-        print(f"{name:24s} {load_config(name).description}")
+        cfg = load_config(name, args.set)
+        print(f"{name:24s} {cfg.description}")
+        if args.verbose:
+            from mtlseg.engine.module import parameter_counts
+
+            counts = parameter_counts(cfg, args.channels, args.classes)
+            print(
+                f"{'':24s} parameters ({args.channels}-channel input, {args.classes} classes): "
+                + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items())
+            )
 
 
 def cmd_train(args) -> None:
@@ -196,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    sub.add_parser("recipes", help="list the shipped recipes").set_defaults(func=cmd_recipes)
+    p = with_set(sub.add_parser("recipes", help="list the shipped recipes"))
+    p.add_argument("--verbose", action="store_true", help="also count each model's parameters")
+    p.add_argument("--channels", type=int, default=3, help="input channels assumed for counting")
+    p.add_argument("--classes", type=int, default=2, help="segmentation classes (background too)")
+    p.set_defaults(func=cmd_recipes)
     p = with_set(sub.add_parser("train", help="train a recipe on a dataset"))
     p.add_argument(
         "--recipe", required=True, help="recipe name (see `mtlseg recipes`) or YAML file"

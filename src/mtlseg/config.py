@@ -43,8 +43,8 @@ class DataConfig:
     # patient id and scan/phase tag from the case id (ACDC: patient001_frame01)
     case_pattern: str = r"^(?P<patient>.+?)_(?P<phase>(?:frame|phase|day|time|tp|t)\d+)$"
     # augmentation pipeline by name (mtlseg.data.transforms.AUGMENTATIONS); true/false
-    # (older recipes) mean the default pipeline / none
-    augment: bool | str = "mild"
+    # (older recipes) mean mild / none
+    augment: bool | str = "strong"
     num_workers: int = 1  # DataLoader worker processes that read and augment samples
     # image/case-level annotations (mtlseg.data.annotations): "auto" reads case_labels.csv /
     # the one *bboxes.json at the dataset root when present; a path; null: none

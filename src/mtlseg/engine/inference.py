@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from mtlseg.data.dataset import SliceDataset, resize_slices
 from mtlseg.data.io import (
@@ -94,8 +95,32 @@ def evaluate(
     cases = torch.tensor([index[m["case_id"]] for m in dataset.meta])
     metrics.update(predict_dataset(module, dataset), dataset.masks.long(), cases)
     result = metrics.compute()
+    result.update(evaluate_tasks(module, dataset))
     result["num_samples"] = len(dataset)
     result["num_cases"] = len(ids)
+    return result
+
+
+@torch.no_grad()
+def evaluate_tasks(module: MultiTaskModule, dataset: SliceDataset, batch_size: int = 32) -> dict:
+    """The auxiliary tasks on ``dataset``: ``task/<name>/loss`` (mean over samples) and each
+    task's own metrics (``task/<name>/<metric>``: accuracy, box IoU, ...)."""
+    tasks = module.val_aux_tasks
+    if not tasks:
+        return {}
+    module.eval()
+    device = next(module.parameters()).device
+    sums = dict.fromkeys((t.name for t in tasks), 0.0)
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        outputs = module.model(batch["image"], batch.get("meta"))
+        for task in tasks:
+            target = task.target(batch)
+            sums[task.name] += float(task.loss(outputs[task.name], target)) * len(batch["image"])
+            if task.name in module.task_metrics:
+                module.task_metrics[task.name].update(task.metric_input(outputs[task.name]), target)
+    result = {f"task/{name}/loss": total / len(dataset) for name, total in sums.items()}
+    result.update({f"task/{k}": float(v) for k, v in module.compute_task_metrics().items()})
     return result
 
 

@@ -79,6 +79,18 @@ def build_model_and_tasks(
     return model, tasks
 
 
+def parameter_counts(cfg: RunConfig, in_channels: int, num_classes: int) -> dict[str, int]:
+    """Parameters of the backbone, of the task heads, and in total, without data: image-level
+    tasks are counted with two classes per labels column."""
+    columns = [t.params.get("column") for t in cfg.tasks if t.params.get("column")]
+    model, _ = build_model_and_tasks(
+        cfg, in_channels, num_classes, {c: ["a", "b"] for c in columns}
+    )
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return {"backbone": backbone, "heads": total - backbone, "total": total}
+
+
 class MultiTaskModule(pl.LightningModule):
     """Training step: outputs -> per-task losses -> weighting -> one scalar.
 

@@ -31,6 +31,7 @@ from mtlseg.engine.data import (
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
+from mtlseg.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
             "cannot be colourised)"
         )
     ann = data.annotations
+    cases = [*data.split["train"], *data.split["val"]]
+    for t in cfg.tasks:
+        if (column := TASKS.get(t.kind).label_column(t.params)) is not None:
+            ann.require(column, cases, f"tasks.{t.name}", None)
     module = MultiTaskModule(
         cfg.to_dict(),
         data.dataset.in_channels,
@@ -174,7 +179,6 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
         data.split,
         {c: ann.values(c) for c in ann.columns},
     )
-    cases = [*data.split["train"], *data.split["val"]]
     for task in module.tasks:
         if (needed := task.required_labels()) is not None:
             ann.require(needed[0], cases, f"tasks.{task.name}", needed[1])

@@ -55,12 +55,31 @@ def hd95(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Te
     return torch.where((p_any ^ t_any).cpu(), torch.full_like(out, diagonal), out)
 
 
+def pooled_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, float]:
+    """Scores from counts pooled over every pixel of the set (paper 002's F1 and weighted IoU).
+
+    ``f1/mean``: per-class pixel F1 = 2TP / (2TP + FP + FN) over all pixels, mean over
+    foreground classes (Dice averages per sample instead). ``weighted_iou``: frequency-weighted
+    IoU (Long et al. 2015): sum_k (t_k / sum t) IoU_k over all classes, background included,
+    with t_k the true pixels of class k.
+    """
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    iou = _ratio(tp, tp + fp + fn)
+    truth = tp + fn
+    fg = f1[1:] if len(f1) > 1 else f1
+    return {
+        "f1/mean": float(fg.mean()),
+        "weighted_iou": float((truth * iou).sum() / truth.sum().clamp(min=1)),
+    }
+
+
 class SegmentationMetrics(Metric):
     """Collects per-sample confusion counts (and optionally HD95) with their case index.
 
     ``update(pred, target, case_index)`` with labels (B, H, W) and case indices (B,);
     ``compute()`` returns a flat dict of floats: ``dice/<class>``, ``dice/mean``, ``iou/...``,
-    ``hd95/...``, ``pixel_accuracy`` and, for multi-slice cases, ``volume_dice/...``.
+    ``hd95/...``, ``pixel_accuracy``, ``f1/mean``, ``weighted_iou`` (``pooled_scores``) and,
+    for multi-slice cases, ``volume_dice/...``.
     """
 
     full_state_update = False
@@ -99,6 +118,7 @@ class SegmentationMetrics(Metric):
         result["pixel_accuracy"] = float(
             self._cat(self.correct).sum() / self._cat(self.pixels).sum()
         )
+        result.update(pooled_scores(tp.sum(0), fp.sum(0), fn.sum(0)))
         case = self._cat(self.case)
         if case.unique().numel() < case.numel():  # several slices per case: volumes
             n_cases = int(case.max()) + 1

@@ -13,7 +13,7 @@ from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import evaluate, load_module, segment_slices
 from mtlseg.engine.train import train
 from mtlseg.report.plots import plot_curves, plot_qualitative
-from mtlseg.report.tables import markdown_table, per_class_table, summarise
+from mtlseg.report.tables import markdown_table, per_class_table, summarise, task_table
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,15 @@ def compare(
     table = markdown_table(summary)
     per_class = per_class_table(summary, "dice")
     volume = per_class_table(summary, "volume_dice")
+    tasks, recall = task_table(summary), task_table(summary, per_class=True)
     report = "\n\n".join(
         x
         for x in (
             table,
             "Per-class Dice (slice-wise):\n\n" + per_class if per_class else "",
             "Per-class Dice (per volume):\n\n" + volume if volume else "",
+            "Auxiliary tasks (validation):\n\n" + tasks if tasks else "",
+            "Classification recall per class:\n\n" + recall if recall else "",
         )
         if x
     )

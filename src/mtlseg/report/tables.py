@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-HEADLINE = ("dice/mean", "iou/mean", "hd95/mean", "pixel_accuracy", "volume_dice/mean")
+HEADLINE = (
+    "dice/mean",
+    "iou/mean",
+    "f1/mean",
+    "weighted_iou",
+    "hd95/mean",
+    "pixel_accuracy",
+    "volume_dice/mean",
+)
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -81,4 +89,22 @@ def per_class_table(summary: dict[str, dict], metric: str = "dice") -> str:
             + " | ".join(_fmt(summary[name][f"{metric}/{c}"]) for c in classes)
             + " |"
         )
+    return "\n".join(lines)
+
+
+def task_table(summary: dict[str, dict], per_class: bool = False) -> str:
+    """The auxiliary tasks' own metrics (``task/<name>/<metric>``), one column per metric
+    any recipe has ("—" where a recipe lacks the task). ``per_class``: only the per-class
+    recalls, else everything else (losses, accuracy, box L2 / IoU)."""
+    keys = sorted(
+        {k for entry in summary.values() for k in entry if k.startswith("task/")} - {"task/"}
+    )
+    keys = [k for k in keys if ("/recall/" in k) == per_class]
+    if not keys:
+        return ""
+    header = ["recipe", *(k.removeprefix("task/") for k in keys)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in summary.items():
+        cells = [_fmt(entry[k]) if k in entry else "—" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -57,6 +57,12 @@ class Task:
         """The training input as this task wants every task to see it (denoising adds noise)."""
         return x
 
+    @classmethod
+    def label_column(cls, params: dict[str, Any]) -> str | None:
+        """The labels-file column this task reads, from its raw params (checked before the
+        model is built, so a missing column is reported against the file)."""
+        return None
+
     def required_labels(self) -> tuple[str, list[str]] | None:
         """(column, class names) this task reads from the labels file, checked for every case."""
         return None

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassRecall
 
 from mtlseg.errors import ConfigError
 from mtlseg.metrics.boxes import BoxMetrics
+from mtlseg.metrics.classification import ClassificationMetrics
 from mtlseg.models.heads import PooledHead
 from mtlseg.tasks.base import Task, register_task
 
@@ -45,6 +44,10 @@ class ClassificationTask(Task):
             )
         self.index = {c: i for i, c in enumerate(self.classes)}
 
+    @classmethod
+    def label_column(cls, params):
+        return params.get("column") or None
+
     def required_labels(self) -> tuple[str, list[str]]:
         return self.params.column, self.classes
 
@@ -60,15 +63,8 @@ class ClassificationTask(Task):
     def loss(self, output, target):
         return F.cross_entropy(output.float(), target)
 
-    def metrics(self) -> MetricCollection:
-        k = len(self.classes)
-        return MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(k, average="micro"),
-                "balanced_accuracy": MulticlassAccuracy(k, average="macro"),
-                "recall": MulticlassRecall(k, average="none"),
-            }
-        )
+    def metrics(self) -> ClassificationMetrics:
+        return ClassificationMetrics(len(self.classes))
 
     def metric_names(self, key: str) -> list[str]:
         return [f"recall/{c}" for c in self.classes] if key == "recall" else [key]

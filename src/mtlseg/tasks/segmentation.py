@@ -19,8 +19,8 @@ class SegmentationParams:
     loss: str = "dice-ce"  # registry name in mtlseg.losses.SEG_LOSSES; its mode must match
     mode: str = "softmax"  # softmax: K channels | multilabel: one sigmoid channel per fg class
     threshold: float = 0.5  # multilabel: a class is on where its probability exceeds this
-    # deep supervision: also supervise this many coarser decoder stages (nnU-Net), 0 = off
-    deep_supervision: int = 0
+    # deep supervision: also supervise up to this many coarser decoder stages (nnU-Net), 0 = off
+    deep_supervision: int = 2
 
 
 @register_task("segmentation")
@@ -30,7 +30,8 @@ class SegmentationTask(Task):
     indices for the metrics: argmax, or for multilabel the most probable class that is on
     (background where none is).
 
-    With ``deep_supervision: n`` a 1x1 conv head adds logits at the n decoder stages just
+    With ``deep_supervision: n`` (default 2) a 1x1 conv head adds logits at the n (or as many
+    as the backbone has) decoder stages just
     below full resolution; the loss is sum_i w_i L(logits_i, mask resized to level i), with
     w_i proportional to 1/2^i (finest i = 0) and summing to 1, as nnU-Net (its coarsest,
     unsupervised levels are simply not attached here). Inference uses the full-size logits.
@@ -68,11 +69,9 @@ class SegmentationTask(Task):
             for name, i in info.items()
             if name.startswith("decoder") and i.stride > 1
         )
-        if len(stages) < n:
-            raise ConfigError(
-                f"tasks.{self.name}.params.deep_supervision: {n} levels asked, the backbone has "
-                f"{len(stages)} decoder stages below full resolution"
-            )
+        n = min(n, len(stages))  # a shallow (test-sized) network has fewer stages
+        if n == 0:
+            return None
         channels = {name: info[name].channels for _, name in stages[:n]}
         return DeepSupervisionHead(channels, self.ctx.out_channels)
 

@@ -103,6 +103,107 @@ class DecayWeighting(ConstantWeighting):
         return self.cfg.c / t
 
 
+@dataclass
+class HistoryParams:
+    unit: str = "epoch"  # a period is `every` epochs or `every` optimiser steps
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("epoch", "step"):
+            raise ValueError(f"unit must be epoch or step, got {self.unit!r}")
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+
+
+class LossHistoryWeighting(Weighting):
+    """Weights from the mean training loss of each task over the last two completed periods
+    (epochs, or windows of steps), constant within a period. The running sums and the two
+    means are buffers, so a resumed run continues with the same weights.
+
+    Subclasses implement ``from_history(previous, last) -> (K,) factors``; each task's recipe
+    weight multiplies its factor. Until two periods are complete every factor is 1.
+    """
+
+    def __init__(self, task_weights, cfg, primary) -> None:
+        super().__init__(task_weights, cfg, primary)
+        k = len(task_weights)
+        self.names = list(task_weights)
+        self.register_buffer("history", torch.full((2, k), float("nan"), dtype=torch.float64))
+        self.register_buffer("running", torch.zeros(k, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("period", torch.full((), -1, dtype=torch.long))
+
+    def _observe(self, losses: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+        period = (epoch if self.cfg.unit == "epoch" else step) // self.cfg.every
+        if period != int(self.period) and int(self.count) > 0:
+            mean = self.running / self.count
+            self.history.copy_(torch.stack([self.history[1], mean]))
+            self.running.zero_()
+            self.count.zero_()
+        self.period.fill_(period)
+        values = [losses[n].detach().double().to(self.running.device) for n in self.names]
+        self.running += torch.stack(values)
+        self.count += 1
+
+    def factors(self) -> torch.Tensor:
+        if torch.isnan(self.history).any():
+            return torch.ones(len(self.names), dtype=torch.float64)
+        return self.from_history(self.history[0], self.history[1])
+
+    def from_history(self, previous: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weights(self, losses, step, epoch=0):
+        if self.training:
+            self._observe(losses, step, epoch)
+        factors = self.factors()
+        return {
+            n: self.task_weights[n] * float(f) for n, f in zip(self.names, factors, strict=True)
+        }
+
+
+@dataclass
+class DWAParams(HistoryParams):
+    temperature: float = 2.0  # Liu et al. use T = 2
+
+
+@WEIGHTINGS.register("dwa")
+class DWAWeighting(LossHistoryWeighting):
+    """Dynamic Weight Average (Liu et al. 2019, eq. 7): w_k = L_k(t-1) / L_k(t-2),
+    lambda_k = K exp(w_k / T) / sum_i exp(w_i / T); a task whose loss falls slowly gains weight."""
+
+    Config = DWAParams
+
+    def from_history(self, previous, last):
+        ratio = last / previous.clamp(min=1e-12)
+        return len(ratio) * torch.softmax(ratio / self.cfg.temperature, dim=0)
+
+
+@dataclass
+class SoftAdaptParams(HistoryParams):
+    beta: float = 0.1  # > 0 favours tasks whose loss rises or falls slowest
+    normalized: bool = True  # slopes divided by sum |slope| (the paper's normalised variant)
+    loss_weighted: bool = False  # alpha_k also proportional to L_k (the loss-weighted variant)
+
+
+@WEIGHTINGS.register("softadapt")
+class SoftAdaptWeighting(LossHistoryWeighting):
+    """SoftAdapt (Heydari et al. 2019, eq. 2-4): slope s_k = L_k(t-1) - L_k(t-2), optionally
+    normalised, alpha_k = exp(beta s_k) / sum_i exp(beta s_i) (times L_k when loss-weighted);
+    factors are K alpha_k, so equal slopes give every task 1 (the scale of ``fixed``)."""
+
+    Config = SoftAdaptParams
+
+    def from_history(self, previous, last):
+        slope = last - previous
+        if self.cfg.normalized:
+            slope = slope / (slope.abs().sum() + 1e-12)
+        logits = self.cfg.beta * slope
+        if self.cfg.loss_weighted:
+            logits = logits + last.clamp(min=1e-12).log()
+        return len(slope) * torch.softmax(logits, dim=0)
+
+
 def build_weighting(
     kind: str, params: dict[str, Any], task_weights: dict[str, float], primary: str
 ) -> Weighting:
