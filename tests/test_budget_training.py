@@ -152,9 +152,14 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
     assert torch.equal(module.model.segment(image), outputs[0])
 
 
-def test_deep_supervision_deeper_than_the_decoder_is_refused():
-    with pytest.raises(ConfigError, match="deep_supervision: 3 levels asked.*has 2"):
-        _module("tasks.0.params.deep_supervision=3")
+def test_deep_supervision_uses_the_stages_a_shallow_decoder_has():
+    outputs = _module("tasks.0.params.deep_supervision=3").model(torch.randn(1, 1, 32, 32))
+    assert [tuple(o.shape[-2:]) for o in outputs["segmentation"]] == [(32, 32), (16, 16), (8, 8)]
+    assert torch.is_tensor(
+        _module("tasks.0.params.deep_supervision=0").model(torch.randn(1, 1, 32, 32))[
+            "segmentation"
+        ]
+    )
 
 
 # ------------------------------------------------------------------ budgets, end to end

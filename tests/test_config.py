@@ -10,11 +10,12 @@ from mtlseg.weighting import build_weighting
 
 
 def test_shipped_recipes_load_and_are_the_decided_set():
-    assert {"unet", "unet-hog", "u2net", "u2net-hog", "small-unet", "small-unet-position"} | {
-        "small-unet-contrastive",
-        "small-unet-film",
-        "big-unet",
-    } == set(recipe_names())
+    paper000 = {"unet", "unet-hog", "u2net", "u2net-hog"}
+    paper001 = {"small-unet", "small-unet-position", "small-unet-contrastive"}
+    paper001 |= {"small-unet-film", "big-unet"}
+    paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
+    paper002 |= {"mtan-canny", "mtan-denoise", "mtan-colour"}
+    assert paper000 | paper001 | paper002 == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
         assert cfg.tasks[0].kind == "segmentation" and cfg.name == name
@@ -60,16 +61,19 @@ def test_unknown_recipe_lists_the_shipped_ones():
 def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
-        match="unknown task .depth.; valid tasks: contrastive, hog, position, segmentation",
+        match="unknown task .depth.; valid tasks: bbox, canny, classification, colourise, "
+        "contrastive, denoise, hog, position, segmentation$",
     ):
         TASKS.get("depth")
     with pytest.raises(
         ConfigError,
-        match="unknown backbone .resnet.; valid backbones: big-unet, small-unet, u2net, unet",
+        match="unknown backbone .resnet.; valid backbones: big-unet, mtan, segnet, small-unet, "
+        "u2net, unet$",
     ):
         build_backbone("resnet", {}, 1, 2)
     with pytest.raises(
-        ConfigError, match="unknown weighting .nash.; valid weightings: constant, decay, fixed"
+        ConfigError,
+        match="unknown weighting .nash.; valid weightings: constant, decay, dwa, fixed, softadapt$",
     ):
         build_weighting("nash", {}, {}, "segmentation")
 

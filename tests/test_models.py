@@ -13,6 +13,8 @@ TINY = {
     "u2net": {"out_channels": [4] * 6, "mid_channels": [2] * 6},
     "small-unet": {"channels": [4, 8, 16]},
     "big-unet": {"layers": [1, 1, 1], "width": 4},
+    "segnet": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]},
+    "mtan": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]},
 }
 
 
@@ -24,14 +26,18 @@ def test_every_registered_backbone_has_a_tiny_config():
 @pytest.mark.parametrize("size", [32, 40])
 def test_backbone_contract(name, size):
     torch.manual_seed(0)
-    model = build_backbone(name, TINY[name], in_channels=3, num_classes=4)
+    model = build_backbone(name, TINY[name], 3, 4, task_names=["segmentation", "aux"])
     logits, features = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, 4, size, size) and torch.isfinite(logits).all()
-    assert list(features) == list(model.feature_info)
-    assert "bottleneck" in features and any(k.startswith("decoder") for k in features)
-    for key, feat in features.items():
-        info = model.feature_info[key]
-        assert feat.shape[1] == info.channels and feat.shape[-1] == -(-size // info.stride)
+    views = [model.task_features(features, task) for task in ("segmentation", "aux")]
+    if model.per_task:  # each task reads its own encoder features, the decoder is shared
+        assert views[0]["encoder1"] is not views[1]["encoder1"]
+    for view in views:
+        assert set(view) == set(model.feature_info)
+        assert "bottleneck" in view and any(k.startswith("decoder") for k in view)
+        for key, feat in view.items():
+            info = model.feature_info[key]
+            assert feat.shape[1] == info.channels and feat.shape[-1] == -(-size // info.stride)
     (logits.mean() + sum(f.mean() for f in features.values())).backward()
     assert all(p.grad is not None for p in model.parameters()), "every parameter gets a gradient"
 
@@ -51,14 +57,17 @@ def test_shallow_stages_are_pooled_to_the_grid():
     assert unit(torch.randn(2, 4, 128, 128)).shape == (2, 64)
 
 
-@pytest.mark.parametrize("recipe,stages", [("unet-hog", 1), ("u2net-hog", 5)])
-def test_multitask_model_outputs_one_entry_per_task(recipe, stages):
+@pytest.mark.parametrize(
+    "recipe,stages,sizes", [("unet-hog", 1, [32, 16]), ("u2net-hog", 5, [32, 16, 8])]
+)
+def test_multitask_model_outputs_one_entry_per_task(recipe, stages, sizes):
     params = [f"model.params={TINY[recipe.split('-')[0]]}".replace("'", '"'), "data.image_size=32"]
     cfg = load_config(recipe, params)
     model, tasks = build_model_and_tasks(cfg, in_channels=1, num_classes=3)
     out = model(torch.randn(2, 1, 32, 32))
     assert set(out) == {"segmentation", "hog"}
-    assert out["segmentation"].shape == (2, 3, 32, 32)
+    # deep supervision (default 2 stages, as many as the tiny decoder has): full size first
+    assert [tuple(o.shape) for o in out["segmentation"]] == [(2, 3, n, n) for n in sizes]
     assert out["hog"].shape == (stages, 2, 512)
     batch = {"image": torch.randn(2, 1, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
     losses = {t.name: t.loss(out[t.name], t.target(batch)) for t in tasks}

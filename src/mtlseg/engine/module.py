@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -79,6 +80,17 @@ def build_model_and_tasks(
     return model, tasks
 
 
+def with_resolved_task_params(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every task's params spelled out (defaults included), so a checkpoint
+    rebuilds the same heads even after a default changes (e.g. deep supervision)."""
+    tasks = []
+    for i, raw in enumerate(config.get("tasks", [])):
+        cls = TASKS.get(raw["kind"])
+        params = build_dataclass(cls.Config, raw.get("params") or {}, f"tasks.{i}.params")
+        tasks.append({**raw, "params": dataclasses.asdict(params)})
+    return {**config, "tasks": tasks}
+
+
 def parameter_counts(cfg: RunConfig, in_channels: int, num_classes: int) -> dict[str, int]:
     """Parameters of the backbone, of the task heads, and in total, without data: image-level
     tasks are counted with two classes per labels column."""
@@ -108,7 +120,8 @@ class MultiTaskModule(pl.LightningModule):
         label_values: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        config = with_resolved_task_params(config)
+        self.save_hyperparameters()  # the resolved config: later default changes do not apply
         self.cfg: RunConfig = build_dataclass(RunConfig, config)
         self.class_names = list(class_names)
         self.model, self.tasks = build_model_and_tasks(

@@ -202,6 +202,7 @@ class MTAN(SegNet):
         self.feature_info = {
             **segnet_feature_info(w),
             **{f"encoder{j + 1}": FeatureInfo(c, 2 ** (j + 1)) for j, c in enumerate(outs)},
+            **{f"attention{j + 1}": FeatureInfo(c, 2**j) for j, c in enumerate(w)},  # the masks
             "bottleneck": FeatureInfo(outs[-1], 2 ** len(w)),
         }
 
