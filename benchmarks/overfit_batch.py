@@ -1,0 +1,61 @@
+"""Can a recipe's network fit one batch? The first check when a model does not learn.
+
+    python benchmarks/overfit_batch.py --recipe segnet --data ../shared/data/acdc \
+        --set model.params.widths=[8,16,32,64,64]
+    python benchmarks/overfit_batch.py --recipe segnet --data ../shared/data/acdc \
+        --set model.params.widths=[32,64,128,256,256]
+
+Trains on one fixed batch of the training split (no augmentation) with Adam and prints the
+loss and the foreground Dice of that batch (pixels pooled over the batch, mean over classes; train mode, full-size output) every
+``--every`` steps. A network that cannot fit 16 images will not learn the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mtlseg.config import load_config
+from mtlseg.engine.data import prepare_data, train_loader
+from mtlseg.engine.module import MultiTaskModule
+from mtlseg.metrics.segmentation import confusion_counts, pooled_scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="unet")
+    p.add_argument("--data", required=True)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    overrides = [f"data.path={args.data}", f"data.image_size={args.size}", "data.augment=none"]
+    cfg = load_config(args.recipe, [*overrides, *args.set])
+    data = prepare_data(cfg.data)
+    labels = {c: data.annotations.values(c) for c in data.annotations.columns}
+    module = MultiTaskModule(
+        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
+    ).train()
+    opt = torch.optim.Adam(module.parameters(), lr=args.lr)
+    batch = next(iter(train_loader(data, args.batch, 0, 0, cfg.train.sampler)))
+    for step in range(1, args.steps + 1):
+        loss = module.weighting(module.task_losses(batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % args.every == 0:
+            with torch.no_grad():
+                logits = module.model(batch["image"])["segmentation"]
+            logits = logits[0] if isinstance(logits, list) else logits  # deep supervision
+            counts = confusion_counts(logits.argmax(1), batch["mask"], logits.shape[1])
+            dice = pooled_scores(*(c.sum(0) for c in counts))["f1/mean"]  # pooled over the batch
+            print(f"step {step}: loss {loss.item():.3f}, foreground Dice {dice:.3f}")
+
+
+if __name__ == "__main__":
+    main()
