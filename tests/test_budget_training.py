@@ -162,6 +162,21 @@ def test_deep_supervision_uses_the_stages_a_shallow_decoder_has():
     )
 
 
+def test_checkpoints_keep_the_task_defaults_they_were_trained_with(tmp_path):
+    module = _module()  # deep supervision left to its default
+    params = module.hparams["config"]["tasks"][0]["params"]
+    assert params["deep_supervision"] == 2 and params["loss"] == "dice-ce"
+    # a checkpoint written before params were resolved, when no deep supervision was the default
+    old = _module("tasks.0.params.deep_supervision=0")
+    hparams = {**old.hparams, "config": load_config("unet", ["model.params.channels=[4,8,16,16]"])}
+    hparams["config"] = hparams["config"].to_dict()
+    assert "deep_supervision" not in hparams["config"]["tasks"][0].get("params", {})
+    torch.save({"hyper_parameters": hparams, "state_dict": old.state_dict()}, tmp_path / "a.ckpt")
+    loaded = load_module(tmp_path / "a.ckpt")
+    image = torch.randn(1, 1, 32, 32)
+    assert torch.equal(loaded.model(image)["segmentation"], old.eval().model(image)["segmentation"])
+
+
 # ------------------------------------------------------------------ budgets, end to end
 def test_max_minutes_stops_by_the_clock_and_keeps_the_best(acdc_small, tmp_path):
     cfg = load_config(
