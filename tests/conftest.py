@@ -52,20 +52,23 @@ def make_kvasir_subset(dest: Path, n: int = 12) -> Path:
     return dest
 
 
-def make_acdc_subset(dest: Path, patients: int = 3, with_splits: bool = True) -> Path:
-    """A few ACDC cases (both frames per patient) as nnU-Net raw, with a patient split."""
+def copy_acdc_cases(dest: Path, cases: list[str]) -> None:
+    """The named ACDC cases (image and label) and dataset.json, as nnU-Net raw under ``dest``."""
     _require(ACDC)
     (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
     (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
     shutil.copy(ACDC / "dataset.json", dest / "dataset.json")
+    for case in cases:
+        shutil.copy(ACDC / "labelsTr" / f"{case}.nii.gz", dest / "labelsTr")
+        shutil.copy(ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr")
+
+
+def make_acdc_subset(dest: Path, patients: int = 3, with_splits: bool = True) -> Path:
+    """A few ACDC cases (both frames per patient) as nnU-Net raw, with a patient split."""
+    _require(ACDC)
     names = sorted(p.name for p in (ACDC / "labelsTr").iterdir())[: 2 * patients]
-    for name in names:
-        case = name.removesuffix(".nii.gz")
-        shutil.copy(ACDC / "labelsTr" / name, dest / "labelsTr" / name)
-        shutil.copy(
-            ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr" / f"{case}_0000.nii.gz"
-        )
     cases = [n.removesuffix(".nii.gz") for n in names]
+    copy_acdc_cases(dest, cases)
     if with_splits:
         (dest / "splits.json").write_text(json.dumps({"train": cases[:-2], "val": cases[-2:]}))
     return dest
@@ -105,14 +108,8 @@ TINY_SEGNET = [
 def make_acdc_labelled(dest: Path, patients: list[str] = ACDC_GROUPS) -> Path:
     """Both frames of patients from each ACDC diagnostic group, their rows of
     case_labels.csv, and a split with the last two patients as val."""
-    _require(ACDC)
-    (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
-    shutil.copy(ACDC / "dataset.json", dest / "dataset.json")
     cases = [f"{p}_frame0{f}" for p in patients for f in (1, 2)]
-    for case in cases:
-        shutil.copy(ACDC / "labelsTr" / f"{case}.nii.gz", dest / "labelsTr")
-        shutil.copy(ACDC / "imagesTr" / f"{case}_0000.nii.gz", dest / "imagesTr")
+    copy_acdc_cases(dest, cases)
     lines = (ACDC / "case_labels.csv").read_text().splitlines()
     rows = [lines[0]] + [r for r in lines[1:] if r.split(",")[0] in cases]
     (dest / "case_labels.csv").write_text("\n".join(rows) + "\n")
