@@ -110,6 +110,55 @@ class TaskConfig:
 
 
 @dataclass
+class TermConfig:
+    """A loss term between the outputs of several tasks (mtlseg.terms), e.g. paper 003's
+    sync-regularisation: registry kind, name, weight and its params."""
+
+    kind: str
+    name: str | None = None
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = self.kind
+
+
+@dataclass
+class StageConfig:
+    """One stage of staged training (paper 003's three steps): how long it lasts, in one
+    unit for every stage (steps, epochs, or a fraction of the run as the LR schedule counts
+    it), which tasks and terms train (null: all; the primary task always does) and
+    optionally its base learning rate. The last stage may leave its length out: it lasts
+    until the run ends."""
+
+    steps: int | None = None
+    epochs: int | None = None
+    fraction: float | None = None
+    tasks: list[str] | None = None
+    terms: list[str] | None = None
+    lr: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        given = [u for u in ("steps", "epochs", "fraction") if getattr(self, u) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"a stage has one length, got {' and '.join(given)}")
+        length = getattr(self, given[0]) if given else None
+        if length is not None and length <= 0:
+            raise ConfigError(f"{given[0]}: a stage's length must be positive, got {length}")
+
+    @property
+    def unit(self) -> str | None:
+        return next((u for u in ("steps", "epochs", "fraction") if getattr(self, u)), None)
+
+    @property
+    def length(self) -> float | None:
+        return getattr(self, self.unit) if self.unit else None
+
+
+@dataclass
 class WeightingConfig:
     """How task losses are combined (registry name + params)."""
 
@@ -145,6 +194,20 @@ class TrainConfig:
     precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU
     log_every: int = 10
     progress_bar: bool = True
+    stages: list[StageConfig] = field(default_factory=list)  # staged training; [] = one stage
+
+    def __post_init__(self) -> None:
+        for i, stage in enumerate(self.stages[:-1]):
+            if stage.unit is None:
+                raise ConfigError(
+                    f"train.stages.{i}: only the last stage may leave out its length "
+                    "(steps, epochs or fraction)"
+                )
+        units = {s.unit for s in self.stages if s.unit}
+        if len(units) > 1:
+            raise ConfigError(
+                f"train.stages: give every stage's length in one unit, got {sorted(units)}"
+            )
 
 
 @dataclass
@@ -156,18 +219,44 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tasks: list[TaskConfig] = field(default_factory=list)
+    terms: list[TermConfig] = field(default_factory=list)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         self.tasks = [t for t in self.tasks if t.enabled]
+        self.terms = [t for t in self.terms if t.enabled]
         if not self.tasks:
             raise ConfigError("tasks: a recipe needs at least one task (segmentation)")
-        names = [t.name for t in self.tasks]
+        names = [t.name for t in self.tasks] + [t.name for t in self.terms]
         if len(set(names)) != len(names):
-            raise ConfigError(f"tasks: task names must be unique, got {names}")
+            raise ConfigError(f"tasks, terms: names must be unique, got {names}")
         if self.tasks[0].kind != "segmentation":
             raise ConfigError("tasks.0: the first task must be the primary 'segmentation' task")
+        self._check_stages()
+
+    def _check_stages(self) -> None:
+        """Stages name tasks and terms of this recipe, and start before the run ends."""
+        tasks, terms = [t.name for t in self.tasks], [t.name for t in self.terms]
+        for i, stage in enumerate(self.train.stages):
+            for key, valid in (("tasks", tasks), ("terms", terms)):
+                unknown = [n for n in getattr(stage, key) or [] if n not in valid]
+                if unknown:
+                    raise ConfigError(
+                        f"train.stages.{i}.{key}: unknown {key[:-1]} {unknown[0]!r}; this "
+                        f"recipe's {key}: {', '.join(valid) or '(none)'}"
+                    )
+        steps = [s.steps for s in self.train.stages[:-1] if s.steps]
+        if steps and 0 < self.train.max_steps <= sum(steps):
+            raise ConfigError(
+                f"train.stages: the last stage would start at step {sum(steps)}, at or after "
+                f"train.max_steps={self.train.max_steps}"
+            )
+        fractions = [s.fraction for s in self.train.stages[:-1] if s.fraction]
+        if fractions and sum(fractions) >= 1:
+            raise ConfigError(
+                f"train.stages: the fractions before the last stage sum to {sum(fractions)} >= 1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

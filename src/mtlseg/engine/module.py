@@ -13,12 +13,14 @@ from lightning.pytorch.callbacks import Timer
 from mtlseg.config import RunConfig, build_dataclass
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
+from mtlseg.engine.stages import StagePlan
 from mtlseg.errors import ConfigError, TrainingError
 from mtlseg.metrics import SegmentationMetrics
 from mtlseg.models import MultiTaskModel, build_backbone
 from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
+from mtlseg.terms import TERMS, build_terms
 from mtlseg.weighting import build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
@@ -81,14 +83,18 @@ def build_model_and_tasks(
 
 
 def with_resolved_task_params(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with every task's params spelled out (defaults included), so a checkpoint
-    rebuilds the same heads even after a default changes (e.g. deep supervision)."""
-    tasks = []
-    for i, raw in enumerate(config.get("tasks", [])):
-        cls = TASKS.get(raw["kind"])
-        params = build_dataclass(cls.Config, raw.get("params") or {}, f"tasks.{i}.params")
-        tasks.append({**raw, "params": dataclasses.asdict(params)})
-    return {**config, "tasks": tasks}
+    """``config`` with every task's and term's params spelled out (defaults included), so a
+    checkpoint rebuilds the same heads even after a default changes (e.g. deep supervision)."""
+    out = dict(config)
+    for key, registry in (("tasks", TASKS), ("terms", TERMS)):
+        items = []
+        for i, raw in enumerate(config.get(key) or []):
+            cls = registry.get(raw["kind"])
+            params = build_dataclass(cls.Config, raw.get("params") or {}, f"{key}.{i}.params")
+            items.append({**raw, "params": dataclasses.asdict(params)})
+        if key in config:
+            out[key] = items
+    return out
 
 
 def parameter_counts(cfg: RunConfig, in_channels: int, num_classes: int) -> dict[str, int]:
@@ -127,12 +133,14 @@ class MultiTaskModule(pl.LightningModule):
         self.model, self.tasks = build_model_and_tasks(
             self.cfg, in_channels, len(class_names), label_values
         )
+        self.terms = build_terms(self.cfg.terms, self.tasks)
         self.weighting = build_weighting(
             self.cfg.weighting.kind,
             self.cfg.weighting.params,
-            {t.name: t.weight for t in self.tasks},
+            {t.name: t.weight for t in [*self.tasks, *self.terms]},
             self.tasks[0].name,
         )
+        self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
         self.val_metrics = SegmentationMetrics(self.class_names)
         # the auxiliary tasks' own validation metrics (accuracy, box IoU, ...)
         self.task_metrics = torch.nn.ModuleDict(
@@ -160,15 +168,25 @@ class MultiTaskModule(pl.LightningModule):
         """(B, C, H, W) images -> (B, H, W) class indices."""
         return self.seg_task.decode(self.model.segment(x, meta))
 
-    def task_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def task_losses(
+        self, batch: dict[str, Any], step: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Losses of the tasks and cross-task terms that train at ``step`` (all when None)."""
         x = batch["image"]
         for task in self.tasks:  # e.g. denoising trains every task on a noisy input
             x = task.training_input(x)
         outputs = self.model(x, batch.get("meta"))
-        return {t.name: t.loss(outputs[t.name], t.target(batch)) for t in self.tasks}
+        tasks, terms = self.tasks, self.terms
+        if step is not None:
+            names = self.stages.active(step, [t.name for t in tasks], "tasks")
+            tasks = [t for t in tasks if t.name in names]
+            names = self.stages.active(step, [t.name for t in terms], "terms")
+            terms = [t for t in terms if t.name in names]
+        losses = {t.name: t.loss(outputs[t.name], t.target(batch)) for t in tasks}
+        return {**losses, **{t.name: t(outputs, batch) for t in terms}}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.task_losses(batch)
+        losses = self.task_losses(batch, self.global_step)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise TrainingError(
@@ -179,6 +197,10 @@ class MultiTaskModule(pl.LightningModule):
         bs = batch["image"].shape[0]
         self.log_dict({f"train/loss_{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        if self._trainer is not None:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+        if self.cfg.train.stages:
+            self.log("train/stage", float(self.stages.index(self.global_step)), batch_size=bs)
         return total
 
     @property
@@ -201,6 +223,8 @@ class MultiTaskModule(pl.LightningModule):
                     self.task_metrics[task.name].update(
                         task.metric_input(outputs[task.name]), target
                     )
+            for term in self.terms:
+                self.log(f"val/loss_{term.name}", term(outputs, batch), batch_size=bs)
         else:
             pred = self.predict_labels(image, meta)
         cases = torch.tensor([self.case_index.get(c, 0) for c in batch["case_id"]])
@@ -228,7 +252,16 @@ class MultiTaskModule(pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train, self.lr)
-        scheduler = build_scheduler(self.cfg.train, optimizer, self._progress())
+        progress = self._progress()
+        if self._trainer is not None:
+            self.stages = StagePlan(
+                self.cfg.train.stages,
+                self.tasks[0].name,
+                self.cfg.train.lr,
+                steps_per_epoch=_steps_per_epoch(self.trainer),
+                progress=progress,
+            )
+        scheduler = build_scheduler(self.cfg.train, optimizer, progress, self.stages.lr_factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -246,3 +279,8 @@ class MultiTaskModule(pl.LightningModule):
             budget_s=60.0 * minutes if minutes and timer is not None else None,
             elapsed=(lambda: timer.time_elapsed("train")) if timer is not None else None,
         )
+
+
+def _steps_per_epoch(trainer) -> int:
+    batches = trainer.num_training_batches
+    return int(batches) if math.isfinite(batches) and batches > 0 else 1

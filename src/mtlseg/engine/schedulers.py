@@ -64,13 +64,20 @@ class RunProgress:
         return min(1.0, done)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer, progress: RunProgress):
-    """A LambdaLR of the named schedule, with ``cfg.warmup`` of linear warm-up in front."""
+def build_scheduler(
+    cfg: TrainConfig,
+    optimizer,
+    progress: RunProgress,
+    stage_factor: Callable[[int], float] | None = None,
+):
+    """A LambdaLR of the named schedule, with ``cfg.warmup`` of linear warm-up in front;
+    ``stage_factor(step)`` scales it by the current stage's learning rate (train.stages)."""
     factor = SCHEDULERS.get(cfg.scheduler)(cfg)
 
     def multiplier(step: int) -> float:
         done = progress(step)
         warm = min(1.0, (done + 1.0 / progress.total_steps) / cfg.warmup) if cfg.warmup else 1.0
-        return warm * factor(step, done)
+        stage = stage_factor(step) if stage_factor is not None else 1.0
+        return warm * factor(step, done) * stage
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -134,7 +135,7 @@ def _saved_step(path: Path) -> int | None:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
 
 
-RESUME_MUST_MATCH = ("data", "model", "tasks", "weighting")
+RESUME_MUST_MATCH = ("data", "model", "tasks", "terms", "weighting")
 
 
 def check_resumable(cfg: RunConfig, out: Path) -> None:
@@ -145,7 +146,8 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
         return
     saved, current = yaml.safe_load(saved_file.read_text()), cfg.to_dict()
     for section in RESUME_MUST_MATCH:
-        before, now = saved.get(section), current[section]
+        now = current[section]
+        before = saved.get(section, [] if isinstance(now, list) else None)  # older config
         if before == now:
             continue
         where = section
@@ -224,12 +226,19 @@ def train(
     module = build_module(cfg, data)
     trainer = build_trainer(cfg, out)
     train_dl, val_dl = loaders(cfg, data)
-    trainer.fit(
-        module,
-        train_dataloaders=train_dl,
-        val_dataloaders=val_dl,
-        ckpt_path=str(resume_from) if resume else None,
-    )
+    metrics_log = out / "logs" / "metrics.csv"
+    # Lightning's CSV logger starts the file afresh: keep what the run logged before
+    earlier = _read_rows(metrics_log, upto=_saved_step(resume_from)) if resume else []
+    try:
+        trainer.fit(
+            module,
+            train_dataloaders=train_dl,
+            val_dataloaders=val_dl,
+            ckpt_path=str(resume_from) if resume else None,
+        )
+    finally:
+        if earlier:
+            _prepend_rows(metrics_log, earlier)
     if _saved_step(last) != trainer.global_step:  # steps after the last validation
         trainer.save_checkpoint(last)
     ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
@@ -244,3 +253,26 @@ def train(
         monitor.totals(),
         trainer.global_step,
     )
+
+
+def _read_rows(path: Path, upto: int | None) -> list[dict[str, str]]:
+    """Rows of a metrics CSV logged at steps <= ``upto`` (those after the checkpoint that a
+    resumed run restarts from are logged again)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if upto is None or int(r.get("step") or 0) <= upto]
+
+
+def _prepend_rows(path: Path, earlier: list[dict[str, str]]) -> None:
+    """Write ``earlier`` rows before the rows now in ``path``, with the union of columns."""
+    later = _read_rows(path, None)
+    rows = earlier + later
+    columns = sorted({k for r in rows for k in r})
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

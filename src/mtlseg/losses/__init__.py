@@ -38,6 +38,14 @@ def dice_cross_entropy() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return lambda logits, labels: loss(logits, labels[:, None])
 
 
+@_loss("ce-iou", "softmax")
+def cross_entropy_iou() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Paper 003 eq. (1): CE + (1 - soft IoU), the IoU term MONAI's Jaccard form of the
+    soft Dice loss on softmax probabilities (per sample and class, then averaged)."""
+    iou = DiceLoss(to_onehot_y=True, softmax=True, jaccard=True)
+    return lambda logits, labels: F.cross_entropy(logits, labels) + iou(logits, labels[:, None])
+
+
 @_loss("bce-dice", "multilabel")
 def bce_dice() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Paper 001 eq. (1): 0.6 * BCE + 0.4 * soft Dice loss, per sigmoid channel.

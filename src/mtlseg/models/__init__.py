@@ -1,6 +1,13 @@
 """Backbones (by registry name), auxiliary heads and the multi-task model."""
 
-from mtlseg.models import big_unet, segnet, small_unet, u2net, unet  # noqa: F401  (registers them)
+from mtlseg.models import (  # noqa: F401  (registers them)
+    aspp,
+    big_unet,
+    segnet,
+    small_unet,
+    u2net,
+    unet,
+)
 from mtlseg.models.multitask import MultiTaskModel
 from mtlseg.models.registry import BACKBONES, build_backbone
 

@@ -67,7 +67,8 @@ def regression_heads(
 
 
 class PooledHead(nn.Module):
-    """Global average pool of one feature, then Linear-ReLU-Linear: {name: feat} -> (B, out)."""
+    """Global average pool of one feature (2D or 3D), then Linear-ReLU-Linear:
+    {name: feat} -> (B, out)."""
 
     def __init__(self, feature: str, c_in: int, hidden: int, out_dim: int) -> None:
         super().__init__()
@@ -77,7 +78,7 @@ class PooledHead(nn.Module):
         )
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.mlp(features[self.feature].mean(dim=(-2, -1)))
+        return self.mlp(features[self.feature].flatten(2).mean(-1))
 
 
 class DeepSupervisionHead(nn.Module):

@@ -18,6 +18,15 @@ class UNetConfig:
     norm: str = "batch"  # batch (default: faster on CPU, converges sooner) | instance (nnU-Net)
 
 
+def unet_encoder(in_channels: int, channels: list[int], norm: str) -> nn.ModuleList:
+    """Levels of two 3x3 conv blocks (MONAI's UnetBasicBlock), stride 2 from the second on:
+    level i's output has stride 2^i."""
+    return nn.ModuleList(
+        UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=norm)
+        for i, (c_in, c_out) in enumerate(zip([in_channels, *channels[:-1]], channels, strict=True))
+    )
+
+
 @register_backbone("unet", UNetConfig)
 class UNet(Backbone):
     """Encoder of two 3x3 conv blocks per level with stride-2 downsampling, transposed-conv
@@ -29,12 +38,7 @@ class UNet(Backbone):
         ch = cfg.channels
         if len(ch) < 2:
             raise ValueError("unet needs at least two levels of channels")
-        self.encoder = nn.ModuleList(
-            UnetBasicBlock(
-                2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=cfg.norm
-            )
-            for i, (c_in, c_out) in enumerate(zip([in_channels, *ch[:-1]], ch, strict=True))
-        )
+        self.encoder = unet_encoder(in_channels, ch, cfg.norm)
         self.decoder = nn.ModuleList(
             UnetUpBlock(
                 2, c_in, c_out, kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=cfg.norm

@@ -1,4 +1,5 @@
-"""Image-level auxiliary tasks of paper 002: a class label and a bounding box per image."""
+"""Image-level auxiliary tasks: a class label and a bounding box per image (paper 002), the
+scene and the classes present (paper 003)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
 from mtlseg.errors import ConfigError
 from mtlseg.metrics.boxes import BoxMetrics
@@ -20,10 +23,13 @@ class ClassificationParams:
     classes: list[str] | None = None  # class names in output order; default: the file's values
     features: str = "bottleneck"
     hidden: int = 64  # global average pool, Linear(C, hidden), ReLU, Linear(hidden, classes)
+    loss: str = "ce"  # ce | bce: one sigmoid per class against the one-hot label (paper 003)
 
     def __post_init__(self) -> None:
         if not self.column:
             raise ValueError("column: name the labels file's column to predict")
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"loss: expected ce or bce, got {self.loss!r}")
 
 
 @register_task("classification")
@@ -61,6 +67,9 @@ class ClassificationTask(Task):
         return torch.tensor([self.index[v] for v in values], device=batch["image"].device)
 
     def loss(self, output, target):
+        if self.params.loss == "bce":
+            onehot = F.one_hot(target, len(self.classes)).float()
+            return F.binary_cross_entropy_with_logits(output.float(), onehot)
         return F.cross_entropy(output.float(), target)
 
     def metrics(self) -> ClassificationMetrics:
@@ -68,6 +77,70 @@ class ClassificationTask(Task):
 
     def metric_names(self, key: str) -> list[str]:
         return [f"recall/{c}" for c in self.classes] if key == "recall" else [key]
+
+
+@dataclass
+class SceneParams(ClassificationParams):
+    hidden: int = 256  # paper 003: 256 hidden units in 2D (128 in 3D)
+    loss: str = "bce"  # paper 003 eq. (2)
+
+
+@register_task("scene")
+class SceneTask(ClassificationTask):
+    """Paper 003's scene task (ACDC: the pathology of the case): ``classification`` with the
+    paper's defaults, a 256-unit hidden layer on the shared latent space and BCE (eq. 2)."""
+
+    Config = SceneParams
+
+
+@dataclass
+class PresenceParams:
+    features: str = "bottleneck"
+    hidden: int = 256  # paper 003: 256 hidden units in 2D (128 in 3D)
+    threshold: float = 0.5  # metrics: a class is predicted present above this probability
+
+
+@register_task("presence")
+class PresenceTask(Task):
+    """Which foreground classes appear in the input (paper 003's class task, eq. 2 L_cla):
+    one sigmoid per foreground class, BCE against presence made from the (augmented) mask on
+    the fly: a 2D slice or a 3D patch. Output (B, K-1) logits, target (B, K-1) in {0, 1}."""
+
+    Config = PresenceParams
+
+    def build_head(self):
+        p = self.params
+        info = self.ctx.backbone.feature_info[p.features]
+        return PooledHead(p.features, info.channels, p.hidden, self.ctx.num_classes - 1)
+
+    def target(self, batch):
+        return mask_presence(batch["mask"], self.ctx.num_classes)
+
+    def loss(self, output, target):
+        return F.binary_cross_entropy_with_logits(output.float(), target.float())
+
+    def metrics(self) -> MetricCollection:
+        n, t = self.ctx.num_classes - 1, self.params.threshold
+        return MetricCollection(
+            {
+                "accuracy": MultilabelAccuracy(n, threshold=t, average="macro"),
+                "f1": MultilabelF1Score(n, threshold=t, average="macro"),
+            }
+        )
+
+    def metric_input(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(output.float())
+
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """(B, K-1) probability that each foreground class is present."""
+        return torch.sigmoid(output.float())
+
+
+def mask_presence(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, *spatial) labels -> (B, K-1) float: 1 where foreground class k appears."""
+    flat = mask.flatten(1)
+    classes = torch.arange(1, num_classes, device=mask.device)
+    return (flat[:, None, :] == classes[None, :, None]).any(-1).float()
 
 
 @dataclass

@@ -51,7 +51,7 @@ class SegmentationTask(Task):
         if factory.mode != p.mode:
             raise ConfigError(
                 f"tasks.{self.name}.params.loss: {p.loss!r} is a {factory.mode} loss but mode is "
-                f"{p.mode!r} (multilabel: bce-dice; softmax: ce, dice-ce)"
+                f"{p.mode!r} (multilabel: bce-dice; softmax: ce, dice-ce, ce-iou)"
             )
         self._loss = factory()
 
@@ -91,6 +91,12 @@ class SegmentationTask(Task):
             w / total * self._loss(logits, _resize_target(target, logits.shape[-2:]))
             for w, logits in zip(weights, output, strict=True)
         )
+
+    def foreground_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, C, *spatial) logits -> (B, K-1, *spatial) probability of each foreground class."""
+        if self.params.mode == "softmax":
+            return logits.float().softmax(1)[:, 1:]
+        return logits.float().sigmoid()
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) logits -> (B, H, W) class indices."""

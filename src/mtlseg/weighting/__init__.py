@@ -121,19 +121,32 @@ class LossHistoryWeighting(Weighting):
     means are buffers, so a resumed run continues with the same weights.
 
     Subclasses implement ``from_history(previous, last) -> (K,) factors``; each task's recipe
-    weight multiplies its factor. Until two periods are complete every factor is 1.
+    weight multiplies its factor. Until two periods are complete every factor is 1. When the
+    set of losses changes (a new stage of ``train.stages``), the history starts afresh over
+    the new set: loss ratios across a change of objective mean nothing.
     """
 
     def __init__(self, task_weights, cfg, primary) -> None:
         super().__init__(task_weights, cfg, primary)
         k = len(task_weights)
-        self.names = list(task_weights)
+        self.all_names = list(task_weights)
         self.register_buffer("history", torch.full((2, k), float("nan"), dtype=torch.float64))
         self.register_buffer("running", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         self.register_buffer("period", torch.full((), -1, dtype=torch.long))
+        self.register_buffer("active", torch.ones(k, dtype=torch.bool))
+
+    @property
+    def names(self) -> list[str]:
+        """The losses being weighted now."""
+        return [n for n, on in zip(self.all_names, self.active.tolist(), strict=True) if on]
 
     def _observe(self, losses: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+        if set(losses) != set(self.names):
+            self.active.copy_(torch.tensor([n in losses for n in self.all_names]))
+            self.history.fill_(float("nan"))
+            self.running.zero_()
+            self.count.zero_()
         period = (epoch if self.cfg.unit == "epoch" else step) // self.cfg.every
         if period != int(self.period) and int(self.count) > 0:
             mean = self.running / self.count
@@ -141,14 +154,24 @@ class LossHistoryWeighting(Weighting):
             self.running.zero_()
             self.count.zero_()
         self.period.fill_(period)
-        values = [losses[n].detach().double().to(self.running.device) for n in self.names]
+        zero = torch.zeros((), dtype=torch.float64, device=self.running.device)
+        values = [
+            losses[n].detach().double().to(zero.device) if n in losses else zero
+            for n in self.all_names
+        ]
         self.running += torch.stack(values)
         self.count += 1
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before staged training have no ``active``: every loss was
+        state_dict.setdefault(f"{prefix}active", torch.ones_like(self.active))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def factors(self) -> torch.Tensor:
-        if torch.isnan(self.history).any():
-            return torch.ones(len(self.names), dtype=torch.float64)
-        return self.from_history(self.history[0], self.history[1])
+        history = self.history[:, self.active]
+        if torch.isnan(history).any():
+            return torch.ones(history.shape[1], dtype=torch.float64)
+        return self.from_history(history[0], history[1])
 
     def from_history(self, previous: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
