@@ -43,16 +43,26 @@ class DataConfig:
     # patient id and scan/phase tag from the case id (ACDC: patient001_frame01)
     case_pattern: str = r"^(?P<patient>.+?)_(?P<phase>(?:frame|phase|day|time|tp|t)\d+)$"
     # augmentation pipeline by name (mtlseg.data.transforms.AUGMENTATIONS); true/false
-    # (older recipes) mean mild / none
+    # (older recipes) mean mild / none; in 3D any value but none means random flips per axis
     augment: bool | str = "strong"
     num_workers: int = 1  # DataLoader worker processes that read and augment samples
     # image/case-level annotations (mtlseg.data.annotations): "auto" reads case_labels.csv /
     # the one *bboxes.json at the dataset root when present; a path; null: none
     labels: str | None = "auto"
     boxes: str | None = "auto"
+    # 2: train on slices/images | 3: train on volumetric patches (mtlseg.data.volumes)
+    dims: int = 2
+    patch_size: list[int] | None = None  # 3D training patch (h, w, d); default (S, S, 8)
 
     def __post_init__(self) -> None:
         from mtlseg.data.transforms import AUGMENTATIONS
+
+        if self.dims not in (2, 3):
+            raise ConfigError(f"data.dims: expected 2 or 3, got {self.dims}")
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
+            raise ConfigError(
+                f"data.patch_size: expected three positive sizes (h, w, d), got {self.patch_size}"
+            )
 
         if isinstance(self.augment, bool):
             self.augment = "mild" if self.augment else "none"
@@ -61,6 +71,11 @@ class DataConfig:
                 f"data.augment: unknown augmentation {self.augment!r}; "
                 f"valid: {', '.join(AUGMENTATIONS.names())} (or true/false)"
             )
+
+
+def patch_size(cfg: DataConfig) -> list[int]:
+    """The 3D training patch (and sliding-window size): ``data.patch_size`` or (S, S, 8)."""
+    return list(cfg.patch_size) if cfg.patch_size else [cfg.image_size, cfg.image_size, 8]
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mtlseg.config import DataConfig
+from mtlseg.config import DataConfig, patch_size
 from mtlseg.data.annotations import Annotations, load_annotations
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
@@ -17,6 +17,7 @@ from mtlseg.data.samplers import AdjacentPairBatchSampler
 from mtlseg.data.sources import DatasetIndex, discover
 from mtlseg.data.splits import resolve_split, validate_split, write_split
 from mtlseg.data.transforms import build_augmentation
+from mtlseg.data.volumes import VolumeDataset
 from mtlseg.errors import DataError
 from mtlseg.registry import Registry
 
@@ -29,8 +30,8 @@ class PreparedData:
     dataset: LoadedDataset
     split: dict[str, list[str]]
     split_source: str
-    train: SliceDataset
-    val: SliceDataset
+    train: SliceDataset | VolumeDataset
+    val: SliceDataset | VolumeDataset
     case_ids: list[str]  # val case index -> case id, for per-volume metrics
     annotations: Annotations = field(default_factory=Annotations)
 
@@ -55,8 +56,17 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     ann = load_annotations(
         index.root, cfg.labels, cfg.boxes, [c.case_id for c in dataset.cases], dataset.is_volume
     )
-    train = SliceDataset(train_cases, cfg.image_size, build_augmentation(cfg.augment), ann)
-    val = SliceDataset(val_cases, cfg.image_size, annotations=ann)
+    if cfg.dims == 3:
+        if not dataset.is_volume:
+            raise DataError(
+                f"{index.root}: data.dims=3 trains on volumes, this dataset holds 2D images"
+            )
+        patch = patch_size(cfg)
+        train = VolumeDataset(train_cases, cfg.image_size, patch, cfg.augment != "none", ann)
+        val = VolumeDataset(val_cases, cfg.image_size, annotations=ann)
+    else:
+        train = SliceDataset(train_cases, cfg.image_size, build_augmentation(cfg.augment), ann)
+        val = SliceDataset(val_cases, cfg.image_size, annotations=ann)
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"{index.root}: split {name!r} has no samples")
@@ -125,6 +135,9 @@ def train_loader(
 
 
 def val_loader(data: PreparedData, batch_size: int, num_workers: int) -> DataLoader:
+    """Validation batches; whole volumes (3D) one at a time, as their depths differ."""
+    if isinstance(data.val, VolumeDataset):
+        batch_size = 1
     return DataLoader(data.val, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 

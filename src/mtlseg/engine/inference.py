@@ -21,6 +21,7 @@ from mtlseg.data.io import (
 )
 from mtlseg.data.loading import NORMALIZATIONS
 from mtlseg.data.metadata import case_meta, require_fields
+from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.module import MultiTaskModule
@@ -65,6 +66,13 @@ def segment_slices(
     return torch.cat(chunks)
 
 
+@torch.no_grad()
+def predict_volume(module: MultiTaskModule, volume: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W, D) volume -> (1, H, W, D) class indices (sliding-window inference)."""
+    device = next(module.parameters()).device
+    return module.predict_labels(volume.to(device)).cpu()
+
+
 def predict_dataset(module: MultiTaskModule, dataset: SliceDataset) -> torch.Tensor:
     """Class indices (N, S, S) for every slice of a dataset, with its metadata."""
     logits = segment_slices(module, dataset.images.float(), dataset.meta_values)
@@ -91,12 +99,17 @@ def evaluate(
     if data is None:
         cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment="none")
         data = prepare_data(cfg, split=recorded)
-    dataset: SliceDataset = data.train if split == "train" else data.val
+    dataset = data.train if split == "train" else data.val
     ids = sorted({m["case_id"] for m in dataset.meta})
     index = {c: i for i, c in enumerate(ids)}
     metrics = SegmentationMetrics(data.class_names, with_hd95=with_hd95)
-    cases = torch.tensor([index[m["case_id"]] for m in dataset.meta])
-    metrics.update(predict_dataset(module, dataset), dataset.masks.long(), cases)
+    if isinstance(dataset, VolumeDataset):  # per volume: 3D Dice, IoU, HD95
+        for i, (image, mask) in enumerate(zip(dataset.images, dataset.masks, strict=True)):
+            pred = predict_volume(module, image.float()[None])
+            metrics.update(pred, mask[None].long(), torch.tensor([index[dataset.case_ids[i]]]))
+    else:
+        cases = torch.tensor([index[m["case_id"]] for m in dataset.meta])
+        metrics.update(predict_dataset(module, dataset), dataset.masks.long(), cases)
     result = metrics.compute()
     result.update(evaluate_tasks(module, dataset))
     result["num_samples"] = len(dataset)
@@ -114,9 +127,11 @@ def evaluate_tasks(module: MultiTaskModule, dataset: SliceDataset, batch_size: i
     module.eval()
     device = next(module.parameters()).device
     sums = dict.fromkeys((t.name for t in tasks), 0.0)
+    if isinstance(dataset, VolumeDataset):
+        batch_size = 1  # whole volumes of different depths
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        outputs = module.model(batch["image"], batch.get("meta"))
+        outputs = module.model(module.padded(batch["image"]), batch.get("meta"))
         for task in tasks:
             target = task.target(batch)
             sums[task.name] += float(task.loss(outputs[task.name], target)) * len(batch["image"])
@@ -138,6 +153,7 @@ def _input_files(path: Path) -> list[Path]:
     raise DataError(f"{path}: input does not exist")
 
 
+@torch.no_grad()
 def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """One image/volume file -> (labels (Z, H, W) uint8 at the file's own size, affine)."""
     image, affine = read_volume(path)
@@ -157,6 +173,15 @@ def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.nd
         )
     image = NORMALIZATIONS.get(cfg.normalization)(image.astype(np.float32))
     x, _ = resize_slices(image, None, cfg.image_size)
+    if module.volumetric:
+        if image.shape[0] == 1:
+            raise DataError(f"{path}: a 2D image; this model was trained on volumes (data.dims=3)")
+        volume = x.permute(1, 2, 3, 0)[None]  # (1, C, S, S, Z)
+        logits = module.segment(volume.to(next(module.parameters()).device)).float().cpu()
+        size = (*image.shape[1:3], image.shape[0])
+        logits = F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
+        labels = module.seg_task.decode(logits)[0].permute(2, 0, 1)  # (Z, H, W)
+        return labels.to(torch.uint8).numpy(), affine
     logits = segment_slices(module, x, values)
     logits = F.interpolate(logits, size=image.shape[1:3], mode="bilinear", align_corners=False)
     return module.seg_task.decode(logits).to(torch.uint8).numpy(), affine

@@ -8,9 +8,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
+from monai.inferers import sliding_window_inference
 
-from mtlseg.config import RunConfig, build_dataclass
+from mtlseg.config import RunConfig, build_dataclass, patch_size
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.engine.stages import StagePlan
@@ -62,7 +64,30 @@ def build_model_and_tasks(
         cfg.model.input,
         dict(label_values or {}),
     )
+    dims = cfg.data.dims
+    if backbone.spatial_dims != dims:
+        raise ConfigError(
+            f"data.dims={dims}: model.backbone={cfg.model.backbone} is a "
+            f"{backbone.spatial_dims}D network; "
+            + ("use a 3D backbone (unet3d)" if dims == 3 else "set data.dims=3")
+        )
+    multiple = backbone.size_multiple
+    if dims == 3 and multiple is not None:
+        patch = patch_size(cfg.data)
+        if any(p % m for p, m in zip(patch, multiple, strict=True)):
+            raise ConfigError(
+                f"data.patch_size {patch}: {cfg.model.backbone} needs sizes that divide by "
+                f"{list(multiple)} (its downsampling per axis)"
+            )
+    if dims == 3 and cfg.model.film is not None:
+        raise ConfigError("model.film: FiLM conditions slices on their metadata; use data.dims=2")
     tasks = [build_task(t, ctx) for t in cfg.tasks]
+    for task in tasks:
+        if dims not in task.dims:
+            raise ConfigError(
+                f"data.dims={dims}: task {task.name!r} ({task.kind}) works on "
+                f"{' and '.join(f'{d}D' for d in task.dims)} data only"
+            )
     needs_pairs = [t.name for t in tasks if t.needs_pairs]
     if needs_pairs and cfg.train.sampler not in PAIR_SAMPLERS:
         raise ConfigError(
@@ -164,9 +189,39 @@ class MultiTaskModule(pl.LightningModule):
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model(x, meta)
 
+    @property
+    def volumetric(self) -> bool:
+        return self.cfg.data.dims == 3
+
+    def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Segmentation logits of whole images (B, C, H, W), or of whole volumes
+        (B, C, H, W, D) by MONAI's sliding-window inference over ``data.patch_size``
+        windows (Gaussian-weighted, 25 % overlap; volumes smaller than a window are padded)."""
+        if not self.volumetric:
+            return self.model.segment(x, meta)
+        return sliding_window_inference(
+            x,
+            roi_size=patch_size(self.cfg.data),
+            sw_batch_size=4,
+            predictor=self.model.segment,
+            overlap=0.25,
+            mode="gaussian",
+        )
+
     def predict_labels(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) images -> (B, H, W) class indices."""
-        return self.seg_task.decode(self.model.segment(x, meta))
+        """(B, C, H, W[, D]) images -> (B, H, W[, D]) class indices."""
+        return self.seg_task.decode(self.segment(x, meta))
+
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded at the end of each spatial axis to the backbone's size multiple
+        (a whole volume through a 3D network, for the image-level heads)."""
+        multiple = self.model.backbone.size_multiple
+        if multiple is None:
+            return x
+        pad = []
+        for size, m in zip(reversed(x.shape[2:]), reversed(multiple), strict=True):
+            pad += [0, -size % m]
+        return F.pad(x, pad) if any(pad) else x
 
     def task_losses(
         self, batch: dict[str, Any], step: int | None = None
@@ -212,9 +267,15 @@ class MultiTaskModule(pl.LightningModule):
         image, meta, bs = batch["image"], batch.get("meta"), batch["image"].shape[0]
         aux = self.val_aux_tasks
         if aux:
-            outputs = self.model(image, meta)
+            outputs = self.model(self.padded(image), meta)
             logits = outputs[self.seg_task.name]
-            pred = self.seg_task.decode(logits[0] if isinstance(logits, list) else logits)
+            logits = logits[0] if isinstance(logits, list) else logits
+            # 3D: the heads see the whole volume, the segmentation is made window by window
+            pred = (
+                self.predict_labels(image, meta)
+                if self.volumetric
+                else self.seg_task.decode(logits)
+            )
             for task in aux:
                 target = task.target(batch)
                 loss = task.loss(outputs[task.name], target)

@@ -25,9 +25,9 @@ from torchmetrics import Metric
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int):
-    """(B, H, W) labels -> tp, fp, fn, each (B, K) per sample and class."""
-    p = torch.nn.functional.one_hot(pred.long(), num_classes).flatten(1, 2)  # (B, HW, K)
-    t = torch.nn.functional.one_hot(target.long(), num_classes).flatten(1, 2)
+    """(B, H, W) or (B, H, W, D) labels -> tp, fp, fn, each (B, K) per sample and class."""
+    p = torch.nn.functional.one_hot(pred.long(), num_classes).flatten(1, -2)  # (B, HW[D], K)
+    t = torch.nn.functional.one_hot(target.long(), num_classes).flatten(1, -2)
     tp = (p * t).sum(1)
     return tp, p.sum(1) - tp, t.sum(1) - tp
 
@@ -38,9 +38,10 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def hd95(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) labels -> (B, K) 95th-percentile Hausdorff distance, conventions above."""
-    p = torch.nn.functional.one_hot(pred.long(), num_classes).permute(0, 3, 1, 2).float()
-    t = torch.nn.functional.one_hot(target.long(), num_classes).permute(0, 3, 1, 2).float()
+    """(B, H, W[, D]) labels -> (B, K) 95th-percentile Hausdorff distance (2D or 3D),
+    conventions above."""
+    p = torch.nn.functional.one_hot(pred.long(), num_classes).movedim(-1, 1).float()
+    t = torch.nn.functional.one_hot(target.long(), num_classes).movedim(-1, 1).float()
     p_any, t_any = p.flatten(2).any(-1), t.flatten(2).any(-1)
     out = torch.zeros(p.shape[:2])
     both = p_any & t_any
@@ -51,7 +52,7 @@ def hd95(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Te
                 p.cpu(), t.cpu(), include_background=True, percentile=95
             )
         out = torch.where(both.cpu(), torch.nan_to_num(dist.float(), nan=0.0), out)
-    diagonal = math.hypot(*pred.shape[-2:])
+    diagonal = math.hypot(*pred.shape[1:])
     return torch.where((p_any ^ t_any).cpu(), torch.full_like(out, diagonal), out)
 
 
@@ -80,6 +81,9 @@ class SegmentationMetrics(Metric):
     ``compute()`` returns a flat dict of floats: ``dice/<class>``, ``dice/mean``, ``iou/...``,
     ``hd95/...``, ``pixel_accuracy``, ``f1/mean``, ``weighted_iou`` (``pooled_scores``) and,
     for multi-slice cases, ``volume_dice/...``.
+
+    Whole volumes (B, H, W, D) are samples too: every metric is then per volume (3D Dice,
+    IoU, HD95) and ``volume_dice`` equals ``dice``, so 2D and 3D runs compare on one key.
     """
 
     full_state_update = False
@@ -99,6 +103,7 @@ class SegmentationMetrics(Metric):
         self.pixels.append(torch.full_like(self.correct[-1], pred[0].numel()))
         if self.with_hd95:
             self.hd.append(hd95(pred, target, k).to(tp.device))
+        self.volumetric = pred.dim() == 4
 
     @staticmethod
     def _cat(state) -> torch.Tensor:
@@ -120,7 +125,9 @@ class SegmentationMetrics(Metric):
         )
         result.update(pooled_scores(tp.sum(0), fp.sum(0), fn.sum(0)))
         case = self._cat(self.case)
-        if case.unique().numel() < case.numel():  # several slices per case: volumes
+        if getattr(self, "volumetric", False):  # every sample is a whole volume
+            self._add_per_class(result, "volume_dice", per_metric["dice"].mean(0))
+        elif case.unique().numel() < case.numel():  # several slices per case: volumes
             n_cases = int(case.max()) + 1
             sums = [
                 torch.zeros(n_cases, tp.shape[1], dtype=tp.dtype).index_add_(0, case.cpu(), x.cpu())

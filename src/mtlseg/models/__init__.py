@@ -7,6 +7,7 @@ from mtlseg.models import (  # noqa: F401  (registers them)
     small_unet,
     u2net,
     unet,
+    unet3d,
 )
 from mtlseg.models.multitask import MultiTaskModel
 from mtlseg.models.registry import BACKBONES, build_backbone

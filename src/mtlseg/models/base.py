@@ -39,6 +39,8 @@ class Backbone(nn.Module):
 
     feature_info: dict[str, FeatureInfo]
     film_channels: int
+    spatial_dims: int = 2  # 2: (B, C, H, W) images | 3: (B, C, H, W, D) volumes (data.dims)
+    size_multiple: tuple[int, ...] | None = None  # input sizes must divide by these (3D)
     per_task: bool = False  # built with the task names, one feature branch per task (MTAN)
 
     def task_features(
@@ -53,7 +55,8 @@ class Backbone(nn.Module):
         if film is None:
             return x
         gamma, beta = film
-        return x * gamma[:, :, None, None] + beta[:, :, None, None]
+        shape = (*gamma.shape, *([1] * (x.dim() - 2)))  # broadcast over 2 or 3 spatial dims
+        return x * gamma.view(shape) + beta.view(shape)
 
     def resolve_features(self, spec: str | list[str]) -> list[str]:
         names = [spec] if isinstance(spec, str) else list(spec)

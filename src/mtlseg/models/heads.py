@@ -85,10 +85,11 @@ class DeepSupervisionHead(nn.Module):
     """1x1 conv logits on decoder stages below full resolution (nnU-Net's deep supervision,
     Isensee et al. 2021): {name: feat} -> [(B, K, h_i, w_i)], finest first."""
 
-    def __init__(self, features: dict[str, int], num_classes: int) -> None:
+    def __init__(self, features: dict[str, int], num_classes: int, dims: int = 2) -> None:
         super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
         self.convs = nn.ModuleDict(
-            {name: nn.Conv2d(c, num_classes, kernel_size=1) for name, c in features.items()}
+            {name: conv(c, num_classes, kernel_size=1) for name, c in features.items()}
         )
 
     def forward(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:

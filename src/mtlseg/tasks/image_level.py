@@ -38,6 +38,7 @@ class ClassificationTask(Task):
     (paper 002 eq. 1's L_cls). Output (B, K) logits, target (B,) class indices."""
 
     Config = ClassificationParams
+    dims = (2, 3)
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -107,6 +108,7 @@ class PresenceTask(Task):
     the fly: a 2D slice or a 3D patch. Output (B, K-1) logits, target (B, K-1) in {0, 1}."""
 
     Config = PresenceParams
+    dims = (2, 3)
 
     def build_head(self):
         p = self.params

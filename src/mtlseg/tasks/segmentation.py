@@ -39,6 +39,7 @@ class SegmentationTask(Task):
 
     Config = SegmentationParams
     MODES = ("softmax", "multilabel")
+    dims = (2, 3)
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -73,13 +74,13 @@ class SegmentationTask(Task):
         if n == 0:
             return None
         channels = {name: info[name].channels for _, name in stages[:n]}
-        return DeepSupervisionHead(channels, self.ctx.out_channels)
+        return DeepSupervisionHead(channels, self.ctx.out_channels, self.ctx.backbone.spatial_dims)
 
     def target(self, batch):
         mask = batch["mask"]
         if self.params.mode == "softmax":
             return mask
-        onehot = F.one_hot(mask, self.ctx.num_classes).permute(0, 3, 1, 2)
+        onehot = F.one_hot(mask, self.ctx.num_classes).movedim(-1, 1)
         return onehot[:, 1:].float()
 
     def loss(self, output, target):
@@ -88,7 +89,7 @@ class SegmentationTask(Task):
         weights = [0.5**i for i in range(len(output))]
         total = sum(weights)
         return sum(
-            w / total * self._loss(logits, _resize_target(target, logits.shape[-2:]))
+            w / total * self._loss(logits, _resize_target(target, logits.shape[2:]))
             for w, logits in zip(weights, output, strict=True)
         )
 
@@ -108,9 +109,11 @@ class SegmentationTask(Task):
 
 
 def _resize_target(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """Nearest-neighbour resize of class indices (B, H, W) or binary maps (B, K, H, W)."""
-    if target.shape[-2:] == size:
+    """Nearest-neighbour resize of class indices (B, *size) or binary maps (B, K, *size),
+    2D or 3D."""
+    indices = target.dim() == len(size) + 1
+    if target.shape[-len(size) :] == size:
         return target
-    t = target[:, None] if target.dim() == 3 else target
+    t = target[:, None] if indices else target
     out = F.interpolate(t.float(), size=tuple(size), mode="nearest")
-    return out[:, 0].to(target.dtype) if target.dim() == 3 else out.to(target.dtype)
+    return out[:, 0].to(target.dtype) if indices else out.to(target.dtype)
