@@ -15,7 +15,8 @@ def test_shipped_recipes_load_and_are_the_decided_set():
     paper001 |= {"small-unet-film", "big-unet"}
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
     paper002 |= {"mtan-canny", "mtan-denoise", "mtan-colour"}
-    assert paper000 | paper001 | paper002 == set(recipe_names())
+    paper003 = {"aspp", "aspp-class", "aspp-class-sync", "aspp-decomp", "unet3d", "unet3d-decomp"}
+    assert paper000 | paper001 | paper002 | paper003 == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
         assert cfg.tasks[0].kind == "segmentation" and cfg.name == name
@@ -62,13 +63,13 @@ def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
         match="unknown task .depth.; valid tasks: bbox, canny, classification, colourise, "
-        "contrastive, denoise, hog, position, segmentation$",
+        "contrastive, denoise, hog, position, presence, scene, segmentation$",
     ):
         TASKS.get("depth")
     with pytest.raises(
         ConfigError,
         match="unknown backbone .resnet.; valid backbones: big-unet, mtan, segnet, small-unet, "
-        "u2net, unet$",
+        "u2net, unet, unet-aspp, unet3d, vgg-aspp$",
     ):
         build_backbone("resnet", {}, 1, 2)
     with pytest.raises(

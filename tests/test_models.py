@@ -15,6 +15,9 @@ TINY = {
     "big-unet": {"layers": [1, 1, 1], "width": 4},
     "segnet": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]},
     "mtan": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]},
+    "vgg-aspp": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "decoder_channels": 8},
+    "unet-aspp": {"channels": [4, 8, 16, 16], "decoder_channels": 8},
+    "unet3d": {"channels": [4, 8, 16]},
 }
 
 
@@ -27,8 +30,9 @@ def test_every_registered_backbone_has_a_tiny_config():
 def test_backbone_contract(name, size):
     torch.manual_seed(0)
     model = build_backbone(name, TINY[name], 3, 4, task_names=["segmentation", "aux"])
-    logits, features = model(torch.randn(2, 3, size, size))
-    assert logits.shape == (2, 4, size, size) and torch.isfinite(logits).all()
+    spatial = (size, size, 4)[: model.spatial_dims]  # 3D: a volume of 4 slices
+    logits, features = model(torch.randn(2, 3, *spatial))
+    assert logits.shape == (2, 4, *spatial) and torch.isfinite(logits).all()
     views = [model.task_features(features, task) for task in ("segmentation", "aux")]
     if model.per_task:  # each task reads its own encoder features, the decoder is shared
         assert views[0]["encoder1"] is not views[1]["encoder1"]
@@ -37,7 +41,7 @@ def test_backbone_contract(name, size):
         assert "bottleneck" in view and any(k.startswith("decoder") for k in view)
         for key, feat in view.items():
             info = model.feature_info[key]
-            assert feat.shape[1] == info.channels and feat.shape[-1] == -(-size // info.stride)
+            assert feat.shape[1] == info.channels and feat.shape[2] == -(-size // info.stride)
     (logits.mean() + sum(f.mean() for f in features.values())).backward()
     assert all(p.grad is not None for p in model.parameters()), "every parameter gets a gradient"
 

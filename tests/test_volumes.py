@@ -140,3 +140,15 @@ def test_2d_only_recipes_and_data_are_refused_in_3d(acdc_labelled, kvasir_small)
         )
     with pytest.raises(DataError, match=r"data.dims=3 trains on volumes, this dataset holds 2D"):
         _data("unet3d", kvasir_small)
+
+
+def test_compare_of_3d_recipes_reports_volume_dice_tasks_and_figures(acdc_labelled, tmp_path):
+    from mtlseg.report.compare import compare
+
+    sets = [*TINY_3D, "train.max_steps=2", "train.val_every=1", "train.stages=[]"]
+    result = compare(["unet3d", "unet3d-decomp"], str(acdc_labelled), 1, tmp_path / "cmp", sets)
+    table = result["table"]
+    assert "volume_dice/mean" in table and "| unet3d |" in table
+    assert "presence" in table and "scene" in table  # the auxiliary tasks' own metrics
+    assert result["qualitative"].stat().st_size > 5000
+    assert result["curves"].stat().st_size > 5000

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from mtlseg.config import load_config
+from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
-from mtlseg.engine.inference import evaluate, load_module, segment_slices
+from mtlseg.engine.inference import evaluate, load_module, predict_volume, segment_slices
 from mtlseg.engine.train import train
 from mtlseg.report.plots import plot_curves, plot_qualitative
 from mtlseg.report.tables import markdown_table, per_class_table, summarise, task_table
@@ -97,8 +98,18 @@ def compare(
 
 
 def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: int) -> Path:
-    """Input | each recipe (seed 0, best checkpoint) | ground truth on validation samples with foreground."""
+    """Input | each recipe (seed 0, best checkpoint) | ground truth on validation samples with
+    foreground: slices, or for 3D data the slice with most foreground of each volume, taken
+    from the whole-volume prediction. Recipes trained in the other dimensionality than the
+    first one are left out of the grid (logged)."""
     modules = {name: load_module(d[0] / "checkpoints" / "best.ckpt") for name, d in dirs.items()}
+    volumetric = isinstance(data.val, VolumeDataset)
+    other = [k for k, m in modules.items() if m.volumetric != volumetric]
+    if other:
+        log.info("qualitative grid: %s trained in another data.dims, left out", other)
+    modules = {k: m for k, m in modules.items() if k not in other}
+    if volumetric:
+        return _qualitative_volumes(modules, data, out, n)
     has_fg = (data.val.masks.flatten(1) > 0).any(1).nonzero()[:, 0]
     pool = has_fg if len(has_fg) >= n else torch.arange(len(data.val))
     chosen = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]
@@ -108,3 +119,20 @@ def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: 
         name: m.seg_task.decode(segment_slices(m, images, meta)) for name, m in modules.items()
     }
     return plot_qualitative(images, masks, predictions, len(data.class_names), out)
+
+
+def _qualitative_volumes(modules: dict, data: PreparedData, out: Path, n: int) -> Path:
+    count = min(n, len(data.val))
+    chosen = torch.linspace(0, len(data.val) - 1, count).long().tolist()
+    images, masks, predictions = [], [], {name: [] for name in modules}
+    for i in chosen:
+        volume, mask = data.val.images[i].float(), data.val.masks[i]
+        z = int((mask > 0).flatten(0, 1).sum(0).argmax())  # the slice with most foreground
+        images.append(volume[..., z])
+        masks.append(mask[..., z])
+        for name, m in modules.items():
+            predictions[name].append(predict_volume(m, volume[None])[0][..., z])
+    stacked = {name: torch.stack(p) for name, p in predictions.items()}
+    return plot_qualitative(
+        torch.stack(images), torch.stack(masks), stacked, len(data.class_names), out
+    )
