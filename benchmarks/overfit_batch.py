@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--every", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's train.lr")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -41,7 +41,7 @@ def main() -> None:
     module = MultiTaskModule(
         cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
     ).train()
-    opt = torch.optim.Adam(module.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(module.parameters(), lr=args.lr or cfg.train.lr)
     batch = next(iter(train_loader(data, args.batch, 0, 0, cfg.train.sampler)))
     for step in range(1, args.steps + 1):
         loss = module.weighting(module.task_losses(batch))
