@@ -163,7 +163,7 @@ class LossHistoryWeighting(Weighting):
         self.count += 1
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # checkpoints written before staged training have no ``active``: every loss was
+        # checkpoints written before staged training have no ``active``: every loss was active
         state_dict.setdefault(f"{prefix}active", torch.ones_like(self.active))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
