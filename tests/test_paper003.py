@@ -244,6 +244,10 @@ def test_history_weighting_restarts_when_a_stage_changes_the_losses():
     assert w.weights(three, 4) == {"seg": 1.0, "cls": 1.0, "sync": 1.0}  # history restarted
     state = w.state_dict()
     assert state["active"].tolist() == [True, True, True]
+    del state["active"]  # a checkpoint from before staged training loads, all losses active
+    fresh = build_weighting("dwa", {"unit": "step"}, {"seg": 1.0, "cls": 1.0, "sync": 1.0}, "seg")
+    fresh.load_state_dict(state)
+    assert fresh.names == ["seg", "cls", "sync"]
 
 
 # ---------------------------------------------------------------- bad input
