@@ -134,3 +134,18 @@ def acdc_labelled(tmp_path: Path) -> Path:
 @pytest.fixture
 def kvasir_boxed(tmp_path: Path) -> Path:
     return make_kvasir_boxed(tmp_path / "kvasir-boxed")
+
+
+def power_cut_at(monkeypatch, step: int) -> None:
+    """Make training raise ``RuntimeError("power cut")`` at optimiser step ``step``
+    (``monkeypatch.undo()`` restores it)."""
+    from mtlseg.engine.module import MultiTaskModule
+
+    real_step = MultiTaskModule.training_step
+
+    def crashing_step(self, batch, batch_idx):
+        if self.global_step == step:
+            raise RuntimeError("power cut")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(MultiTaskModule, "training_step", crashing_step)

@@ -13,7 +13,7 @@ from mtlseg.engine.checkpoint import load_checkpoint, save_atomic
 from mtlseg.engine.inference import evaluate, load_module, predict
 from mtlseg.engine.train import train
 from mtlseg.errors import MtlsegError, TrainingError
-from tests.conftest import TINY_UNET
+from tests.conftest import TINY_UNET, power_cut_at
 
 
 def _cfg(recipe, data, *extra):
@@ -127,17 +127,9 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
 
 
 def test_crash_mid_training_leaves_a_checkpoint_to_resume_from(kvasir_small, tmp_path, monkeypatch):
-    from mtlseg.engine.module import MultiTaskModule
     from mtlseg.engine.train import resume_checkpoint
 
-    real_step = MultiTaskModule.training_step
-
-    def crash_at_step_3(self, batch, batch_idx):
-        if self.global_step == 3:
-            raise RuntimeError("power cut")
-        return real_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(MultiTaskModule, "training_step", crash_at_step_3)
+    power_cut_at(monkeypatch, 3)
     out = tmp_path / "run"
     cfg = _cfg("unet-hog", kvasir_small, "train.max_steps=6", "train.val_every=10")
     with pytest.raises(RuntimeError, match="power cut"):

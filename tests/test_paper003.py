@@ -22,7 +22,7 @@ from mtlseg.models.context import ContextEnsemble
 from mtlseg.tasks.image_level import mask_presence
 from mtlseg.terms import bernoulli_kl
 from mtlseg.weighting import build_weighting
-from tests.conftest import ACDC, TINY_SEGNET
+from tests.conftest import ACDC, TINY_SEGNET, power_cut_at
 
 TINY_ASPP = [
     *TINY_SEGNET,
@@ -165,15 +165,6 @@ def _stage_log(out):
 
 
 def test_stages_switch_at_the_right_step_and_survive_a_resume(acdc_labelled, tmp_path, monkeypatch):
-    from mtlseg.engine.module import MultiTaskModule
-
-    real_step = MultiTaskModule.training_step
-
-    def crash_at_step_3(self, batch, batch_idx):
-        if self.global_step == 3:
-            raise RuntimeError("power cut")
-        return real_step(self, batch, batch_idx)
-
     overrides = [
         *TINY_ASPP,
         *SMALL_HEADS,
@@ -189,7 +180,7 @@ def test_stages_switch_at_the_right_step_and_survive_a_resume(acdc_labelled, tmp
     ]
     out = tmp_path / "run"
     cfg = load_config("aspp-decomp", overrides)
-    monkeypatch.setattr(MultiTaskModule, "training_step", crash_at_step_3)
+    power_cut_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="power cut"):
         train(cfg, out)
     monkeypatch.undo()

@@ -14,7 +14,7 @@ from mtlseg.models.base import Backbone, FeatureInfo
 from mtlseg.models.context import ASPPDecoder, ContextEnsemble
 from mtlseg.models.registry import register_backbone
 from mtlseg.models.segnet import SegNetConfig, VGGEncoder, _adapt_first_conv
-from mtlseg.models.unet import unet_encoder
+from mtlseg.models.unet import SkipUNet, unet_encoder
 from mtlseg.models.weights import load_local_weights
 
 
@@ -125,9 +125,4 @@ class UNetASPP(ContextASPPNet):
         strides = [2**i for i in range(len(cfg.channels))]
         self._build_decoder(num_classes, cfg, strides, cfg.channels)
 
-    def encode(self, x, film=None):
-        out = []
-        for i, block in enumerate(self.encoder):
-            x = block(x)
-            out.append(self.modulate(x, film) if i == 0 else x)
-        return out
+    encode = SkipUNet.encode

@@ -27,8 +27,34 @@ def unet_encoder(in_channels: int, channels: list[int], norm: str) -> nn.ModuleL
     )
 
 
+class SkipUNet(Backbone):
+    """The UNet forward pass shared by the 2D and 3D UNets: ``encoder`` levels (FiLM after
+    the first), then ``decoder`` up-blocks with skip connections and the ``out`` block."""
+
+    encoder: nn.ModuleList
+    decoder: nn.ModuleList
+    out: nn.Module
+
+    def encode(self, x: torch.Tensor, film=None) -> list[torch.Tensor]:
+        """Every level's output, FiLM applied after the first (also ``unet-aspp``'s encoder)."""
+        levels = []
+        for i, block in enumerate(self.encoder):
+            x = block(x)
+            levels.append(self.modulate(x, film) if i == 0 else x)
+        return levels
+
+    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        skips = self.encode(x, film)
+        x = skips[-1]
+        features = {"bottleneck": x}
+        for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):
+            x = block(x, skip)
+            features[f"decoder{i + 1}"] = x
+        return self.out(x), features
+
+
 @register_backbone("unet", UNetConfig)
-class UNet(Backbone):
+class UNet(SkipUNet):
     """Encoder of two 3x3 conv blocks per level with stride-2 downsampling, transposed-conv
     decoder with skip connections. Features: ``bottleneck`` and ``decoder1..N`` (deepest first).
     """
@@ -48,15 +74,3 @@ class UNet(Backbone):
         self.out = UnetOutBlock(2, ch[0], num_classes)
         self.film_channels = ch[0]
         self.feature_info = level_feature_info(ch)
-
-    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x)
-            x = self.modulate(x, film) if i == 0 else x
-            skips.append(x)
-        features = {"bottleneck": x}
-        for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):
-            x = block(x, skip)
-            features[f"decoder{i + 1}"] = x
-        return self.out(x), features

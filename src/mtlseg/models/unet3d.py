@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetUpBlock
 from torch import nn
 
-from mtlseg.models.base import Backbone, level_feature_info
+from mtlseg.models.base import level_feature_info
 from mtlseg.models.registry import register_backbone
+from mtlseg.models.unet import SkipUNet
 
 
 @dataclass
@@ -49,9 +49,9 @@ class UNet3DConfig:
 
 
 @register_backbone("unet3d", UNet3DConfig)
-class UNet3D(Backbone):
+class UNet3D(SkipUNet):
     """Encoder of two conv blocks per level, transposed-conv decoder with skip connections,
-    in 3D. FiLM acts on the first level's output, as in the 2D UNet."""
+    in 3D, with the 2D UNet's forward. FiLM acts on the first level's output."""
 
     spatial_dims = 3
 
@@ -83,15 +83,3 @@ class UNet3D(Backbone):
         self.feature_info = level_feature_info(ch)
         inplane = 2 ** (len(ch) - 1)
         self.size_multiple = (inplane, inplane, cfg.z_factor)
-
-    def forward(self, x: torch.Tensor, film=None):
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x)
-            x = self.modulate(x, film) if i == 0 else x
-            skips.append(x)
-        features = {"bottleneck": x}
-        for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):
-            x = block(x, skip)
-            features[f"decoder{i + 1}"] = x
-        return self.out(x), features
