@@ -62,10 +62,10 @@ def test_unknown_recipe_lists_the_shipped_ones():
 def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
-        match="unknown task .depth.; valid tasks: bbox, canny, classification, colourise, "
+        match="unknown task .nosuch.; valid tasks: bbox, canny, classification, colourise, "
         "contrastive, denoise, hog, position, presence, scene, segmentation$",
     ):
-        TASKS.get("depth")
+        TASKS.get("nosuch")
     with pytest.raises(
         ConfigError,
         match="unknown backbone .resnet.; valid backbones: big-unet, mtan, segnet, small-unet, "
@@ -74,7 +74,9 @@ def test_unknown_task_backbone_weighting_list_valid_names():
         build_backbone("resnet", {}, 1, 2)
     with pytest.raises(
         ConfigError,
-        match="unknown weighting .nash.; valid weightings: constant, decay, dwa, fixed, softadapt$",
+        match="unknown weighting .nash.; valid weightings: aligned-mtl, cagrad, constant, decay, "
+        "dwa, equal, famo, fixed, gradnorm, imtl-g, mgda, nash-mtl, pcgrad, rlw, softadapt, upgrad, "
+        "uw$",
     ):
         build_weighting("nash", {}, {}, "segmentation")
 

@@ -23,7 +23,7 @@ from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.terms import TERMS, build_terms
-from mtlseg.weighting import build_weighting
+from mtlseg.weighting import BackwardContext, build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
 
@@ -164,7 +164,9 @@ class MultiTaskModule(pl.LightningModule):
             self.cfg.weighting.params,
             {t.name: t.weight for t in [*self.tasks, *self.terms]},
             self.tasks[0].name,
+            {t.name: t.likelihood for t in [*self.tasks, *self.terms]},
         )
+        self._step: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
         self.val_metrics = SegmentationMetrics(self.class_names)
         # the auxiliary tasks' own validation metrics (accuracy, box IoU, ...)
@@ -227,10 +229,15 @@ class MultiTaskModule(pl.LightningModule):
         self, batch: dict[str, Any], step: int | None = None
     ) -> dict[str, torch.Tensor]:
         """Losses of the tasks and cross-task terms that train at ``step`` (all when None)."""
+        return self._losses_and_features(batch, step)[0]
+
+    def _losses_and_features(
+        self, batch: dict[str, Any], step: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         x = batch["image"]
         for task in self.tasks:  # e.g. denoising trains every task on a noisy input
             x = task.training_input(x)
-        outputs = self.model(x, batch.get("meta"))
+        outputs, features = self.model.forward_with_features(x, batch.get("meta"))
         tasks, terms = self.tasks, self.terms
         if step is not None:
             names = self.stages.active(step, [t.name for t in tasks], "tasks")
@@ -238,10 +245,10 @@ class MultiTaskModule(pl.LightningModule):
             names = self.stages.active(step, [t.name for t in terms], "terms")
             terms = [t for t in terms if t.name in names]
         losses = {t.name: t.loss(outputs[t.name], t.target(batch)) for t in tasks}
-        return {**losses, **{t.name: t(outputs, batch) for t in terms}}
+        return {**losses, **{t.name: t(outputs, batch) for t in terms}}, features
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.task_losses(batch, self.global_step)
+        losses, features = self._losses_and_features(batch, self.global_step)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise TrainingError(
@@ -249,6 +256,7 @@ class MultiTaskModule(pl.LightningModule):
                     "(lower train.lr, or check the data for extreme values)"
                 )
         total = self.weighting(losses, self.global_step, self.current_epoch)
+        self._step = (losses, features)  # for backward: gradient methods need them
         bs = batch["image"].shape[0]
         self.log_dict({f"train/loss_{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
@@ -257,6 +265,34 @@ class MultiTaskModule(pl.LightningModule):
         if self.cfg.train.stages:
             self.log("train/stage", float(self.stages.index(self.global_step)), batch_size=bs)
         return total
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """The weighting makes the backward pass (an aggregator combines task gradients);
+        ``loss`` is the total, already scaled under AMP."""
+        if self._step is None:  # not from training_step (e.g. Lightning's LR finder internals)
+            loss.backward(*args, **kwargs)
+            return
+        losses, features = self._step
+        self._step = None
+        ctx = BackwardContext(
+            shared_params=self.model.shared_parameters(),
+            task_params=self.model.task_parameters(),
+            features=features,
+            scale=self._loss_scale(),
+        )
+        self.weighting.backward(losses, loss, ctx)
+
+    def _loss_scale(self) -> float:
+        """The AMP grad scaler's current factor (1 without one)."""
+        if self._trainer is None:
+            return 1.0
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def on_after_backward(self) -> None:
+        logs = self.weighting.logs()
+        if logs:
+            self.log_dict({f"train/{k}": v for k, v in logs.items()})
 
     @property
     def val_aux_tasks(self):
@@ -311,7 +347,10 @@ class MultiTaskModule(pl.LightningModule):
         return out
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        own = {id(p) for p in self.weighting.parameters()} - {
+            id(p) for p in self.weighting.optimizer_parameters()
+        }  # e.g. FAMO's logits: it steps them itself
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
         optimizer = build_optimizer(params, self.cfg.train, self.lr)
         progress = self._progress()
         if self._trainer is not None:

@@ -48,12 +48,27 @@ class MultiTaskModel(nn.Module):
         return x if self.input_transform is None else self.input_transform(x)
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_with_features(x, meta)[0]
+
+    def forward_with_features(
+        self, x: torch.Tensor, meta: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(outputs, the backbone's shared features)``: gradient methods read the latter."""
         logits, features = self.backbone(self._input(x), self._film(meta))
         outputs = {self.seg_name: logits}
         for name, head in self.heads.items():
             out = head(self.backbone.task_features(features, name))
             outputs[name] = [logits, *out] if name == self.seg_name else out
-        return outputs
+        return outputs, features
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's gradient may reach: the backbone's and FiLM's."""
+        modules = [self.backbone] + ([self.film] if self.film is not None else [])
+        return [p for m in modules for p in m.parameters()]
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the task heads: each gets its own task's gradient."""
+        return list(self.heads.parameters())
 
     def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Segmentation logits only, skipping the auxiliary heads (inference)."""

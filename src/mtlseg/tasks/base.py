@@ -38,6 +38,7 @@ class Task:
     required_meta: tuple[str, ...] = ()  # metadata fields every training slice must have
     needs_pairs: bool = False  # batches must hold adjacent-slice pairs (a pair sampler)
     dims: tuple[int, ...] = (2,)  # data.dims it works with: 2D slices/images, 3D patches
+    likelihood: str = "regression"  # or "classification" (a cross-entropy loss): for UW
 
     def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
         self.name: str = cfg.name or cfg.kind

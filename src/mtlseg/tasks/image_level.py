@@ -38,6 +38,7 @@ class ClassificationTask(Task):
     (paper 002 eq. 1's L_cls). Output (B, K) logits, target (B,) class indices."""
 
     Config = ClassificationParams
+    likelihood = "classification"
     dims = (2, 3)
 
     def __init__(self, cfg, ctx) -> None:
@@ -108,6 +109,7 @@ class PresenceTask(Task):
     the fly: a 2D slice or a 3D patch. Output (B, K-1) logits, target (B, K-1) in {0, 1}."""
 
     Config = PresenceParams
+    likelihood = "classification"
     dims = (2, 3)
 
     def build_head(self):

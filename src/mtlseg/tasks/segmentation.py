@@ -38,6 +38,7 @@ class SegmentationTask(Task):
     """
 
     Config = SegmentationParams
+    likelihood = "classification"
     MODES = ("softmax", "multilabel")
     dims = (2, 3)
 

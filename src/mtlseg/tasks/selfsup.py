@@ -86,6 +86,7 @@ class CannyTask(DenseTask):
     per pixel, BCE with logits."""
 
     Config = CannyParams
+    likelihood = "classification"
 
     def out_dim(self) -> int:
         return 1

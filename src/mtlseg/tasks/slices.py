@@ -56,6 +56,7 @@ class ContrastiveTask(Task):
     """
 
     Config = ContrastiveParams
+    likelihood = "classification"
     needs_pairs = True
 
     def build_head(self):

@@ -22,6 +22,7 @@ class Term:
     """Base class: ``Config`` (a dataclass of params), ``__call__(outputs, batch) -> scalar``."""
 
     Config: type = object
+    likelihood: str = "classification"  # the form uncertainty weighting gives it
 
     def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
         self.name: str = cfg.name or cfg.kind

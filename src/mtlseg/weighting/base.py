@@ -1,0 +1,101 @@
+"""The weighting contract: per-task losses -> one update, by registry name.
+
+Two families share it. Loss weightings (``fixed``, ``uw``, ``dwa``, ...) return a weighted sum
+and let autograd do the rest. Gradient methods (``nash-mtl``, ``pcgrad``, ...) also take over
+``backward``: the engine always calls :meth:`Weighting.backward`, never branches on a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtlseg.config import build_dataclass
+from mtlseg.errors import ConfigError
+from mtlseg.registry import Registry
+
+WEIGHTINGS: Registry[type] = Registry("weighting")
+
+LIKELIHOODS = ("regression", "classification")
+
+
+@dataclass
+class BackwardContext:
+    """What a gradient method may need beyond the losses, for one training step."""
+
+    shared_params: list[torch.Tensor]  # the backbone's (and FiLM's): every task reaches them
+    task_params: list[torch.Tensor]  # the task heads'
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # the backbone's, this step
+    scale: float = 1.0  # AMP loss scale already applied to the total handed to ``backward``
+
+
+class Weighting(nn.Module):
+    """``weights(losses, step, epoch) -> {task: weight}``; forward returns the weighted sum.
+
+    ``task_weights``: each loss's recipe weight; ``primary``: the segmentation task's name;
+    ``likelihoods``: ``regression`` or ``classification`` per loss (uncertainty weighting).
+    Stateful strategies keep their state in buffers or parameters of this module (or its
+    ``extra_state``), so it is saved in checkpoints with the model.
+    """
+
+    Config: type = object
+
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task_weights = dict(task_weights)
+        self.cfg = cfg
+        self.primary = primary
+        self.likelihoods = {n: (likelihoods or {}).get(n, "regression") for n in task_weights}
+        self.last: dict[str, float] = {}  # what the last step logs (effective weights, ...)
+
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
+        raise NotImplementedError
+
+    def forward(
+        self, losses: dict[str, torch.Tensor], step: int = 0, epoch: int = 0
+    ) -> torch.Tensor:
+        weights = self.weights(losses, step, epoch)
+        self.last = {f"weight_{n}": float(w) for n, w in weights.items()}
+        return sum(weights[name] * loss for name, loss in losses.items())
+
+    def backward(
+        self, losses: dict[str, torch.Tensor], total: torch.Tensor, ctx: BackwardContext
+    ) -> None:
+        """Fill the parameters' ``.grad`` for this step; ``total`` is forward's result (scaled
+        by ``ctx.scale`` under AMP). Loss weightings just differentiate it."""
+        total.backward()
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """Parameters the model's optimiser updates (UW's log-variances); a method with its
+        own optimiser step (FAMO) returns none."""
+        return list(self.parameters())
+
+    def logs(self) -> dict[str, float]:
+        """Values to log after the last step: ``weight_<task>`` and method-specific ones."""
+        return dict(self.last)
+
+
+def build_weighting(
+    kind: str,
+    params: dict[str, Any],
+    task_weights: dict[str, float],
+    primary: str,
+    likelihoods: dict[str, str] | None = None,
+) -> Weighting:
+    cls = WEIGHTINGS.get(kind)
+    try:
+        cfg = build_dataclass(cls.Config, params, "weighting.params")
+    except ValueError as err:
+        raise ConfigError(f"weighting.params: {err}") from None
+    return cls(task_weights, cfg, primary, likelihoods)

@@ -1,0 +1,77 @@
+"""GradNorm (Chen et al. 2018): learn loss weights that equalise the tasks' gradient norms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mtlseg.errors import ConfigError
+from mtlseg.weighting.base import WEIGHTINGS, Weighting
+
+
+@dataclass
+class GradNormParams:
+    alpha: float = 1.5  # restoring force towards equal training rates (paper: 0.12 - 3)
+    feature: str = "bottleneck"  # the shared representation W whose gradients are compared
+
+
+@WEIGHTINGS.register("gradnorm")
+class GradNormWeighting(Weighting):
+    """GradNorm, eq. 1-2: with G_i = ||grad_W w_i L_i||, r_i = (L_i / L_i(0)) / mean_j (...),
+    the weights w follow the gradient of L_grad = sum_i |G_i - mean(G) r_i^alpha| (target
+    held constant) while the model follows sum_i w_i L_i with w held constant.
+
+    W is the backbone's shared feature ``feature`` (every task's loss depends on it) rather
+    than the last shared layer's weights, so it works for every backbone; G_i = w_i ||g_i||
+    needs one backward from each loss to W, and no second-order term. The weights are
+    K softmax(logits), so they stay positive and sum to K (the paper renormalises to K);
+    the logits are trained by the model's optimiser, like the paper's."""
+
+    Config = GradNormParams
+
+    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+        super().__init__(task_weights, cfg, primary, likelihoods)
+        self.names = list(task_weights)
+        self.logits = nn.Parameter(torch.zeros(len(self.names)))
+        self.register_buffer("initial", torch.full((len(self.names),), float("nan")))
+
+    def _scales(self, names: list[str]) -> torch.Tensor:
+        index = [self.names.index(n) for n in names]
+        return len(names) * torch.softmax(self.logits[index], dim=0)
+
+    def weights(self, losses, step, epoch=0):
+        names = list(losses)
+        scales = self._scales(names).detach()
+        return {n: self.task_weights[n] * float(s) for n, s in zip(names, scales, strict=True)}
+
+    def backward(self, losses, total, ctx) -> None:
+        if self.cfg.feature not in ctx.features:
+            raise ConfigError(
+                f"weighting.params.feature={self.cfg.feature!r}: the backbone has no such "
+                f"feature; it has: {', '.join(ctx.features)}"
+            )
+        shared = ctx.features[self.cfg.feature]
+        names = list(losses)
+        index = [self.names.index(n) for n in names]
+        values = torch.stack([losses[n] * self.task_weights[n] for n in names])
+        norms = torch.stack(
+            [
+                torch.autograd.grad(v, shared, retain_graph=True)[0].norm()
+                for v in values  # each loss's gradient at W (a partial backward)
+            ]
+        )
+        with torch.no_grad():
+            first = torch.isnan(self.initial[index])
+            self.initial[index] = torch.where(first, values.detach().float(), self.initial[index])
+            ratio = values.detach() / self.initial[index].clamp(min=1e-12)
+            rate = ratio / ratio.mean()
+        with torch.enable_grad():
+            g = self._scales(names) * norms.detach()
+            target = (g.mean() * rate**self.cfg.alpha).detach()
+            (grad,) = torch.autograd.grad((g - target).abs().sum(), self.logits)
+        grad = grad * ctx.scale  # as if scaled by AMP like the model's gradients
+        self.logits.grad = grad if self.logits.grad is None else self.logits.grad + grad
+        self.last.update({f"grad_norm_{n}": float(v) for n, v in zip(names, g, strict=True)})
+        total.backward()

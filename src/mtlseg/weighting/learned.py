@@ -1,0 +1,141 @@
+"""Weightings with learned state: uncertainty weighting (UW) and FAMO."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mtlseg.errors import ConfigError
+from mtlseg.weighting.base import LIKELIHOODS, WEIGHTINGS, Weighting
+
+
+@dataclass
+class UWParams:
+    init: float = 0.0  # initial log-variance s = log sigma^2 of every task
+    forms: dict[str, str] = field(default_factory=dict)  # override: task -> regression | ...
+
+
+@WEIGHTINGS.register("uw")
+class UncertaintyWeighting(Weighting):
+    """Homoscedastic uncertainty weighting (Kendall et al. 2018, eq. 7 and 10), with
+    s_t = log sigma_t^2 learned by the model's optimiser:
+
+    regression      (1 / 2 sigma^2) L + log sigma  =  0.5 exp(-s) L + 0.5 s
+    classification  (1 / sigma^2) L + log sigma    =  exp(-s) L + 0.5 s
+
+    Each task's form comes from its likelihood (cross-entropy losses are classification),
+    ``forms`` overrides it; each recipe weight scales its loss first."""
+
+    Config = UWParams
+
+    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+        super().__init__(task_weights, cfg, primary, likelihoods)
+        unknown = sorted(set(cfg.forms) - set(task_weights))
+        if unknown:
+            raise ConfigError(
+                f"weighting.params.forms: no task {unknown[0]!r}; tasks: {', '.join(task_weights)}"
+            )
+        self.forms = {**self.likelihoods, **cfg.forms}
+        bad = {n: f for n, f in self.forms.items() if f not in LIKELIHOODS}
+        if bad:
+            name, form = next(iter(bad.items()))
+            raise ConfigError(
+                f"weighting.params.forms.{name}: {form!r}; valid: {', '.join(LIKELIHOODS)}"
+            )
+        self.names = list(task_weights)
+        self.log_vars = nn.Parameter(torch.full((len(self.names),), float(cfg.init)))
+
+    def _coef(self, name: str) -> float:
+        return 0.5 if self.forms[name] == "regression" else 1.0
+
+    def weights(self, losses, step, epoch=0):
+        index = {n: i for i, n in enumerate(self.names)}
+        return {
+            n: self.task_weights[n] * self._coef(n) * torch.exp(-self.log_vars[index[n]])
+            for n in losses
+        }
+
+    def forward(self, losses, step=0, epoch=0):
+        index = {n: i for i, n in enumerate(self.names)}
+        weights = self.weights(losses, step, epoch)
+        self.last = {f"weight_{n}": float(w.detach()) for n, w in weights.items()}
+        self.last.update({f"log_var_{n}": float(self.log_vars[index[n]].detach()) for n in losses})
+        return sum(weights[n] * loss + 0.5 * self.log_vars[index[n]] for n, loss in losses.items())
+
+
+@dataclass
+class FAMOParams:
+    lr: float = 0.025  # step size of the weight logits' Adam (the authors' default)
+    weight_decay: float = 0.001  # gamma, the logits' regularisation
+    min_loss: float = 0.0  # lower bound of every loss (b_i); losses here are >= 0
+    eps: float = 1e-8
+
+
+@WEIGHTINGS.register("famo")
+class FAMOWeighting(Weighting):
+    """Fast Adaptive Multitask Optimisation (Liu et al. 2023, Algorithm 1): minimise
+    sum_i z_i log(L_i - b_i) / c with z = softmax(xi) and c = sum_i z_i / (L_i - b_i), so each
+    task's effective weight is z_i / (c (L_i - b_i)); then move xi towards the tasks whose
+    log-loss fell least, by its own Adam step on
+    d = J_softmax(xi)^T [log(L_prev - b) - log(L_now - b)].
+
+    One deviation, for cost: L_now is the next training step's loss (the next mini-batch),
+    not a second forward pass of the same batch as in the authors' code, so FAMO costs no
+    extra forward. The logits and their Adam state are saved with the checkpoint."""
+
+    Config = FAMOParams
+
+    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+        super().__init__(task_weights, cfg, primary, likelihoods)
+        self.names = list(task_weights)
+        k = len(self.names)
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.register_buffer("prev", torch.full((k,), float("nan")))
+        self._optimizer = torch.optim.Adam([self.logits], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def optimizer_parameters(self):
+        return []  # FAMO steps its logits itself
+
+    def _log_losses(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.cfg.min_loss + self.cfg.eps).log()
+
+    def _update(self, now: torch.Tensor) -> None:
+        """Algorithm 1, lines 7-8: the logits' step from the change of each log-loss
+        (tasks not trained at both steps, e.g. across a stage change, contribute nothing)."""
+        prev = self.prev.to(now.device)
+        both = ~(torch.isnan(prev) | torch.isnan(now))
+        if not both.any():
+            return
+        delta = torch.zeros_like(now)
+        delta[both] = self._log_losses(prev[both]) - self._log_losses(now[both])
+        with torch.enable_grad():
+            z = torch.softmax(self.logits, dim=0)
+            (grad,) = torch.autograd.grad(z, self.logits, grad_outputs=delta)
+        self.logits.grad = grad
+        self._optimizer.step()
+        self.logits.grad = None
+
+    def weights(self, losses, step, epoch=0):
+        """Effective weights z_i w_i / (c (w_i L_i - b)); the weighted sum they give has the
+        gradient of sum_i z_i log(w_i L_i - b) / c (w_i: recipe weights)."""
+        index = [self.names.index(n) for n in losses]
+        values = torch.stack([losses[n].detach() for n in losses]).float()
+        if self.training:
+            now = torch.full((len(self.names),), float("nan"), device=values.device)
+            now[index] = values
+            self._update(now)
+            self.prev.copy_(now)
+        recipe = torch.tensor([self.task_weights[n] for n in losses], device=values.device)
+        z = torch.softmax(self.logits.detach()[index], dim=0)
+        shifted = values * recipe - self.cfg.min_loss + self.cfg.eps
+        effective = z / ((z / shifted).sum() * shifted) * recipe
+        return {n: float(w) for n, w in zip(losses, effective, strict=True)}
+
+    def get_extra_state(self):
+        return {"adam": copy.deepcopy(self._optimizer.state_dict())}
+
+    def set_extra_state(self, state) -> None:
+        self._optimizer.load_state_dict(state["adam"])

@@ -1,0 +1,183 @@
+"""Loss weightings and gradient aggregators against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtlseg.errors import ConfigError, TrainingError
+from mtlseg.weighting import BackwardContext, build_weighting
+
+
+def _losses(**values: float) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, requires_grad=True) for k, v in values.items()}
+
+
+def test_equal_ignores_recipe_weights():
+    w = build_weighting("equal", {}, {"seg": 1.0, "aux": 0.1}, "seg")
+    total = w(_losses(seg=2.0, aux=3.0))
+    assert float(total.detach()) == pytest.approx(5.0)
+    assert w.logs() == {"weight_seg": 1.0, "weight_aux": 1.0}
+
+
+def test_rlw_draws_softmax_normal_weights_each_step():
+    w = build_weighting("rlw", {}, {"seg": 1.0, "aux": 1.0}, "seg")
+    torch.manual_seed(0)
+    first = w.weights(_losses(seg=1.0, aux=1.0), 0)
+    torch.manual_seed(0)
+    z = torch.softmax(torch.randn(2), dim=0)
+    assert [first["seg"], first["aux"]] == pytest.approx(z.tolist())
+    assert sum(first.values()) == pytest.approx(1.0)
+    second = w.weights(_losses(seg=1.0, aux=1.0), 1)
+    assert second["seg"] != pytest.approx(first["seg"])
+
+
+def test_uw_weights_and_gradient_follow_kendall_formula():
+    w = build_weighting(
+        "uw", {"init": 0.0}, {"seg": 1.0, "aux": 1.0}, "seg", {"seg": "classification"}
+    )
+    losses = _losses(seg=3.0, aux=0.5)
+    total = w(losses)
+    # s = 0: classification exp(-s) L + s/2 = 3; regression 0.5 exp(-s) L + s/2 = 0.25
+    assert float(total.detach()) == pytest.approx(3.25)
+    assert w.logs()["weight_seg"] == pytest.approx(1.0)
+    assert w.logs()["weight_aux"] == pytest.approx(0.5)
+    total.backward()
+    # d/ds: -exp(-s) L + 0.5 = -2.5 (seg), -0.5 exp(-s) L + 0.5 = 0.25 (aux)
+    assert w.log_vars.grad.tolist() == pytest.approx([-2.5, 0.25])
+    with torch.no_grad():
+        w.log_vars -= 0.1 * w.log_vars.grad  # a large loss raises s: its weight falls
+    assert w.log_vars[0] > 0 > w.log_vars[1]
+
+
+def test_uw_rejects_unknown_form():
+    with pytest.raises(ConfigError, match="forms.aux: 'gaussian'"):
+        build_weighting("uw", {"forms": {"aux": "gaussian"}}, {"seg": 1.0, "aux": 1.0}, "seg")
+
+
+def test_famo_weights_and_logit_step():
+    w = build_weighting("famo", {"lr": 0.1}, {"a": 1.0, "b": 1.0}, "a")
+    first = w.weights(_losses(a=2.0, b=0.5), 0)
+    # uniform z: w_i = 1 / (L_i sum_j 1/L_j) = 1/(2 * 2.5), 1/(0.5 * 2.5)
+    assert first["a"] == pytest.approx(0.2) and first["b"] == pytest.approx(0.8)
+    # a's loss barely falls, b's halves: FAMO shifts weight towards a
+    w.weights(_losses(a=1.9, b=0.25), 1)
+    z = torch.softmax(w.logits.detach(), dim=0)
+    assert z[0] > 0.5 > z[1]
+    # the logits and their Adam state survive a checkpoint round trip exactly
+    clone = build_weighting("famo", {"lr": 0.1}, {"a": 1.0, "b": 1.0}, "a")
+    clone.load_state_dict(w.state_dict())
+    after_a = w.weights(_losses(a=1.8, b=0.2), 2)
+    after_b = clone.weights(_losses(a=1.8, b=0.2), 2)
+    assert after_a == pytest.approx(after_b, rel=1e-6)
+    assert w.optimizer_parameters() == []
+
+
+def test_gradnorm_equalises_gradient_norms_on_a_toy_problem():
+    torch.manual_seed(0)
+    w = build_weighting("gradnorm", {"alpha": 0.0}, {"a": 1.0, "b": 1.0}, "a")
+    opt = torch.optim.SGD(w.parameters(), lr=0.05)
+    x = torch.randn(16, 4)
+    weight = torch.randn(4, 4, requires_grad=True)
+
+    def step() -> torch.Tensor:
+        feature = x @ weight
+        losses = {"a": 10 * feature[:, 0].pow(2).mean(), "b": feature[:, 1].pow(2).mean()}
+        total = w(losses)
+        opt.zero_grad()
+        w.backward(losses, total, BackwardContext([weight], [], {"bottleneck": feature}))
+        opt.step()
+        norms = torch.tensor([w.logs()["grad_norm_a"], w.logs()["grad_norm_b"]])
+        return norms.max() / norms.min()
+
+    start = step()
+    for _ in range(200):
+        end = step()
+    assert start > 3 and end < 1.1
+    assert w.logs()["weight_b"] > w.logs()["weight_a"]
+    assert w.logs()["weight_a"] + w.logs()["weight_b"] == pytest.approx(2.0)
+
+
+def _aggregate(kind: str, grads: list[list[float]], params: dict | None = None):
+    """Shared theta, one linear loss per gradient, one head param for the first task."""
+    theta = torch.zeros(len(grads[0]), requires_grad=True)
+    head = torch.tensor(1.5, requires_grad=True)
+    names = [f"t{i}" for i in range(len(grads))]
+    w = build_weighting(kind, params or {}, dict.fromkeys(names, 1.0), names[0])
+    losses = {n: torch.tensor(g) @ theta for n, g in zip(names, grads, strict=True)}
+    losses[names[0]] = losses[names[0]] + head**2
+    total = w(losses)
+    w.backward(losses, total, BackwardContext([theta], [head]))
+    assert head.grad.item() == pytest.approx(3.0), "the head keeps its own task's gradient"
+    return theta.grad, w.logs()
+
+
+def test_pcgrad_projects_conflicting_gradients():
+    grad, logs = _aggregate("pcgrad", [[1.0, 0.0], [-1.0, 1.0]])
+    # g1' = g1 - (g1.g2/|g2|^2) g2 = (0.5, 0.5); g2' = g2 - (g2.g1/|g1|^2) g1 = (0, 1)
+    assert grad.tolist() == pytest.approx([0.5, 1.5])
+    assert logs["cos_t0-t1"] == pytest.approx(-1 / math.sqrt(2))
+
+
+def test_mgda_finds_the_min_norm_point():
+    grad, logs = _aggregate("mgda", [[1.0, 0.0], [0.0, 1.0]])
+    assert grad.tolist() == pytest.approx([0.5, 0.5], abs=1e-3)
+    assert logs["weight_t0"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_upgrad_averages_non_conflicting_gradients():
+    grad, _ = _aggregate("upgrad", [[1.0, 0.0], [1.0, 1.0]])
+    assert grad.tolist() == pytest.approx([1.0, 0.5], abs=1e-4)
+
+
+def test_imtlg_update_has_equal_projections_on_each_unit_gradient():
+    grads = [[3.0, 0.0], [1.0, 2.0]]
+    grad, _ = _aggregate("imtl-g", grads)
+    units = [torch.tensor(g) / torch.tensor(g).norm() for g in grads]
+    assert float(grad @ units[0]) == pytest.approx(float(grad @ units[1]), rel=1e-4)
+    assert float(grad @ units[0]) > 0
+
+
+@pytest.mark.parametrize("kind", ["cagrad", "aligned-mtl"])
+def test_other_aggregators_give_a_descent_direction_for_every_task(kind):
+    grads = [[1.0, 0.2], [-0.5, 1.0]]
+    grad, _ = _aggregate(kind, grads)
+    for g in grads:
+        assert float(grad @ torch.tensor(g)) > 0
+
+
+def test_nash_mtl_weights_satisfy_the_bargaining_condition():
+    grads = [[2.0, 0.0], [0.0, 1.0]]
+    _, logs = _aggregate("nash-mtl", grads, {"max_norm": 0.0})
+    alpha = torch.tensor([logs["weight_t0"], logs["weight_t1"]], dtype=torch.float64)
+    g = torch.tensor(grads, dtype=torch.float64)
+    gtg = g @ g.T  # G^T G alpha = 1 / alpha (Navon et al. 2022, eq. 2): here alpha = (1/2, 1)
+    assert (gtg @ alpha).tolist() == pytest.approx((1 / alpha).tolist(), rel=1e-2)
+    assert logs["solver_failures"] == 0
+
+
+def test_nash_mtl_solver_failure_is_counted_or_raised():
+    grads = [[0.0, 0.0], [0.0, 1.0]]  # a zero gradient: the bargaining problem is infeasible
+    _, logs = _aggregate("nash-mtl", grads)
+    assert logs["solver_failures"] >= 1
+    with pytest.raises(TrainingError, match="Nash-MTL"):
+        _aggregate("nash-mtl", grads, {"on_failure": "error"})
+
+
+def test_nash_mtl_state_survives_a_checkpoint():
+    theta = torch.zeros(2, requires_grad=True)
+    tasks = {"a": 1.0, "b": 1.0}
+    w = build_weighting("nash-mtl", {"update_weights_every": 2}, tasks, "a")
+
+    def run(weighting, g):
+        losses = {"a": torch.tensor(g[0]) @ theta, "b": torch.tensor(g[1]) @ theta}
+        weighting.backward(losses, weighting(losses), BackwardContext([theta], []))
+        return weighting.logs()
+
+    run(w, [[2.0, 0.0], [0.0, 1.0]])  # solves (step 0)
+    clone = build_weighting("nash-mtl", {"update_weights_every": 2}, tasks, "a")
+    clone.load_state_dict(w.state_dict())
+    # step 1 reuses the last alpha without solving, in both; the gradients differ on purpose
+    assert run(clone, [[1.0, 0.0], [0.0, 5.0]]) == pytest.approx(run(w, [[1.0, 0.0], [0.0, 5.0]]))
