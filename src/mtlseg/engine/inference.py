@@ -136,7 +136,9 @@ def evaluate_tasks(module: MultiTaskModule, dataset: SliceDataset, batch_size: i
             target = task.target(batch)
             sums[task.name] += float(task.loss(outputs[task.name], target)) * len(batch["image"])
             if task.name in module.task_metrics:
-                module.task_metrics[task.name].update(task.metric_input(outputs[task.name]), target)
+                module.task_metrics[task.name].update(
+                    task.metric_input(outputs[task.name]), task.metric_target(target)
+                )
     result = {f"task/{name}/loss": total / len(dataset) for name, total in sums.items()}
     result.update({f"task/{k}": float(v) for k, v in module.compute_task_metrics().items()})
     return result

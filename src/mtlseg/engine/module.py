@@ -318,7 +318,7 @@ class MultiTaskModule(pl.LightningModule):
                 self.log(f"val/loss_{task.name}", loss, batch_size=bs)
                 if task.name in self.task_metrics:
                     self.task_metrics[task.name].update(
-                        task.metric_input(outputs[task.name]), target
+                        task.metric_input(outputs[task.name]), task.metric_target(target)
                     )
             for term in self.terms:
                 self.log(f"val/loss_{term.name}", term(outputs, batch), batch_size=bs)

@@ -70,11 +70,15 @@ class Task:
         return None
 
     def metrics(self) -> Metric | MetricCollection | None:
-        """Validation metrics, updated with ``(metric_input(output), target)``."""
+        """Validation metrics, updated with ``(metric_input(output), metric_target(target))``."""
         return None
 
     def metric_input(self, output: torch.Tensor) -> torch.Tensor:
         return output
+
+    def metric_target(self, target: Any) -> Any:
+        """What the metrics compare ``metric_input`` with (the loss's target by default)."""
+        return target
 
     def metric_names(self, key: str) -> list[str]:
         """Names of the entries of a vector-valued metric ``key`` (e.g. per-class recall)."""

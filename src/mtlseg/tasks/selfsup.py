@@ -28,11 +28,20 @@ class DenseTask(Task):
     def out_dim(self) -> int:
         raise NotImplementedError
 
+    def feature(self) -> str:
+        """The backbone feature the head starts from (``decoder``: the deepest stage)."""
+        return self.ctx.backbone.resolve_features(self.params.features)[0]
+
     def build_head(self):
-        p = self.params
-        info = self.ctx.backbone.feature_info[self.ctx.backbone.resolve_features(p.features)[0]]
+        name = self.feature()
+        info = self.ctx.backbone.feature_info[name]
         return DenseHead(
-            p.features, info.channels, info.stride, self.out_dim(), p.hidden, self.ctx.image_size
+            name,
+            info.channels,
+            info.stride,
+            self.out_dim(),
+            self.params.hidden,
+            self.ctx.image_size,
         )
 
 
