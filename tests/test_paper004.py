@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -137,3 +138,60 @@ def test_geometry_recipe_learns_distance_and_normals_on_real_slices(acdc_small, 
     assert 0 <= m["task/distance/abs_err"] < 0.5
     assert m["task/normals/mean_angle"] < 80
     assert 0 <= m["task/normals/within_30"] <= 1
+
+
+# ---------------------------------------------------------------- delta-M and compare
+def test_delta_m_signs_and_means_follow_maninis():
+    from mtlseg.report.delta_m import delta_m
+
+    base = {"dice/mean": 0.8, "task/distance/abs_err": 0.2, "task/distance/loss": 1.0}
+    run = {"dice/mean": 0.88, "task/distance/abs_err": 0.25, "task/distance/loss": 9.0}
+    value, used = delta_m(run, base)
+    # Dice +10 % counts -10; abs error +25 % counts +25; losses are left out
+    assert used == ["dice/mean", "task/distance/abs_err"]
+    assert value == pytest.approx((-10 + 25) / 2)
+    assert delta_m(base, base)[0] == pytest.approx(0.0)
+
+
+def test_compare_expands_weightings_and_single_task_baselines(acdc_small):
+    from mtlseg.report.compare import expand
+
+    variants = expand(
+        ["unet", "unet-geometry"], TINY_UNET, str(acdc_small), ["equal", "uw"], single_task=True
+    )
+    names = [v.name for v in variants]
+    assert names == [
+        "unet",
+        "unet-geometry+equal",
+        "unet-geometry+uw",
+        "unet-geometry-only-distance",
+        "unet-geometry-only-normals",
+    ]
+    only = variants[3]
+    cfg = load_config(only.recipe, [*TINY_UNET, *only.overrides])
+    assert [t.name for t in cfg.tasks] == ["segmentation", "distance"]
+    assert cfg.tasks[0].weight == 0 and cfg.weighting.kind == "fixed"
+
+
+def test_compare_reports_delta_m_and_weights(acdc_small, tmp_path):
+    from mtlseg.report.compare import compare
+
+    result = compare(
+        ["unet", "unet-geometry"],
+        str(acdc_small),
+        1,
+        tmp_path / "cmp",
+        [*TINY_UNET, "train.max_steps=2", "train.val_every=2", "train.log_every=1"],
+        grid_samples=2,
+        weightings=["uw"],
+        single_task=True,
+    )
+    table = result["table"]
+    assert "delta-M % (lower is better)" in table
+    section = table.split("delta-M vs the single-task runs")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| unet-geometry+uw |"))
+    assert "task/distance/abs_err" in row and "task/normals/mean_angle" in row
+    assert "dice/mean" in row
+    value = float(row.split("|")[2])
+    assert math.isfinite(value)
+    assert result["weights"] is not None and result["weights"].is_file()

@@ -127,8 +127,18 @@ def cmd_predict(args) -> None:
 def cmd_compare(args) -> None:
     from mtlseg.report.compare import compare
 
-    result = compare(args.recipes, args.data, args.seeds, Path(args.out), args.set)
+    result = compare(
+        args.recipes,
+        args.data,
+        args.seeds,
+        Path(args.out),
+        args.set,
+        weightings=args.weightings,
+        single_task=args.single_task,
+    )
     print(result["table"])
+    if result["weights"] is not None:
+        print(f"loss weights: {result['weights']}")
     print(
         f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}"
     )
@@ -248,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--weightings",
+        nargs="+",
+        metavar="KIND",
+        help="run each multi-task recipe once per weighting.kind (rows <recipe>+<kind>)",
+    )
+    p.add_argument(
+        "--single-task",
+        action="store_true",
+        help="also train each auxiliary task alone: the baselines of delta-M (lower is better)",
+    )
     p.set_defaults(func=cmd_compare)
     p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
     p.add_argument("data")

@@ -48,6 +48,52 @@ def plot_curves(run_dirs: dict[str, list[Path]], out: Path, key: str = "val/dice
     return out
 
 
+def read_train_columns(run_dir: Path, prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Every ``train/<prefix>*`` column of a run's metrics.csv: {name: (steps, values)}."""
+    path = run_dir / "logs" / "metrics.csv"
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    if not path.is_file():
+        return out
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith(f"train/{prefix}") and value:
+                    steps, values = out.setdefault(key.removeprefix("train/"), ([], []))
+                    steps.append(int(row["step"]))
+                    values.append(float(value))
+    return out
+
+
+def plot_weights(run_dirs: dict[str, list[Path]], out: Path) -> Path | None:
+    """Each task's effective loss weight against step (seed 0), one panel per run that
+    logged weights; aggregators' gradient cosines dashed on the same panel."""
+    series = {name: read_train_columns(dirs[0], "") for name, dirs in run_dirs.items() if dirs}
+    series = {
+        name: {k: v for k, v in cols.items() if k.startswith(("weight_", "cos_"))}
+        for name, cols in series.items()
+    }
+    series = {name: cols for name, cols in series.items() if cols}
+    if not series:
+        return None
+    n = len(series)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (name, columns) in zip(axes.flat, series.items(), strict=False):
+        for key, (steps, values) in sorted(columns.items()):
+            ax.plot(steps, values, "--" if key.startswith("cos_") else "-", label=key, lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def _colour(labels: np.ndarray, num_classes: int) -> np.ndarray:
     cmap = plt.get_cmap("tab10")
     rgb = np.zeros((*labels.shape, 3))

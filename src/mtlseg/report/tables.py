@@ -50,7 +50,7 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
     return summary
 
 
-def _fmt(stat: dict[str, float], signed: bool = False) -> str:
+def fmt_stat(stat: dict[str, float], signed: bool = False) -> str:
     sign = "+" if signed else ""
     if stat["n"] < 2:  # one seed: no spread to report
         return f"{stat['mean']:{sign}.4f}"
@@ -66,8 +66,8 @@ def markdown_table(summary: dict[str, dict], metrics: tuple[str, ...] | None = N
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         entry = summary[name]
-        row = [name, str(entry[metrics[0]]["n"])] + [_fmt(entry[m]) for m in metrics]
-        row.append("—" if name == names[0] else _fmt(entry["diff"][metrics[0]], signed=True))
+        row = [name, str(entry[metrics[0]]["n"])] + [fmt_stat(entry[m]) for m in metrics]
+        row.append("—" if name == names[0] else fmt_stat(entry["diff"][metrics[0]], signed=True))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -86,7 +86,7 @@ def per_class_table(summary: dict[str, dict], metric: str = "dice") -> str:
     for name in names:
         lines.append(
             f"| {name} | "
-            + " | ".join(_fmt(summary[name][f"{metric}/{c}"]) for c in classes)
+            + " | ".join(fmt_stat(summary[name][f"{metric}/{c}"]) for c in classes)
             + " |"
         )
     return "\n".join(lines)
@@ -105,6 +105,6 @@ def task_table(summary: dict[str, dict], per_class: bool = False) -> str:
     header = ["recipe", *(k.removeprefix("task/") for k in keys)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in summary.items():
-        cells = [_fmt(entry[k]) if k in entry else "—" for k in keys]
+        cells = [fmt_stat(entry[k]) if k in entry else "—" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
