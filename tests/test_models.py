@@ -13,6 +13,7 @@ TINY = {
     "u2net": {"out_channels": [4] * 6, "mid_channels": [2] * 6},
     "small-unet": {"channels": [4, 8, 16]},
     "big-unet": {"layers": [1, 1, 1], "width": 4},
+    "resnet-unet": {"layers": [1, 1, 1, 1], "width": 4},
     "segnet": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]},
     "mtan": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]},
     "vgg-aspp": {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "decoder_channels": 8},

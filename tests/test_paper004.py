@@ -195,3 +195,30 @@ def test_compare_reports_delta_m_and_weights(acdc_small, tmp_path):
     value = float(row.split("|")[2])
     assert math.isfinite(value)
     assert result["weights"] is not None and result["weights"].is_file()
+
+
+# ---------------------------------------------------------------- resnet-unet
+def test_resnet_unet_has_pyramid_pooling_and_loads_a_whole_resnet(tmp_path):
+    from mtlseg.models import build_backbone
+    from mtlseg.models.context import PyramidPooling
+    from tests.test_slices import _save_resnet_weights
+
+    state = _save_resnet_weights(tmp_path / "r50.pth", width=4)
+    params = {"layers": [1, 1, 1, 1], "width": 4, "weights": str(tmp_path / "r50.pth")}
+    net = build_backbone("resnet-unet", params, in_channels=1, num_classes=3)
+    assert net.weights_report["missing"] == [] and net.weights_report["unexpected"] == [
+        "fc.bias",
+        "fc.weight",
+    ], "all four stages load, only the classifier is left over"
+    assert torch.equal(net.encoder.layer4[0].conv2.weight, state["layer4.0.conv2.weight"])
+    assert isinstance(net.pyramid, PyramidPooling) and net.pyramid.bins == (1, 2, 3, 6)
+    assert net.feature_info["bottleneck"].stride == 32
+    assert net.feature_info["bottleneck"].channels == 4 * 32  # 2048 at ResNet-50's width 64
+    logits, features = net(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 3, 64, 64) and features["bottleneck"].shape[-1] == 2
+    # the pyramid sees the whole bottleneck: changing one corner changes the other
+    x = torch.zeros(1, 128, 6, 6)
+    net.pyramid.eval()
+    y = x.clone()
+    y[..., 0, 0] = 5.0
+    assert not torch.allclose(net.pyramid(x)[..., 5, 5], net.pyramid(y)[..., 5, 5])

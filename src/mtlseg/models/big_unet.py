@@ -1,4 +1,5 @@
-"""Paper 001's "Big UNet": a ResNet-50 encoder without its 2048-channel stage, UNet decoder."""
+"""ResNet-encoder UNets: paper 001's "Big UNet" (ResNet-50 without its 2048-channel stage)
+and paper 004's ResNet UNet with spatial pyramid pooling at the bottleneck."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from torch import nn
 
 from mtlseg.models.base import Backbone, FeatureInfo
 from mtlseg.models.blocks import UpBlock
+from mtlseg.models.context import PyramidPooling
 from mtlseg.models.registry import register_backbone
 from mtlseg.models.resnet import ResNetEncoder
 
 # torchvision's order of a ResNet's children; ``freeze: N`` freezes the first N
-ENCODER_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+ENCODER_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
 @dataclass
@@ -24,6 +26,13 @@ class BigUNetConfig:
     weights: str | None = None  # local ImageNet state_dict (torchvision names); no download
     freeze: int = 0  # freeze the first N encoder children (4: the stem, as paper 001 tried)
     norm: str = "batch"
+    pyramid: list[int] = field(default_factory=list)  # PSP bins at the bottleneck ([]: none)
+
+
+@dataclass
+class ResNetUNetConfig(BigUNetConfig):
+    layers: list[int] = field(default_factory=lambda: [3, 4, 6, 3])  # the whole ResNet-50
+    pyramid: list[int] = field(default_factory=lambda: [1, 2, 3, 6])  # PSPNet's bins
 
 
 @register_backbone("big-unet", BigUNetConfig)
@@ -36,15 +45,17 @@ class BigUNet(Backbone):
 
     def __init__(self, in_channels: int, num_classes: int, cfg: BigUNetConfig) -> None:
         super().__init__()
-        if not 0 <= cfg.freeze <= len(ENCODER_CHILDREN):
-            raise ValueError(f"freeze must be 0..{len(ENCODER_CHILDREN)}, got {cfg.freeze}")
+        children = len(ENCODER_CHILDREN) - 4 + len(cfg.layers)
+        if not 0 <= cfg.freeze <= children:
+            raise ValueError(f"freeze must be 0..{children}, got {cfg.freeze}")
         self.replicate = in_channels == 1
         self.encoder = ResNetEncoder(3 if self.replicate else in_channels, cfg.layers, cfg.width)
         self.weights_report = self.encoder.load_weights(cfg.weights) if cfg.weights else None
         self.frozen = [getattr(self.encoder, n) for n in ENCODER_CHILDREN[: cfg.freeze]]
         for module in self.frozen:
             module.requires_grad_(False)
-        enc = self.encoder.channels  # [w, 4w, 8w, 16w]
+        enc = self.encoder.channels  # [w, 4w, 8w, 16w(, 32w)]
+        self.pyramid = PyramidPooling(enc[-1], cfg.pyramid) if cfg.pyramid else None
         dec = [enc[-1] // 2**k for k in range(1, len(enc))] + [cfg.width]
         skips = [*enc[-2::-1], 3 if self.replicate else in_channels]
         ins = [enc[-1], *dec[:-1]]
@@ -72,9 +83,18 @@ class BigUNet(Backbone):
         stem = self.modulate(self.encoder.stem(x), film)
         skips = [x, stem, *self.encoder.stages(stem)]
         h = skips.pop()
+        if self.pyramid is not None:
+            h = self.pyramid(h)
         features = {"bottleneck": h}
         for i, block in enumerate(self.decoder):
             skip = skips.pop()
             h = block(h, skip.shape[-2:], skip)
             features[f"decoder{i + 1}"] = h
         return self.out(h), features
+
+
+@register_backbone("resnet-unet", ResNetUNetConfig)
+class ResNetUNet(BigUNet):
+    """Paper 004's model: a whole ResNet-50 encoder (bottleneck at stride 32), PSPNet's
+    pyramid pooling on the bottleneck, a UNet decoder concatenating the encoder's outputs,
+    batch norm and ReLU; ``weights`` loads a local torchvision ImageNet state_dict."""

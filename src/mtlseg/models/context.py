@@ -154,3 +154,27 @@ class ASPPDecoder(nn.Module):
         fused = self.fuse(torch.cat([self._resize(context, low.shape[2:]), self.reduce(low)], 1))
         logits = self._resize(self.out(fused), out_size)
         return logits, {"decoder1": context, "decoder2": fused}
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling module (Zhao et al. 2017, Fig. 3): average-pool to b x b bins
+    for each b in ``bins``, 1x1 conv to c_in / len(bins) channels, upsample bilinearly, and
+    concatenate with the input; a 1x1 conv projects back to ``c_in`` so it drops in at a
+    bottleneck. The bins' convs have no batch norm (a 1x1 bin of a batch of one trains)."""
+
+    def __init__(self, c_in: int, bins: list[int] | tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.bins = tuple(bins)
+        c_bin = max(1, c_in // len(self.bins))
+        self.branches = nn.ModuleList(pointwise(2, c_in, c_bin, norm=False) for _ in self.bins)
+        self.project = pointwise(2, c_in + c_bin * len(self.bins), c_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [
+            F.interpolate(
+                branch(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False
+            )
+            for b, branch in zip(self.bins, self.branches, strict=True)
+        ]
+        return self.project(torch.cat([x, *pooled], 1))
