@@ -16,7 +16,8 @@ def test_shipped_recipes_load_and_are_the_decided_set():
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
     paper002 |= {"mtan-canny", "mtan-denoise", "mtan-colour"}
     paper003 = {"aspp", "aspp-class", "aspp-class-sync", "aspp-decomp", "unet3d", "unet3d-decomp"}
-    assert paper000 | paper001 | paper002 | paper003 == set(recipe_names())
+    paper004 = {"unet-geometry"}
+    assert paper000 | paper001 | paper002 | paper003 | paper004 == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
         assert cfg.tasks[0].kind == "segmentation" and cfg.name == name

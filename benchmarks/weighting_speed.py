@@ -1,0 +1,118 @@
+"""Per-step time of every weighting kind relative to ``equal``, in one process, on real
+batches of a 3-task recipe (segmentation + distance + normals by default), and the memory
+the gradient aggregators add (the Jacobian of the losses over the shared parameters).
+
+    python benchmarks/weighting_speed.py --data ../shared/data/acdc
+    python benchmarks/weighting_speed.py --data ../shared/data/acdc --kinds equal uw nash-mtl \
+        --set model.params.channels=[16,32,64,128] --size 96 --batch 8 --steps 20
+
+Each kind gets its own module (same seed, same weights) and the same few real batches;
+rounds alternate the kinds so that drift of the machine hits all of them alike, and the
+median step (forward, weighting, backward, Adam) of each is reported with its ratio to
+``equal``. Nash-MTL runs with ``update_weights_every=25`` (the issue's target setting) unless
+``--set weighting.params...`` says otherwise. CUDA: peak allocated memory per kind; CPU: the
+size of the Jacobian an aggregator holds (K x shared parameters x 4 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mtlseg.config import load_config
+from mtlseg.engine.data import prepare_data, train_loader
+from mtlseg.engine.module import MultiTaskModule
+from mtlseg.weighting.aggregators import AggregatorWeighting
+
+KINDS = (
+    "equal uw dwa gradnorm rlw famo nash-mtl pcgrad cagrad mgda imtl-g aligned-mtl upgrad"
+).split()
+TARGETS = {"famo": 1.10, "nash-mtl": 1.5}  # the issue's goals; loss weightings 1.05
+
+
+def build(recipe: str, kind: str, data_path: str, overrides: list[str], data, device: str):
+    extra = ["weighting.params.update_weights_every=25"] if kind == "nash-mtl" else []
+    cfg = load_config(
+        recipe, [f"data.path={data_path}", *overrides, f"weighting.kind={kind}", *extra]
+    )
+    torch.manual_seed(0)
+    module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names)
+    module.train()
+    module.to(device)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+    return module, opt
+
+
+def step(module: MultiTaskModule, opt, batch, index: int) -> None:
+    """One training step as Lightning runs it: losses, weighting, the weighting's backward."""
+    losses, features = module._losses_and_features(batch, index)
+    total = module.weighting(losses, index, 0)
+    module._step = (losses, features)
+    module.backward(total)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--recipe", default="unet-geometry")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS))
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per kind")
+    p.add_argument("--set", nargs="*", default=[], dest="overrides")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    overrides = [f"data.image_size={args.size}", "data.augment=false", *args.overrides]
+    cfg = load_config(args.recipe, [f"data.path={args.data}", *overrides])
+    data = prepare_data(cfg.data)
+    loader = iter(train_loader(data, args.batch, 0, 0))
+    batches = [
+        {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(loader).items()}
+        for _ in range(3)
+    ]
+    kinds = ["equal", *[k for k in args.kinds if k != "equal"]]
+    runs = {k: build(args.recipe, k, args.data, overrides, data, device) for k in kinds}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    peak: dict[str, float] = {}
+    for i in range(args.steps + 2):  # the first two rounds warm up
+        for kind in kinds:
+            module, opt = runs[kind]
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            step(module, opt, batches[i % len(batches)], i)
+            if device == "cuda":
+                torch.cuda.synchronize()
+                peak[kind] = max(peak.get(kind, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+            if i >= 2:
+                times[kind].append(time.perf_counter() - t)
+    base = statistics.median(times["equal"])
+    shared = sum(p.numel() for p in runs["equal"][0].model.shared_parameters())
+    print(
+        f"{args.recipe}, {len(runs['equal'][0].tasks)} tasks, {args.size} px, batch "
+        f"{args.batch}, {device}, {args.steps} timed steps, {shared / 1e6:.2f} M shared params"
+    )
+    print("| kind | ms/step | x equal | goal | extra memory |")
+    print("|---|---|---|---|---|")
+    for kind in kinds:
+        module = runs[kind][0]
+        median = statistics.median(times[kind])
+        aggregator = isinstance(module.weighting, AggregatorWeighting)
+        goal = TARGETS.get(kind, None if aggregator else 1.05)
+        goal_text = f"<= {goal:.2f}" if goal else "-"
+        if device == "cuda":
+            memory = f"{peak[kind]:.0f} MiB peak"
+        else:
+            k = len(module.tasks) + len(module.terms)
+            memory = f"Jacobian {k * shared * 4 / 2**20:.1f} MiB" if aggregator else "-"
+        print(f"| {kind} | {1000 * median:.1f} | {median / base:.2f} | {goal_text} | {memory} |")
+
+
+if __name__ == "__main__":
+    main()
