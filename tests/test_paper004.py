@@ -222,3 +222,20 @@ def test_resnet_unet_has_pyramid_pooling_and_loads_a_whole_resnet(tmp_path):
     y = x.clone()
     y[..., 0, 0] = 5.0
     assert not torch.allclose(net.pyramid(x)[..., 5, 5], net.pyramid(y)[..., 5, 5])
+
+
+def test_gradient_clipping_applies_after_the_aggregator(kvasir_small, tmp_path):
+    """One SGD step of PCGrad from the same initial weights: with the norm clipped to ~0 the
+    weights stay where they started (two tiny clips agree), unclipped they move."""
+
+    def after_one_step(clip: str) -> dict[str, torch.Tensor]:
+        extra = ["train.optimizer=sgd", "train.lr=0.1", "train.momentum=0", "train.warmup=0"]
+        cfg = _cfg(kvasir_small, "pcgrad", 1, *extra, f"train.grad_clip={clip}")
+        result = train(cfg, tmp_path / clip)
+        state = load_checkpoint(result.last_checkpoint)["state_dict"]
+        return {k: v for k, v in state.items() if k.endswith("conv.weight")}
+
+    tiny, tinier, free = after_one_step("1e-9"), after_one_step("1e-12"), after_one_step("null")
+    for key in tiny:
+        assert torch.allclose(tiny[key], tinier[key], atol=1e-7), key
+    assert max(float((free[k] - tiny[k]).abs().max()) for k in tiny) > 1e-4

@@ -181,3 +181,18 @@ def test_nash_mtl_state_survives_a_checkpoint():
     clone.load_state_dict(w.state_dict())
     # step 1 reuses the last alpha without solving, in both; the gradients differ on purpose
     assert run(clone, [[1.0, 0.0], [0.0, 5.0]]) == pytest.approx(run(w, [[1.0, 0.0], [0.0, 5.0]]))
+
+
+def test_aggregator_sees_the_unscaled_jacobian_under_amp_loss_scaling():
+    """AMP hands backward a scaled loss: Nash-MTL clips ||J^T alpha||, which is not
+    scale-invariant, so .grad must be exactly scale x the unscaled result (unscale_ then
+    divides it back)."""
+    grads = []
+    for scale in (1.0, 1024.0):
+        theta = torch.zeros(2, requires_grad=True)
+        w = build_weighting("nash-mtl", {"max_norm": 0.5}, {"a": 1.0, "b": 1.0}, "a")
+        losses = {"a": torch.tensor([3.0, 0.0]) @ theta, "b": torch.tensor([0.0, 2.0]) @ theta}
+        w.backward(losses, w(losses) * scale, BackwardContext([theta], [], scale=scale))
+        grads.append(theta.grad / scale)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5)
+    assert float(grads[0].norm()) == pytest.approx(0.5, rel=1e-3), "max_norm clipped it"

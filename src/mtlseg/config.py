@@ -207,6 +207,7 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"  # auto | cpu | gpu
     precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU
+    grad_clip: float | None = None  # clip the gradient's global norm (after any aggregator)
     log_every: int = 10
     progress_bar: bool = True
     stages: list[StageConfig] = field(default_factory=list)  # staged training; [] = one stage

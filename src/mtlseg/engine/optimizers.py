@@ -26,9 +26,14 @@ def adamw(params: Iterable, cfg: TrainConfig, lr: float) -> torch.optim.Optimize
 
 @OPTIMIZERS.register("sgd")
 def sgd(params: Iterable, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, nnU-Net's optimiser (lr 1e-2, momentum 0.99, wd 3e-5)."""
+    """SGD with Nesterov momentum, nnU-Net's optimiser (lr 1e-2, momentum 0.99, wd 3e-5);
+    ``momentum: 0`` is plain SGD."""
     return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        params,
+        lr=lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
     )
 
 

@@ -98,6 +98,8 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         accelerator=t.accelerator,
         devices=1,
         precision=_precision(cfg),
+        gradient_clip_val=t.grad_clip,
+        gradient_clip_algorithm="norm",
         callbacks=callbacks,
         logger=[
             CSVLogger(out, name="logs", version=""),
