@@ -64,13 +64,13 @@ def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
         match="unknown task .nosuch.; valid tasks: bbox, canny, classification, colourise, "
-        "contrastive, denoise, hog, position, presence, scene, segmentation$",
+        "contrastive, denoise, distance, hog, normals, position, presence, scene, segmentation$",
     ):
         TASKS.get("nosuch")
     with pytest.raises(
         ConfigError,
-        match="unknown backbone .resnet.; valid backbones: big-unet, mtan, segnet, small-unet, "
-        "u2net, unet, unet-aspp, unet3d, vgg-aspp$",
+        match="unknown backbone .resnet.; valid backbones: big-unet, mtan, resnet-unet, segnet, "
+        "small-unet, u2net, unet, unet-aspp, unet3d, vgg-aspp$",
     ):
         build_backbone("resnet", {}, 1, 2)
     with pytest.raises(
