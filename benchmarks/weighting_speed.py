@@ -39,7 +39,11 @@ def build(recipe: str, kind: str, data_path: str, overrides: list[str], data, de
         recipe, [f"data.path={data_path}", *overrides, f"weighting.kind={kind}", *extra]
     )
     torch.manual_seed(0)
-    module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names)
+    ann = data.annotations
+    labels = {c: ann.values(c) for c in ann.columns} if ann is not None else None
+    module = MultiTaskModule(
+        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
+    )
     module.train()
     module.to(device)
     opt = torch.optim.Adam(module.parameters(), lr=1e-4)

@@ -239,3 +239,30 @@ def test_gradient_clipping_applies_after_the_aggregator(kvasir_small, tmp_path):
     for key in tiny:
         assert torch.allclose(tiny[key], tinier[key], atol=1e-7), key
     assert max(float((free[k] - tiny[k]).abs().max()) for k in tiny) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["gradnorm", "imtl-g"])
+def test_gradient_methods_train_mtan_whose_tasks_share_only_the_encoder(
+    kind, acdc_labelled, tmp_path
+):
+    """MTAN has no shared bottleneck: GradNorm compares gradients at its last shared encoder
+    block, aggregators take the Jacobian over the shared network (attention included)."""
+    from tests.conftest import TINY_SEGNET
+
+    cfg = load_config(
+        "mtan-3task",
+        [
+            *TINY_SEGNET,
+            f"data.path={acdc_labelled}",
+            f"weighting.kind={kind}",
+            "train.max_steps=2",
+            "train.val_every=2",
+            "train.log_every=1",
+        ],
+    )
+    result = train(cfg, tmp_path / "run")
+    with open(result.out_dir / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/weight_bbox")]
+    assert rows and all(float(r["train/weight_classification"]) > 0 for r in rows)
+    state = load_checkpoint(result.last_checkpoint)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))

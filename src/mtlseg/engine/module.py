@@ -279,6 +279,7 @@ class MultiTaskModule(pl.LightningModule):
             task_params=self.model.task_parameters(),
             features=features,
             scale=self._loss_scale(),
+            shared_feature=self.model.backbone.shared_feature,
         )
         self.weighting.backward(losses, loss, ctx)
 

@@ -42,6 +42,7 @@ class Backbone(nn.Module):
     spatial_dims: int = 2  # 2: (B, C, H, W) images | 3: (B, C, H, W, D) volumes (data.dims)
     size_multiple: tuple[int, ...] | None = None  # input sizes must divide by these (3D)
     per_task: bool = False  # built with the task names, one feature branch per task (MTAN)
+    shared_feature: str = "bottleneck"  # the deepest feature every task's output depends on
 
     def task_features(
         self, features: dict[str, torch.Tensor], task: str

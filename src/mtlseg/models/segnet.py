@@ -178,6 +178,7 @@ class MTAN(SegNet):
     """
 
     per_task = True
+    shared_feature = "shared"  # the last encoder block's output, before any task's attention
 
     def __init__(
         self, in_channels: int, num_classes: int, cfg: SegNetConfig, task_names: list[str]
@@ -204,6 +205,7 @@ class MTAN(SegNet):
             **{f"encoder{j + 1}": FeatureInfo(c, 2 ** (j + 1)) for j, c in enumerate(outs)},
             **{f"attention{j + 1}": FeatureInfo(c, 2**j) for j, c in enumerate(w)},  # the masks
             "bottleneck": FeatureInfo(outs[-1], 2 ** len(w)),
+            "shared": FeatureInfo(w[-1], 2 ** (len(w) - 1)),
         }
 
     def attend(self, task: str, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -225,7 +227,7 @@ class MTAN(SegNet):
             features.update({f"{task}/{k}": v for k, v in self.attend(task, encoded).items()})
         primary = features[f"{self.task_names[0]}/bottleneck"]
         logits, decoded = self.decoder(primary, encoded)
-        return logits, {**features, **decoded}
+        return logits, {**features, **decoded, "shared": encoded[-1]["last"]}
 
     def task_features(
         self, features: dict[str, torch.Tensor], task: str

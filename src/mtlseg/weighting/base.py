@@ -30,6 +30,7 @@ class BackwardContext:
     task_params: list[torch.Tensor]  # the task heads'
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # the backbone's, this step
     scale: float = 1.0  # AMP loss scale already applied to the total handed to ``backward``
+    shared_feature: str = "bottleneck"  # the backbone's feature every task depends on
 
 
 class Weighting(nn.Module):

@@ -14,7 +14,7 @@ from mtlseg.weighting.base import WEIGHTINGS, Weighting
 @dataclass
 class GradNormParams:
     alpha: float = 1.5  # restoring force towards equal training rates (paper: 0.12 - 3)
-    feature: str = "bottleneck"  # the shared representation W whose gradients are compared
+    feature: str | None = None  # W: a backbone feature (None: the one every task depends on)
 
 
 @WEIGHTINGS.register("gradnorm")
@@ -23,7 +23,8 @@ class GradNormWeighting(Weighting):
     the weights w follow the gradient of L_grad = sum_i |G_i - mean(G) r_i^alpha| (target
     held constant) while the model follows sum_i w_i L_i with w held constant.
 
-    W is the backbone's shared feature ``feature`` (every task's loss depends on it) rather
+    W is a backbone feature every task's loss depends on (``feature``, by default the
+    backbone's ``shared_feature``: the bottleneck, MTAN's last shared encoder block) rather
     than the last shared layer's weights, so it works for every backbone; G_i = w_i ||g_i||
     needs one backward from each loss to W, and no second-order term. The weights are
     K softmax(logits), so they stay positive and sum to K (the paper renormalises to K);
@@ -47,12 +48,13 @@ class GradNormWeighting(Weighting):
         return {n: self.task_weights[n] * float(s) for n, s in zip(names, scales, strict=True)}
 
     def backward(self, losses, total, ctx) -> None:
-        if self.cfg.feature not in ctx.features:
+        feature = self.cfg.feature or ctx.shared_feature
+        if feature not in ctx.features:
             raise ConfigError(
-                f"weighting.params.feature={self.cfg.feature!r}: the backbone has no such "
+                f"weighting.params.feature={feature!r}: the backbone has no such "
                 f"feature; it has: {', '.join(ctx.features)}"
             )
-        shared = ctx.features[self.cfg.feature]
+        shared = ctx.features[feature]
         names = list(losses)
         index = [self.names.index(n) for n in names]
         values = torch.stack([losses[n] * self.task_weights[n] for n in names])
