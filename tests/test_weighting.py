@@ -101,16 +101,19 @@ def test_gradnorm_equalises_gradient_norms_on_a_toy_problem():
 
 
 def _aggregate(kind: str, grads: list[list[float]], params: dict | None = None):
-    """Shared theta, one linear loss per gradient, one head param for the first task."""
+    """Shared theta, one linear loss per gradient, one head param for the first task, and a
+    shared parameter no loss reaches."""
     theta = torch.zeros(len(grads[0]), requires_grad=True)
+    unreached = torch.zeros(3, requires_grad=True)
     head = torch.tensor(1.5, requires_grad=True)
     names = [f"t{i}" for i in range(len(grads))]
     w = build_weighting(kind, params or {}, dict.fromkeys(names, 1.0), names[0])
     losses = {n: torch.tensor(g) @ theta for n, g in zip(names, grads, strict=True)}
     losses[names[0]] = losses[names[0]] + head**2
     total = w(losses)
-    w.backward(losses, total, BackwardContext([theta], [head]))
+    w.backward(losses, total, BackwardContext([theta, unreached], [head]))
     assert head.grad.item() == pytest.approx(3.0), "the head keeps its own task's gradient"
+    assert unreached.grad is None, "as with a plain backward: no gradient, not a zero one"
     return theta.grad, w.logs()
 
 

@@ -84,6 +84,9 @@ class AggregatorWeighting(Weighting):
             torch.autograd.backward(sum(values), inputs=heads, retain_graph=True)
         shared = [p for p in ctx.shared_params if p.requires_grad]
         jac_backward(values, inputs=shared, parallel_chunk_size=self.cfg.parallel_chunk_size)
+        # parameters no active loss reaches (a task's attention before its stage) get no
+        # gradient, as with a plain backward, rather than a zero that Adam would step on
+        unused = [p for p in shared if not p.jac.any()]
         if ctx.scale != 1.0:  # aggregate the unscaled Jacobian: methods that clip are not
             for p in shared:  # scale-invariant; AMP's unscale_ later divides .grad again
                 p.jac = p.jac / ctx.scale
@@ -91,6 +94,8 @@ class AggregatorWeighting(Weighting):
         if ctx.scale != 1.0:
             for p in shared:
                 p.grad = p.grad * ctx.scale
+        for p in unused:
+            p.grad = None
         if weights is not None:
             self.last.update(
                 {f"weight_{n}": float(w) for n, w in zip(names, weights.flatten(), strict=True)}
