@@ -16,7 +16,7 @@ def test_shipped_recipes_load_and_are_the_decided_set():
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
     paper002 |= {"mtan-canny", "mtan-denoise", "mtan-colour"}
     paper003 = {"aspp", "aspp-class", "aspp-class-sync", "aspp-decomp", "unet3d", "unet3d-decomp"}
-    paper004 = {"unet-geometry"}
+    paper004 = {"unet-geometry", "nyuv2-geometry"}
     assert paper000 | paper001 | paper002 | paper003 | paper004 == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
@@ -64,7 +64,7 @@ def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
         match="unknown task .nosuch.; valid tasks: bbox, canny, classification, colourise, "
-        "contrastive, denoise, distance, hog, normals, position, presence, scene, segmentation$",
+        "contrastive, denoise, depth, distance, hog, normals, position, presence, scene, segmentation$",
     ):
         TASKS.get("nosuch")
     with pytest.raises(

@@ -160,9 +160,8 @@ def cmd_check_data(args) -> None:
         dataset, problems = load_dataset(index, cfg)
         if dataset is not None and not problems:
             try:
-                _, source = resolve_split(
-                    index.root, {c.case_id: c.meta.patient_id for c in dataset.cases}, cfg
-                )
+                patients = {c.case_id: c.meta.patient_id for c in dataset.cases}
+                _, source = resolve_split(index.root, patients, cfg, index.split)
             except MtlsegError as err:
                 problems.append(str(err))
     for line in problems:

@@ -39,6 +39,10 @@ class SliceDataset(Dataset):
     With ``annotations``: ``labels`` ({column: class name, "" if missing}) when there is a
     labels file, ``box`` ((4,) normalised x1, y1, x2, y2, following the augmentation) and
     ``has_box`` when there is a box file.
+
+    Cases with dense target arrays (NYUv2's depth and normals) give ``dense``: {name:
+    (C, S, S)}, resized with nearest neighbours (a missing reading, 0, is never blended into
+    its neighbours) and moved with the augmentation (``Augment2D``).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class SliceDataset(Dataset):
         annotations: Annotations | None = None,
     ) -> None:
         images, masks, vectors, self.meta = [], [], [], []
+        dense: dict[str, list[torch.Tensor]] = {k: [] for k in (cases[0].dense if cases else {})}
         ann = annotations or Annotations()
         columns = ann.columns
         self.case_labels = (
@@ -66,6 +71,9 @@ class SliceDataset(Dataset):
             x, y = resize_slices(case.image, case.label, image_size)
             images.append(x.half())
             masks.append(y)
+            for name, array in case.dense.items():
+                d = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+                dense[name].append(F.interpolate(d, size=(image_size, image_size), mode="nearest"))
             vectors.append(case.meta.slice_vectors())
             self.meta += [
                 {
@@ -79,6 +87,7 @@ class SliceDataset(Dataset):
         self.images = torch.cat(images)
         self.masks = torch.cat(masks)
         self.meta_values = torch.from_numpy(np.concatenate(vectors))
+        self.dense = {k: torch.cat(v) for k, v in dense.items()}
         self.augment = augment
 
     def __len__(self) -> int:
@@ -88,7 +97,10 @@ class SliceDataset(Dataset):
         image, mask = self.images[i].float(), self.masks[i].long()
         case = self.meta[i]["case_id"]
         box = None if self.boxes is None else self.boxes[case]
-        if self.augment is not None:
+        dense = {k: v[i] for k, v in self.dense.items()}
+        if self.augment is not None and dense:
+            image, mask, box, dense = self.augment(image, mask, box, dense)
+        elif self.augment is not None:
             image, mask, box = self.augment(image, mask, box)
         meta = self.meta_values[i]
         sample = {
@@ -98,6 +110,8 @@ class SliceDataset(Dataset):
             "position": meta[POSITION],
             "meta": meta,
         }
+        if dense:
+            sample["dense"] = dense
         if self.case_labels is not None:
             sample["labels"] = self.case_labels[case]
         if self.boxes is not None:

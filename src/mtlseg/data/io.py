@@ -11,6 +11,7 @@ from mtlseg.errors import DataError
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LOSSY_ENDINGS = (".jpg", ".jpeg")
+NUMPY_ENDINGS = (".npy",)
 
 
 def file_ending(path: Path) -> str:
@@ -65,11 +66,29 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, np.asarray(image.affine, dtype=np.float64)
 
 
+def read_numpy_2d(path: Path) -> np.ndarray:
+    """``.npy`` array (H, W) or (H, W, C) (the MTAN authors' NYUv2 layout) -> (H, W, C)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:  # truncated files, pickled objects, not an array
+        raise DataError(f"{path}: unreadable or corrupt .npy array ({_first_line(err)})") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise DataError(f"{path}: expected an (H, W) or (H, W, C) array, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+    return array
+
+
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Any supported file -> (slices (Z, H, W, C), affine or None for 2D files)."""
-    if file_ending(path) in NIFTI_ENDINGS:
+    ending = file_ending(path)
+    if ending in NIFTI_ENDINGS:
         array, affine = read_nifti(path)
         return np.moveaxis(array, -1, 0)[..., None], affine
+    if ending in NUMPY_ENDINGS:
+        return read_numpy_2d(path)[None], None
     return read_image_2d(path)[None], None
 
 

@@ -6,7 +6,7 @@ can list every one, and training refuses to start with the same list.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class RawCase:
     image: np.ndarray  # (Z, H, W, C)
     label: np.ndarray  # (Z, H, W), integer
     affine: np.ndarray | None
+    dense: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (Z, H, W, C)
 
 
 @dataclass
@@ -58,6 +59,12 @@ class LoadedCase:
     affine: np.ndarray | None
     image_file: str
     meta: CaseMeta
+    dense: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (Z, H, W, C) float32
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Channels of each dense array."""
+        return {k: v.shape[-1] for k, v in self.dense.items()}
 
 
 @dataclass
@@ -94,7 +101,17 @@ def read_case(record: CaseRecord) -> RawCase:
     channels = label.shape[-1]
     if channels > 1 and not np.all(label == label[..., :1]):
         label = label.max(axis=-1, keepdims=True)  # colour-coded binary masks: any channel on
-    return RawCase(record, image, label[..., 0].astype(np.int64), affine)
+    dense = {}
+    for name, path in record.dense_files.items():
+        array, _ = read_volume(path)
+        check_finite(array, path)
+        if array.shape[:3] != image.shape[:3]:
+            raise DataError(
+                f"{path}: {name} array size {_size(array)} differs from image size {_size(image)} "
+                f"({record.image_files[0].name})"
+            )
+        dense[name] = array.astype(np.float32)
+    return RawCase(record, image, label[..., 0].astype(np.int64), affine, dense)
 
 
 def _size(array: np.ndarray) -> str:
@@ -112,9 +129,12 @@ class MaskDecoder:
 
     def __init__(self, index: DatasetIndex, cfg: DataConfig, raw_labels: dict[str, np.ndarray]):
         self.index, self.cfg = index, cfg
-        if index.label_values is not None:  # nnU-Net: dataset.json decides
+        self.values: np.ndarray | None = None  # raw value of each class, where not 0..K-1
+        if index.label_values is not None:  # the format decides (nnU-Net: dataset.json)
             self.mode, self.allowed = "labels", set(index.label_values)
             self.class_names = list(index.class_names or [])
+            if index.label_values != list(range(len(index.label_values))):
+                self.values = np.asarray(index.label_values)
             return
         self.mode = cfg.mask_mode
         if self.mode == "auto":
@@ -147,6 +167,8 @@ class MaskDecoder:
             raise DataError(
                 f"{path}: label value(s) {bad[:5]} not in the dataset's labels {sorted(self.allowed)}"
             )
+        if self.values is not None:  # e.g. NYUv2: -1..12 -> classes 0..13
+            return np.searchsorted(self.values, raw).astype(np.int64)
         return raw
 
 
@@ -191,7 +213,16 @@ def load_dataset(
         # normalised in float32, kept in float16: the slices are resized from it once
         image = normalise(raw.image.astype(np.float32)).astype(np.float16)
         meta = case_meta(raw.record.case_id, image.shape, raw.affine, cfg.case_pattern)
-        cases.append(LoadedCase(raw.record.case_id, image, label, raw.affine, str(first), meta))
+        dense_channels = {k: v.shape[-1] for k, v in raw.dense.items()}
+        if cases and dense_channels != cases[0].channels:
+            problems.append(
+                f"{first}: dense array channels {dense_channels} differ from the first case's "
+                f"{cases[0].channels}"
+            )
+            continue
+        cases.append(
+            LoadedCase(raw.record.case_id, image, label, raw.affine, str(first), meta, raw.dense)
+        )
     if problems:
         return None, problems
     is_volume = any(c.image.shape[0] > 1 for c in cases)

@@ -13,11 +13,13 @@ from mtlseg.registry import Registry
 
 @dataclass
 class CaseRecord:
-    """One case: its id, one file per input channel group, and its label file."""
+    """One case: its id, one file per input channel group, its label file, and any dense
+    per-pixel target arrays (name -> file, e.g. NYUv2's depth and normals)."""
 
     case_id: str
     image_files: list[Path]
     label_file: Path
+    dense_files: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -28,9 +30,14 @@ class DatasetIndex:
     format: str
     cases: list[CaseRecord]
     class_names: list[str] | None  # None: infer from the masks (folder, labels mode)
-    label_values: list[int] | None = None  # nnU-Net: the allowed label values
+    # the allowed raw label values, in class order: value label_values[i] is class i
+    label_values: list[int] | None = None
     lossy_masks: bool = False
     extra: dict = field(default_factory=dict)
+    split: dict[str, list[str]] | None = None  # the format's own train/val split, if it has one
+    # dense target arrays every case carries: name -> how augmentation transforms it
+    # (mtlseg.data.transforms.DENSE_KINDS)
+    dense_kinds: dict[str, str] = field(default_factory=dict)
 
 
 FORMATS: Registry[type] = Registry("data format")
@@ -143,6 +150,78 @@ class NnUNetFormat:
         )
 
 
+NYUV2_CLASSES = (
+    "bed", "books", "ceiling", "chair", "floor", "furniture", "objects",
+    "painting", "sofa", "table", "tv", "wall", "window",
+)  # fmt: skip
+
+
+@FORMATS.register("nyuv2")
+class NYUv2Format:
+    """NYUv2 as the MTAN authors preprocess it (paper 004's data): ``train/`` and ``val/``,
+    each with ``image/``, ``label/``, ``depth/`` and ``normal/`` holding ``{i}.npy``: image
+    (H, W, 3) in [0, 1], label (H, W) in -1..12 (13 classes, -1 unlabelled), depth (H, W[, 1])
+    in metres (0 = no reading), normal (H, W, 3) unit vectors (0 = none).
+
+    Cases are ``train_{i}`` / ``val_{i}`` and the two folders are the split. Label -1 becomes
+    class 0 ``unlabelled``, class c becomes c + 1: train the segmentation with
+    ``ignore_index: 0`` (recipe ``nyuv2-geometry``) to leave those pixels out of the loss and
+    the metrics, as the MTAN code does.
+    """
+
+    SPLITS = ("train", "val")
+    FOLDERS = ("image", "label", "depth", "normal")
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return all((root / s / "image").is_dir() for s in cls.SPLITS)
+
+    @classmethod
+    def discover(cls, root: Path) -> DatasetIndex:
+        problems, cases, split = [], [], {}
+        for name in cls.SPLITS:
+            folders = {f: root / name / f for f in cls.FOLDERS}
+            problems += [
+                f"{d}: folder missing (NYUv2 layout)" for d in folders.values() if not d.is_dir()
+            ]
+            if problems:
+                continue
+            found = {f: {p.stem: p for p in d.glob("*.npy")} for f, d in folders.items()}
+            ids = sorted(found["image"], key=lambda s: (len(s), s))
+            for other in cls.FOLDERS[1:]:
+                problems += [
+                    f"{found['image'][i]}: no {other}/{i}.npy beside it"
+                    for i in ids
+                    if i not in found[other]
+                ]
+                problems += [
+                    f"{p}: {other} array without image/{i}.npy"
+                    for i, p in found[other].items()
+                    if i not in found["image"]
+                ]
+            split[name] = [f"{name}_{i}" for i in ids]
+            cases += [
+                CaseRecord(
+                    f"{name}_{i}",
+                    [found["image"][i]],
+                    found["label"].get(i, folders["label"] / f"{i}.npy"),
+                    {"depth": found["depth"].get(i), "normal": found["normal"].get(i)},
+                )
+                for i in ids
+            ]
+        if problems:
+            raise DataError("\n".join(problems[:20]))
+        return DatasetIndex(
+            root,
+            "nyuv2",
+            cases,
+            ["unlabelled", *NYUV2_CLASSES],
+            label_values=list(range(-1, len(NYUV2_CLASSES))),
+            split=split,
+            dense_kinds={"depth": "depth", "normal": "vector"},
+        )
+
+
 def discover(root: Path | str, fmt: str = "auto") -> DatasetIndex:
     """Find the cases of the dataset at ``root`` in format ``fmt`` (or the one detected)."""
     root = Path(root)
@@ -152,7 +231,8 @@ def discover(root: Path | str, fmt: str = "auto") -> DatasetIndex:
         found = [name for name in FORMATS.names() if FORMATS.get(name).detect(root)]
         if not found:
             raise DataError(
-                f"{root}: no dataset found (expected images/ + masks/, or nnU-Net's dataset.json + imagesTr/ + labelsTr/)"
+                f"{root}: no dataset found (expected images/ + masks/, nnU-Net's dataset.json + "
+                "imagesTr/ + labelsTr/, or NYUv2's train/ + val/ .npy folders)"
             )
         fmt = found[0]
     index = FORMATS.get(fmt).discover(root)

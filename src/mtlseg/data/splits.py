@@ -92,13 +92,18 @@ def _seen_patients(patients: dict[str, str], val_fraction: float, seed: int):
 
 
 def resolve_split(
-    root: Path, patients: dict[str, str], cfg: DataConfig
+    root: Path,
+    patients: dict[str, str],
+    cfg: DataConfig,
+    builtin: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, list[str]], str]:
-    """The split to use and where it came from. ``patients``: case id -> patient id.
+    """The split to use and where it came from. ``patients``: case id -> patient id;
+    ``builtin``: the format's own split (NYUv2's train/ and val/ folders), if any.
 
     Modes (``data.split_mode``): ``case`` and ``patient`` honour a splits file when there is
-    one (``patient`` also checks that no patient is on both sides) and otherwise hold out a
-    seeded fraction of cases / patients; ``seen-patients`` always draws its own split.
+    one, else the format's own split (``patient`` also checks that no patient is on both
+    sides), and otherwise hold out a seeded fraction of cases / patients; ``seen-patients``
+    always draws its own split.
     """
     mode, seed, fraction = cfg.split_mode, cfg.split_seed, cfg.val_fraction
     if mode not in SPLIT_MODES:
@@ -109,6 +114,10 @@ def resolve_split(
         validate_split(split, list(patients), seeded)
         return split, seeded
     path = find_split_file(root, cfg)
+    if path is None and builtin is not None:
+        source = f"{root}: the dataset's own train/val folders"
+        validate_split(builtin, list(patients), source)
+        return builtin, source
     if path is None:
         if mode == "case":
             return seeded_split(list(patients), fraction, seed), seeded

@@ -17,10 +17,21 @@ import cv2
 import numpy as np
 import torch
 
+from mtlseg.errors import DataError
 from mtlseg.registry import Registry
 
 Preset = tuple[list, list]  # (spatial transforms, intensity transforms)
 AUGMENTATIONS: Registry[Callable[[], Preset]] = Registry("augmentation")
+
+# How a dense target array (C, H, W) follows the spatial transform. Every kind is resampled
+# with nearest neighbours (0 = no reading stays unblended) and zero-filled outside the image.
+DENSE_KINDS = {
+    "scalar": "values unchanged",
+    "depth": "divided by the zoom factor (zooming in by s brings the scene s times closer, as "
+    "the MTAN authors' random scale crop does)",
+    "vector": "channels 0 and 1 are the x and y components: negated by horizontal and vertical "
+    "flips; rotation is refused (the y axis convention of such files is not known)",
+}
 
 
 def _affine(scale: float | tuple[float, float], degrees: float, shift: float, p: float):
@@ -51,6 +62,14 @@ def mild() -> Preset:
     return [A.HorizontalFlip(p=0.5), _affine(0.1, 15, 0.05, p=0.5)], []
 
 
+@AUGMENTATIONS.register("scale-flip")
+def scale_flip() -> Preset:
+    """The MTAN authors' NYUv2 augmentation (paper 004's setting): random zoom-in by 1.0-1.5
+    at a random position, and horizontal flips. No rotation, so surface normals stay valid."""
+    zoom = A.Affine(scale=(1.0, 1.5), translate_percent=(-0.15, 0.15), rotate=0, p=1.0)
+    return [A.HorizontalFlip(p=0.5), zoom], []
+
+
 @AUGMENTATIONS.register("strong")
 def strong() -> Preset:
     """nnU-Net's 2D recipe in spirit (Isensee et al. 2021, suppl. "data augmentation"):
@@ -65,28 +84,56 @@ def strong() -> Preset:
     return spatial, intensity
 
 
+def rotates(name: str) -> bool:
+    """Whether the preset ``name`` may rotate images (not allowed with vector targets)."""
+    spatial, _ = AUGMENTATIONS.get(name)()
+    for t in spatial:
+        angle = getattr(t, "rotate", None) or getattr(t, "limit", None)
+        if isinstance(t, A.Affine | A.Rotate | A.RandomRotate90) and angle != (0, 0):
+            return True
+    return False
+
+
 class Augment2D:
-    """One named pipeline, the same spatial transform on image and mask.
+    """One named pipeline, the same spatial transform on image, mask and dense targets.
 
     ``image`` (C, H, W) float, ``mask`` (H, W) integer, optional ``box`` (x1, y1, x2, y2) in
-    [0, 1] -> the augmented triple. A rotated box becomes the box of its rotated corners
-    (albumentations); a box moved out of the image becomes None.
+    [0, 1], optional ``dense`` {name: (C, H, W)} -> the augmented (image, mask, box[, dense]).
+    A rotated box becomes the box of its rotated corners (albumentations); a box moved out of
+    the image becomes None. Dense targets follow their kind in ``dense_kinds``
+    (``DENSE_KINDS``).
     """
 
-    def __init__(self, name: str = "strong") -> None:
-        self.name = name
+    def __init__(self, name: str = "strong", dense_kinds: dict[str, str] | None = None) -> None:
+        self.name, self.dense_kinds = name, dict(dense_kinds or {})
+        unknown = sorted(set(self.dense_kinds.values()) - set(DENSE_KINDS))
+        if unknown:
+            raise ValueError(f"dense target kind {unknown[0]!r}; known: {', '.join(DENSE_KINDS)}")
+        if "vector" in self.dense_kinds.values() and rotates(name):
+            raise DataError(
+                f"data.augment={name} rotates images, and the dataset's vector targets "
+                f"({', '.join(k for k, v in self.dense_kinds.items() if v == 'vector')}) cannot "
+                "follow a rotation; use data.augment=scale-flip, flips or none"
+            )
         spatial, intensity = AUGMENTATIONS.get(name)()
         boxes = A.BboxParams(format="albumentations", label_fields=[], clip=True)
-        self.spatial = A.Compose(spatial, bbox_params=boxes)
+        self.spatial = A.Compose(
+            spatial,
+            bbox_params=boxes,
+            additional_targets={f"dense_{k}": "mask" for k in self.dense_kinds},
+            save_applied_params=bool(self.dense_kinds),
+        )
         self.intensity = A.Compose(intensity) if intensity else None
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor, box=None):
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, box=None, dense=None):
         seed = int(torch.randint(2**31 - 1, ()))
         self.spatial.set_random_seed(seed)
+        dense = dense or {}
         out = self.spatial(
             image=image.permute(1, 2, 0).numpy(),
             mask=mask.numpy().astype(np.uint8),
             bboxes=np.asarray([box] if box is not None else np.zeros((0, 4)), dtype=np.float32),
+            **{f"dense_{k}": v.permute(1, 2, 0).numpy() for k, v in dense.items()},
         )
         array = out["image"]
         if self.intensity is not None:
@@ -96,12 +143,29 @@ class Augment2D:
             unit = ((array - low) / scale).astype(np.float32)
             array = self.intensity(image=unit)["image"] * scale + low
         boxes = out["bboxes"]
-        return (
+        result = (
             torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float(),
             torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
             tuple(float(v) for v in boxes[0]) if len(boxes) else None,
         )
+        if not dense:
+            return result
+        applied = out.get("applied_transforms", [])
+        moved = {k: self._follow(k, np.atleast_3d(out[f"dense_{k}"]), applied) for k in dense}
+        return (*result, moved)
+
+    def _follow(self, name: str, array: np.ndarray, applied) -> torch.Tensor:
+        """(H, W, C) resampled dense array -> (C, H, W) with its values transformed too."""
+        t = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+        kind = self.dense_kinds.get(name, "scalar")
+        for transform, params in applied:
+            if kind == "vector" and transform in ("HorizontalFlip", "VerticalFlip"):
+                t[0 if transform == "HorizontalFlip" else 1] *= -1
+            elif kind == "depth" and "matrix" in params:
+                zoom = float(np.sqrt(abs(np.linalg.det(np.asarray(params["matrix"])[:2, :2]))))
+                t = t / zoom
+        return t
 
 
-def build_augmentation(name: str) -> Augment2D | None:
-    return None if name == "none" else Augment2D(name)
+def build_augmentation(name: str, dense_kinds: dict[str, str] | None = None) -> Augment2D | None:
+    return None if name == "none" else Augment2D(name, dense_kinds)

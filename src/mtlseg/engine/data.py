@@ -46,7 +46,7 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     dataset = load_dataset_or_raise(index, cfg)
     patients = {c.case_id: c.meta.patient_id for c in dataset.cases}
     if split is None:
-        split, source = resolve_split(index.root, patients, cfg)
+        split, source = resolve_split(index.root, patients, cfg, index.split)
     else:
         source = "given"
         validate_split(split, list(patients), "recorded split", allow_unlisted=True)
@@ -65,7 +65,8 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
         train = VolumeDataset(train_cases, cfg.image_size, patch, cfg.augment != "none", ann)
         val = VolumeDataset(val_cases, cfg.image_size, annotations=ann)
     else:
-        train = SliceDataset(train_cases, cfg.image_size, build_augmentation(cfg.augment), ann)
+        augment = build_augmentation(cfg.augment, index.dense_kinds)
+        train = SliceDataset(train_cases, cfg.image_size, augment, ann)
         val = SliceDataset(val_cases, cfg.image_size, annotations=ann)
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:

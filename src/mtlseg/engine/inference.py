@@ -102,7 +102,8 @@ def evaluate(
     dataset = data.train if split == "train" else data.val
     ids = sorted({m["case_id"] for m in dataset.meta})
     index = {c: i for i, c in enumerate(ids)}
-    metrics = SegmentationMetrics(data.class_names, with_hd95=with_hd95)
+    ignore = module.seg_task.params.ignore_index
+    metrics = SegmentationMetrics(data.class_names, with_hd95=with_hd95, ignore_index=ignore)
     if isinstance(dataset, VolumeDataset):  # per volume: 3D Dice, IoU, HD95
         for i, (image, mask) in enumerate(zip(dataset.images, dataset.masks, strict=True)):
             pred = predict_volume(module, image.float()[None])

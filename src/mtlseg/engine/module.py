@@ -168,7 +168,9 @@ class MultiTaskModule(pl.LightningModule):
         )
         self._step: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
-        self.val_metrics = SegmentationMetrics(self.class_names)
+        self.val_metrics = SegmentationMetrics(
+            self.class_names, ignore_index=self.seg_task.params.ignore_index
+        )
         # the auxiliary tasks' own validation metrics (accuracy, box IoU, ...)
         self.task_metrics = torch.nn.ModuleDict(
             {t.name: m for t in self.tasks[1:] if (m := t.metrics()) is not None}

@@ -183,9 +183,16 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
         data.split,
         {c: ann.values(c) for c in ann.columns},
     )
+    dense = data.dataset.cases[0].dense
     for task in module.tasks:
         if (needed := task.required_labels()) is not None:
             ann.require(needed[0], cases, f"tasks.{task.name}", needed[1])
+        if (array := task.required_dense()) is not None and array not in dense:
+            raise DataError(
+                f"{data.index.root}: tasks.{task.name} ({task.kind}) reads dense {array!r} "
+                f"arrays, the dataset has {', '.join(map(repr, dense)) or 'none'} (the nyuv2 "
+                "format carries depth and normal arrays)"
+            )
     for who, fields in module.required_meta().items():
         data.train.require(fields, who, f"{data.index.root} (train split)")
         if who == "model.film":  # conditioning needs the fields at inference too

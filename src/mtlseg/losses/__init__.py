@@ -1,7 +1,9 @@
 """Segmentation losses by registry name: (logits (B,K,H,W), target) -> scalar.
 
 Each loss states its ``mode``: ``softmax`` losses take class indices (B, H, W);
-``multilabel`` losses take one binary map per foreground class (B, K, H, W).
+``multilabel`` losses take one binary map per foreground class (B, K, H, W). Softmax
+factories take ``ignore_index``: pixels of that class count in neither the cross-entropy nor
+the Dice/IoU term (NYUv2's unlabelled pixels), as ``ignore_index`` does in torch's CE.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceCELoss, DiceLoss, MaskedDiceLoss
 
 from mtlseg.registry import Registry
 
@@ -25,25 +27,47 @@ def _loss(name: str, mode: str):
     return decorator
 
 
+def _ce(ignore_index: int | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if ignore_index is None:
+        return F.cross_entropy
+    return lambda logits, labels: F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+def _soft_overlap(
+    ignore_index: int | None, jaccard: bool
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """MONAI's soft Dice (or IoU) loss on softmax probabilities, ignored pixels masked out."""
+    if ignore_index is None:
+        loss = DiceLoss(to_onehot_y=True, softmax=True, jaccard=jaccard)
+        return lambda logits, labels: loss(logits, labels[:, None])
+    masked = MaskedDiceLoss(to_onehot_y=True, softmax=True, jaccard=jaccard)
+    return lambda logits, labels: masked(
+        logits, labels[:, None], mask=(labels != ignore_index)[:, None].to(logits.dtype)
+    )
+
+
 @_loss("ce", "softmax")
-def cross_entropy() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def cross_entropy(ignore_index: int | None = None):
     """Categorical cross-entropy, the primary loss of paper 000 (eq. 1, L_ce)."""
-    return F.cross_entropy
+    return _ce(ignore_index)
 
 
 @_loss("dice-ce", "softmax")
-def dice_cross_entropy() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def dice_cross_entropy(ignore_index: int | None = None):
     """MONAI's soft Dice + cross-entropy on softmax outputs."""
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
-    return lambda logits, labels: loss(logits, labels[:, None])
+    if ignore_index is None:
+        loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        return lambda logits, labels: loss(logits, labels[:, None])
+    ce, dice = _ce(ignore_index), _soft_overlap(ignore_index, jaccard=False)
+    return lambda logits, labels: ce(logits, labels) + dice(logits, labels)
 
 
 @_loss("ce-iou", "softmax")
-def cross_entropy_iou() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def cross_entropy_iou(ignore_index: int | None = None):
     """Paper 003 eq. (1): CE + (1 - soft IoU), the IoU term MONAI's Jaccard form of the
     soft Dice loss on softmax probabilities (per sample and class, then averaged)."""
-    iou = DiceLoss(to_onehot_y=True, softmax=True, jaccard=True)
-    return lambda logits, labels: F.cross_entropy(logits, labels) + iou(logits, labels[:, None])
+    ce, iou = _ce(ignore_index), _soft_overlap(ignore_index, jaccard=True)
+    return lambda logits, labels: ce(logits, labels) + iou(logits, labels)
 
 
 @_loss("bce-dice", "multilabel")

@@ -24,10 +24,16 @@ from monai.metrics import compute_hausdorff_distance
 from torchmetrics import Metric
 
 
-def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int):
-    """(B, H, W) or (B, H, W, D) labels -> tp, fp, fn, each (B, K) per sample and class."""
+def confusion_counts(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, valid: torch.Tensor | None = None
+):
+    """(B, H, W) or (B, H, W, D) labels -> tp, fp, fn, each (B, K) per sample and class;
+    only pixels where ``valid`` (same shape) is true count."""
     p = torch.nn.functional.one_hot(pred.long(), num_classes).flatten(1, -2)  # (B, HW[D], K)
     t = torch.nn.functional.one_hot(target.long(), num_classes).flatten(1, -2)
+    if valid is not None:
+        keep = valid.flatten(1)[..., None].to(p.dtype)
+        p, t = p * keep, t * keep
     tp = (p * t).sum(1)
     return tp, p.sum(1) - tp, t.sum(1) - tp
 
@@ -56,18 +62,21 @@ def hd95(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Te
     return torch.where((p_any ^ t_any).cpu(), torch.full_like(out, diagonal), out)
 
 
-def pooled_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, float]:
+def pooled_scores(
+    tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, mean_over: list[int] | None = None
+) -> dict[str, float]:
     """Scores from counts pooled over every pixel of the set (paper 002's F1 and weighted IoU).
 
     ``f1/mean``: per-class pixel F1 = 2TP / (2TP + FP + FN) over all pixels, mean over
     foreground classes (Dice averages per sample instead). ``weighted_iou``: frequency-weighted
     IoU (Long et al. 2015): sum_k (t_k / sum t) IoU_k over all classes, background included,
-    with t_k the true pixels of class k.
+    with t_k the true pixels of class k. ``mean_over``: the classes of the F1 mean
+    (default: all but class 0).
     """
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     iou = _ratio(tp, tp + fp + fn)
     truth = tp + fn
-    fg = f1[1:] if len(f1) > 1 else f1
+    fg = f1[mean_over] if mean_over is not None else f1[1:] if len(f1) > 1 else f1
     return {
         "f1/mean": float(fg.mean()),
         "weighted_iou": float((truth * iou).sum() / truth.sum().clamp(min=1)),
@@ -84,23 +93,33 @@ class SegmentationMetrics(Metric):
 
     Whole volumes (B, H, W, D) are samples too: every metric is then per volume (3D Dice,
     IoU, HD95) and ``volume_dice`` equals ``dice``, so 2D and 3D runs compare on one key.
+
+    ``ignore_index``: pixels of that true class are left out of every count (HD95 treats
+    them as predicted correctly) and the class is left out of the means.
     """
 
     full_state_update = False
 
-    def __init__(self, class_names: list[str], with_hd95: bool = False) -> None:
+    def __init__(
+        self, class_names: list[str], with_hd95: bool = False, ignore_index: int | None = None
+    ) -> None:
         super().__init__()
         self.class_names, self.with_hd95 = list(class_names), with_hd95
+        self.ignore_index = ignore_index
         for name in ("tp", "fp", "fn", "hd", "case", "correct", "pixels"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, case_index: torch.Tensor) -> None:
         k = len(self.class_names)
-        tp, fp, fn = confusion_counts(pred, target, k)
+        valid = None if self.ignore_index is None else target != self.ignore_index
+        if valid is not None:
+            pred = torch.where(valid, pred, target)  # an ignored pixel is never an error
+        tp, fp, fn = confusion_counts(pred, target, k, valid)
         self.tp.append(tp), self.fp.append(fp), self.fn.append(fn)
         self.case.append(case_index.to(tp.device).long())
-        self.correct.append((pred == target).flatten(1).sum(1))
-        self.pixels.append(torch.full_like(self.correct[-1], pred[0].numel()))
+        counted = torch.ones_like(target, dtype=torch.bool) if valid is None else valid
+        self.correct.append(((pred == target) & counted).flatten(1).sum(1))
+        self.pixels.append(counted.flatten(1).sum(1))
         if self.with_hd95:
             self.hd.append(hd95(pred, target, k).to(tp.device))
         self.volumetric = pred.dim() == 4
@@ -123,7 +142,7 @@ class SegmentationMetrics(Metric):
         result["pixel_accuracy"] = float(
             self._cat(self.correct).sum() / self._cat(self.pixels).sum()
         )
-        result.update(pooled_scores(tp.sum(0), fp.sum(0), fn.sum(0)))
+        result.update(pooled_scores(tp.sum(0), fp.sum(0), fn.sum(0), self._mean_classes()))
         case = self._cat(self.case)
         if getattr(self, "volumetric", False):  # every sample is a whole volume
             self._add_per_class(result, "volume_dice", per_metric["dice"].mean(0))
@@ -143,5 +162,9 @@ class SegmentationMetrics(Metric):
     ) -> None:
         for name, value in zip(self.class_names, per_class.tolist(), strict=True):
             result[f"{metric}/{name}"] = value
-        fg = per_class[1:] if len(self.class_names) > 1 else per_class
-        result[f"{metric}/mean"] = float(fg.mean())
+        result[f"{metric}/mean"] = float(per_class[self._mean_classes()].mean())
+
+    def _mean_classes(self) -> list[int]:
+        """Classes the means run over: the foreground, less an ignored class."""
+        left_out = {0, self.ignore_index} if len(self.class_names) > 1 else set()
+        return [i for i in range(len(self.class_names)) if i not in left_out]

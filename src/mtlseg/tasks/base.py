@@ -69,6 +69,11 @@ class Task:
         """(column, class names) this task reads from the labels file, checked for every case."""
         return None
 
+    def required_dense(self) -> str | None:
+        """The dataset's dense target array this task reads (e.g. ``depth``), checked before
+        training starts."""
+        return None
+
     def metrics(self) -> Metric | MetricCollection | None:
         """Validation metrics, updated with ``(metric_input(output), metric_target(target))``."""
         return None

@@ -1,5 +1,7 @@
-"""Dense geometric auxiliary tasks from the mask (paper 004's depth and surface normals,
-which need a depth sensor, made from the segmentation's own label on the fly)."""
+"""Dense geometric auxiliary tasks (paper 004's depth and surface normals): made from the
+segmentation's own label on the fly (``distance``, ``normals``), or read from the dataset's
+dense arrays where it has them (``depth``, ``normals`` with ``source: file``; NYUv2 as the
+MTAN authors preprocess it)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mtlseg.errors import ConfigError
 from mtlseg.metrics.geometry import DepthMetrics, NormalMetrics
 from mtlseg.targets.geometry import boundary_normals, signed_distance, truncated
 from mtlseg.tasks.base import register_task
@@ -39,6 +42,16 @@ class GeometryTask(DenseTask):
     def distance_px(self) -> float:
         return self.params.truncate * self.ctx.image_size
 
+    def dense_array(self, batch, name: str) -> torch.Tensor:
+        """The batch's dense target array ``name`` (B, C, H, W)."""
+        dense = batch.get("dense") or {}
+        if name not in dense:
+            raise ConfigError(
+                f"tasks.{self.name}: the data has no dense {name!r} arrays "
+                f"(it has: {', '.join(dense) or 'none'}); see the nyuv2 data format"
+            )
+        return dense[name].float()
+
 
 @register_task("distance")
 class DistanceTask(GeometryTask):
@@ -67,13 +80,59 @@ class DistanceTask(GeometryTask):
 
 
 @dataclass
+class DepthParams(DenseParams):
+    features: str = "decoder"
+    array: str = "depth"  # the dataset's dense array to regress
+    loss: str = "l1"  # l1 | mse
+
+    def __post_init__(self) -> None:
+        if self.loss not in DISTANCE_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(DISTANCE_LOSSES)}, got {self.loss!r}")
+
+
+@register_task("depth")
+class DepthTask(GeometryTask):
+    """Paper 004's depth task on data that has depth (NYUv2 as the MTAN authors preprocess
+    it): one channel regressed with L1 over the pixels that have a reading (depth != 0), as
+    their code does. Metrics: abs and rel error in the data's units."""
+
+    Config = DepthParams
+
+    def out_dim(self) -> int:
+        return 1
+
+    def required_dense(self) -> str | None:
+        return self.params.array
+
+    def target(self, batch):
+        depth = self.dense_array(batch, self.params.array)
+        return depth, depth != 0
+
+    def loss(self, output, target):
+        depth, valid = target
+        if not valid.any():
+            return output.float().sum() * 0  # no reading in the batch: nothing to learn
+        return DISTANCE_LOSSES[self.params.loss](output.float()[valid], depth[valid])
+
+    def metrics(self):
+        return DepthMetrics(min_target=1e-3)
+
+
+NORMAL_SOURCES = ("mask", "file")
+
+
+@dataclass
 class NormalsParams(DenseParams):
     features: str = "decoder"
     band: float = 0.05  # loss and metrics on pixels this fraction of the side from a boundary
+    source: str = "mask"  # mask: from the label's distance field | file: the data's arrays
+    array: str = "normal"  # source file: the dataset's dense array of (x, y, z) normals
 
     def __post_init__(self) -> None:
         if self.band <= 0:
             raise ValueError(f"band must be positive, got {self.band}")
+        if self.source not in NORMAL_SOURCES:
+            raise ValueError(f"source must be mask or file, got {self.source!r}")
 
 
 @register_task("normals")
@@ -81,21 +140,37 @@ class NormalsTask(GeometryTask):
     """The surface-normal analogue: per foreground class, the unit in-plane gradient of its
     signed distance (the outward normal of the nearest boundary), two channels (y, x) per
     class; loss 1 - cosine on the band of pixels within ``band`` x side of a boundary, as
-    surface-normal losses are. Metrics: angle error (mean, median, within 11.25/22.5/30)."""
+    surface-normal losses are. Metrics: angle error (mean, median, within 11.25/22.5/30).
+
+    ``source: file`` is paper 004's own task on data with normal maps (NYUv2): three
+    channels (x, y, z), 1 - cosine over the pixels that have a normal (a non-zero vector),
+    as the MTAN authors' code."""
 
     Config = NormalsParams
 
+    @property
+    def _shape(self) -> tuple[int, int]:
+        """(vector groups, components): one (x, y, z) from files, one (y, x) per class."""
+        return (1, 3) if self.params.source == "file" else (self.ctx.num_classes - 1, 2)
+
     def out_dim(self) -> int:
-        return 2 * (self.ctx.num_classes - 1)
+        groups, components = self._shape
+        return groups * components
+
+    def required_dense(self) -> str | None:
+        return self.params.array if self.params.source == "file" else None
 
     def target(self, batch):
+        if self.params.source == "file":
+            normals = self.dense_array(batch, self.params.array)[:, None]  # (B, 1, 3, H, W)
+            return normals, normals.abs().sum(2) > 0
         sdf = signed_distance(batch["mask"], self.ctx.num_classes)
         normals, valid = boundary_normals(sdf, self.params.band * self.ctx.image_size)
         return normals, valid
 
     def _vectors(self, output: torch.Tensor) -> torch.Tensor:
         b, _, *spatial = output.shape
-        return output.float().reshape(b, self.ctx.num_classes - 1, 2, *spatial)
+        return output.float().reshape(b, *self._shape, *spatial)
 
     def loss(self, output, target):
         normals, valid = target

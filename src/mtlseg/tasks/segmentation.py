@@ -21,6 +21,8 @@ class SegmentationParams:
     threshold: float = 0.5  # multilabel: a class is on where its probability exceeds this
     # deep supervision: also supervise up to this many coarser decoder stages (nnU-Net), 0 = off
     deep_supervision: int = 2
+    # pixels of this class train nothing and are left out of the metrics (NYUv2: 0, unlabelled)
+    ignore_index: int | None = None
 
 
 @register_task("segmentation")
@@ -35,6 +37,9 @@ class SegmentationTask(Task):
     below full resolution; the loss is sum_i w_i L(logits_i, mask resized to level i), with
     w_i proportional to 1/2^i (finest i = 0) and summing to 1, as nnU-Net (its coarsest,
     unsupervised levels are simply not attached here). Inference uses the full-size logits.
+
+    ``ignore_index: k`` leaves the pixels labelled k out of the loss and the metrics (NYUv2's
+    unlabelled pixels, class 0 of the nyuv2 format).
     """
 
     Config = SegmentationParams
@@ -55,7 +60,20 @@ class SegmentationTask(Task):
                 f"tasks.{self.name}.params.loss: {p.loss!r} is a {factory.mode} loss but mode is "
                 f"{p.mode!r} (multilabel: bce-dice; softmax: ce, dice-ce, ce-iou)"
             )
-        self._loss = factory()
+        if p.ignore_index is not None:
+            if p.mode != "softmax":
+                raise ConfigError(
+                    f"tasks.{self.name}.params.ignore_index: only softmax segmentation ignores a "
+                    "class"
+                )
+            if not 0 <= p.ignore_index < ctx.num_classes:
+                raise ConfigError(
+                    f"tasks.{self.name}.params.ignore_index: {p.ignore_index} is not a class "
+                    f"(0..{ctx.num_classes - 1})"
+                )
+            self._loss = factory(ignore_index=p.ignore_index)
+        else:
+            self._loss = factory()
 
     @classmethod
     def output_channels(cls, params: SegmentationParams, num_classes: int) -> int:
