@@ -101,26 +101,82 @@ def cmd_lr_find(args) -> None:
     )
 
 
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    p.add_argument("--workers", type=int, default=1, help="background file readers")
+    p.add_argument("--tta", action="store_true", help="average with the horizontal mirror")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _print_metrics(metrics: dict) -> None:
     for key, value in metrics.items():
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
 
 
-def cmd_evaluate(args) -> None:
-    from mtlseg.engine.inference import evaluate
+def _write_case_scores(out: str | None, metrics: dict, rows: list[dict], summary: dict) -> None:
+    """``out`` (a .json): the flat metrics; beside it ``<stem>_cases.json`` and ``.csv``."""
+    from mtlseg.metrics.cases import write_scores
 
-    metrics = evaluate(args.ckpt, args.data, args.split, with_hd95=not args.no_hd95)
-    _print_metrics(metrics)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(metrics, indent=1))
-        print(f"metrics written to {args.out}")
+    if not out:
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1))
+    _, cases_csv = write_scores(rows, summary, path.with_name(path.stem + "_cases.json"))
+    print(f"metrics written to {path}; per case: {cases_csv}")
+
+
+def cmd_evaluate(args) -> None:
+    from mtlseg.engine.inference import evaluate, evaluate_cases
+    from mtlseg.metrics.cases import format_summary
+
+    metrics = {}
+    if args.split in ("train", "val"):  # also the aux tasks' metrics, at the training size
+        metrics = evaluate(args.ckpt, args.data, args.split, with_hd95=not args.no_hd95)
+        print("at the training size (as compare reports):")
+        _print_metrics(metrics)
+    rows, summary = evaluate_cases(
+        args.ckpt,
+        args.data,
+        args.split,
+        with_hd95=not args.no_hd95,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        tta=args.tta,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print(f"per case at the data's own resolution ({args.split}):")
+    print(format_summary(summary))
+    for key, s in summary["metrics"].items():
+        metrics[f"native/{key}"] = s["mean"]
+    metrics["native/num_cases"] = summary["num_cases"]
+    _write_case_scores(args.out, metrics, rows, summary)
+
+
+def cmd_evaluate_folder(args) -> None:
+    from mtlseg.metrics.cases import evaluate_folder, format_summary
+
+    rows, summary = evaluate_folder(args.pred, args.gt, args.labels, with_hd95=not args.no_hd95)
+    print(format_summary(summary))
+    flat = {k: s["mean"] for k, s in summary["metrics"].items()}
+    _write_case_scores(args.out, {**flat, "num_cases": summary["num_cases"]}, rows, summary)
 
 
 def cmd_predict(args) -> None:
     from mtlseg.engine.inference import predict
 
-    written = predict(args.ckpt, args.input, args.out)
+    written = predict(
+        args.ckpt,
+        args.input,
+        args.out,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        tta=args.tta,
+        progress=not args.no_progress,
+        device=args.device,
+    )
     print(f"{len(written)} mask(s) written to {args.out}")
 
 
@@ -240,17 +296,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=float, default=1e-6)
     p.add_argument("--max-lr", type=float, default=1.0)
     p.set_defaults(func=cmd_lr_find)
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split or on any data")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val", choices=["train", "val"])
-    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "all", "test"],
+        help="train/val: the split recorded at training; all: every case of DATA; "
+        "test: nnU-Net's imagesTs/labelsTs",
+    )
+    p.add_argument("--out", help="write the metrics as JSON here, per case beside it")
     p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
+    _inference_args(p)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser(
+        "evaluate-folder", help="score a folder of predicted masks against ground truth"
+    )
+    p.add_argument("--pred", required=True, help="predicted masks (PNG/TIFF/NIfTI)")
+    p.add_argument("--gt", required=True, help="ground-truth masks with the same file stems")
+    p.add_argument("--labels", help="nnU-Net dataset.json naming the classes")
+    p.add_argument("--out", help="write the summary as JSON here, per case beside it")
+    p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
+    p.set_defaults(func=cmd_evaluate_folder)
     p = sub.add_parser("predict", help="predicted masks for images or volumes")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--input", required=True, help="an image/NIfTI file or a folder of them")
     p.add_argument("--out", required=True)
+    _inference_args(p)
     p.set_defaults(func=cmd_predict)
     p = with_set(sub.add_parser("compare", help="train recipes x seeds on one split and compare"))
     p.add_argument("--recipes", nargs="+", required=True, help="the first one is the baseline")

@@ -96,3 +96,12 @@ def check_finite(array: np.ndarray, path: Path) -> None:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise DataError(f"{path}: {bad} NaN/inf intensity values")
+
+
+def voxel_spacing(affine: np.ndarray | None, ndim: int) -> tuple[float, ...] | None:
+    """Spacing of the (Z, H, W) array ``read_volume`` makes of a NIfTI (the file's axes X, Y,
+    Z moved to Z, X, Y), from its affine, for an ``ndim``-D case; None for 2D image files."""
+    if affine is None:
+        return None
+    sx, sy, sz = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).tolist()
+    return (sz, sx, sy) if ndim == 3 else (sx, sy)

@@ -110,15 +110,20 @@ class NnUNetFormat:
             raise DataError(f"{path}: 'channel_names' must be a non-empty mapping")
         return meta
 
+    subsets = ("Tr", "Ts")
+
     @classmethod
-    def discover(cls, root: Path) -> DatasetIndex:
+    def discover(cls, root: Path, subset: str = "Tr") -> DatasetIndex:
+        """``subset``: ``Tr`` (imagesTr/labelsTr) or ``Ts`` (imagesTs/labelsTs, a test set)."""
         meta = cls.read_dataset_json(root)
         ending = meta["file_ending"]
         channels = sorted(int(k) for k in meta["channel_names"])
-        images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+        images_dir, labels_dir = root / f"images{subset}", root / f"labels{subset}"
         for d in (images_dir, labels_dir):
             if not d.is_dir():
-                raise DataError(f"{d}: folder missing (nnU-Net raw needs imagesTr/ and labelsTr/)")
+                raise DataError(
+                    f"{d}: folder missing (nnU-Net raw needs images{subset}/ and labels{subset}/)"
+                )
         labels = {
             p.name[: -len(ending)]: p
             for p in sorted(labels_dir.iterdir())
@@ -222,8 +227,9 @@ class NYUv2Format:
         )
 
 
-def discover(root: Path | str, fmt: str = "auto") -> DatasetIndex:
-    """Find the cases of the dataset at ``root`` in format ``fmt`` (or the one detected)."""
+def discover(root: Path | str, fmt: str = "auto", subset: str = "Tr") -> DatasetIndex:
+    """Find the cases of the dataset at ``root`` in format ``fmt`` (or the one detected);
+    ``subset: Ts`` reads a format's test cases (nnU-Net's imagesTs/labelsTs)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder does not exist")
@@ -235,7 +241,12 @@ def discover(root: Path | str, fmt: str = "auto") -> DatasetIndex:
                 "imagesTr/ + labelsTr/, or NYUv2's train/ + val/ .npy folders)"
             )
         fmt = found[0]
-    index = FORMATS.get(fmt).discover(root)
+    reader = FORMATS.get(fmt)
+    if subset != "Tr" and subset not in getattr(reader, "subsets", ()):
+        raise DataError(
+            f"{root}: a {fmt} dataset has no separate test cases (nnU-Net's imagesTs/labelsTs)"
+        )
+    index = reader.discover(root, subset) if subset != "Tr" else reader.discover(root)
     if not index.cases:
         raise DataError(f"{root}: empty dataset, no image/mask pairs found")
     return index

@@ -39,3 +39,19 @@ def load_checkpoint(path: Path, map_location=None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as err:
         raise MtlsegError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from None
+
+
+def writable_dir(path: Path) -> None:
+    """Create ``path`` and write a probe file there, so that an unwritable or full output
+    folder is a clear error before any work starts, not after an hour of training."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mtlseg-write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as err:
+        from mtlseg.errors import MtlsegError
+
+        raise MtlsegError(
+            f"{path}: output folder is not writable ({err.strerror or err})"
+        ) from None

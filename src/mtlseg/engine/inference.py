@@ -18,15 +18,19 @@ from mtlseg.data.io import (
     file_ending,
     read_volume,
     stem,
+    voxel_spacing,
 )
-from mtlseg.data.loading import NORMALIZATIONS
+from mtlseg.data.loading import NORMALIZATIONS, MaskDecoder
 from mtlseg.data.metadata import case_meta, require_fields
+from mtlseg.data.sources import discover
 from mtlseg.data.volumes import VolumeDataset
-from mtlseg.engine.checkpoint import load_checkpoint
+from mtlseg.engine.batched import Entry, file_entries, predictions
+from mtlseg.engine.checkpoint import load_checkpoint, writable_dir
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import DataError, MtlsegError
 from mtlseg.metrics import SegmentationMetrics
+from mtlseg.metrics.cases import score_case, summarise
 
 
 def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
@@ -190,25 +194,128 @@ def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.nd
     return module.seg_task.decode(logits).to(torch.uint8).numpy(), affine
 
 
-def predict(ckpt_path: Path | str, input_path: Path | str, out_dir: Path | str) -> list[Path]:
-    """Masks for every image/volume under ``input_path``: PNG for 2D (binary as 0/255,
-    otherwise class indices), NIfTI with the input's affine for volumes."""
+def write_mask(labels: np.ndarray, source: Path, name: str, affine, out_dir: Path, binary: bool):
+    """Labels (Z, H, W) -> ``name.png`` (binary as 0/255, otherwise class indices) for 2D
+    sources, ``name.nii.gz`` with the source's affine for NIfTI volumes."""
     import nibabel as nib
     from skimage import io as skio
 
-    module = load_module(ckpt_path)
+    if file_ending(source) in NIFTI_ENDINGS:
+        target = out_dir / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.moveaxis(labels, 0, -1), affine), str(target))
+    else:
+        target = out_dir / f"{name}.png"
+        skio.imsave(str(target), labels[0] * (255 if binary else 1), check_contrast=False)
+    return target
+
+
+def predict(
+    ckpt_path: Path | str,
+    input_path: Path | str,
+    out_dir: Path | str,
+    batch_size: int = 32,
+    num_workers: int = 1,
+    tta: bool = False,
+    progress: bool = False,
+    device: str = "auto",
+) -> list[Path]:
+    """Masks for every image/volume under ``input_path``, at each file's own size: PNG for 2D
+    (binary as 0/255, otherwise class indices), NIfTI with the input's affine for volumes.
+    Files are read in ``num_workers`` background workers and their slices batched together
+    (``mtlseg.engine.batched``); ``tta`` averages with the horizontal mirror."""
+    module = load_module(ckpt_path, _device(device))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(out_dir)
     binary = len(module.class_names) == 2
-    written = []
-    for path in _input_files(Path(input_path)):
-        labels, affine = predict_file(module, path)
-        name = stem(path).removesuffix("_0000")
-        if file_ending(path) in NIFTI_ENDINGS:
-            target = out_dir / f"{name}.nii.gz"
-            nib.save(nib.Nifti1Image(np.moveaxis(labels, 0, -1), affine), str(target))
-        else:
-            target = out_dir / f"{name}.png"
-            skio.imsave(str(target), labels[0] * (255 if binary else 1), check_contrast=False)
-        written.append(target)
-    return written
+    entries = file_entries(_input_files(Path(input_path)))
+    return [
+        write_mask(labels, item["file"], item["name"], item["affine"], out_dir, binary)
+        for item, labels in predictions(
+            module, entries, None, batch_size, num_workers, tta, progress
+        )
+    ]
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+EVAL_SPLITS = ("train", "val", "all", "test")
+
+
+def evaluate_cases(
+    ckpt_path: Path | str,
+    data_path: str,
+    split: str = "all",
+    with_hd95: bool = True,
+    batch_size: int = 32,
+    num_workers: int = 1,
+    tta: bool = False,
+    progress: bool = False,
+    device: str = "auto",
+) -> tuple[list[dict], dict]:
+    """Per-case scores of a checkpoint at the data's own resolution (predictions resized back
+    to each image's size; HD95 in the volume's spacing for NIfTI), and their summary.
+
+    ``split``: ``train``/``val`` the cases of the split recorded at training; ``all`` every
+    case of the dataset, whatever the model was trained on; ``test`` nnU-Net's
+    ``imagesTs``/``labelsTs``. The data's classes must be the checkpoint's.
+    """
+    if split not in EVAL_SPLITS:
+        raise MtlsegError(f"split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
+    module = load_module(ckpt_path, _device(device))
+    cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment="none")
+    index = discover(cfg.path, cfg.format, subset="Ts" if split == "test" else "Tr")
+    records = index.cases
+    if split in ("train", "val"):
+        recorded = module.hparams.get("split") or {}
+        if split not in recorded:
+            raise MtlsegError(
+                f"{ckpt_path}: split {split!r} is not recorded in the checkpoint; "
+                "use --split all to score every case of the data"
+            )
+        wanted = set(recorded[split])
+        records = [r for r in records if r.case_id in wanted]
+        missing = sorted(wanted - {r.case_id for r in records})
+        if missing:
+            raise DataError(
+                f"{index.root}: {len(missing)} case(s) of the recorded {split!r} split are not "
+                f"in this dataset (e.g. {missing[:3]}); use --split all for other data"
+            )
+    decoder = mask_decoder(index, cfg, records)
+    if decoder.class_names != module.class_names:
+        raise DataError(
+            f"{index.root}: classes {decoder.class_names} differ from the checkpoint's "
+            f"{module.class_names} (set data.num_classes / data.mask_mode, or check the labels)"
+        )
+    entries = [Entry(r.case_id, r.image_files, r.label_file) for r in records]
+    ignore = module.seg_task.params.ignore_index
+    rows = []
+    for item, pred in predictions(module, entries, decoder, batch_size, num_workers, tta, progress):
+        truth = item["label"]
+        volume = truth.shape[0] > 1
+        row = {"case": item["name"]}
+        row.update(
+            score_case(
+                pred if volume else pred[0],
+                truth if volume else truth[0],
+                module.class_names,
+                voxel_spacing(item["affine"], 3 if volume else 2),
+                with_hd95,
+                ignore,
+            )
+        )
+        rows.append(row)
+    return rows, summarise(rows)
+
+
+def mask_decoder(index, cfg, records) -> MaskDecoder:
+    """The mask decoder of the data; reads the masks first only when it must infer the mode
+    or the number of classes from their values."""
+    needs_values = index.label_values is None and not (
+        cfg.mask_mode == "binary" or (cfg.mask_mode == "auto" and index.lossy_masks)
+    )
+    raw = {r.case_id: read_volume(r.label_file)[0] for r in records} if needs_values else {}
+    return MaskDecoder(index, cfg, raw)

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mtlseg.config import RunConfig
 from mtlseg.engine.callbacks import ThroughputMonitor
-from mtlseg.engine.checkpoint import AtomicCheckpointIO
+from mtlseg.engine.checkpoint import AtomicCheckpointIO, writable_dir
 from mtlseg.engine.data import (
     PreparedData,
     prepare_data,
@@ -227,6 +227,7 @@ def train(
         )
     if resume:
         check_resumable(cfg, out)
+    writable_dir(out)  # before the data is read and the model built: fail in seconds
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,200 @@
+"""Evaluation on any data at its own resolution, evaluate-folder, batched prediction."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from skimage import io
+
+from mtlseg.cli import main
+from mtlseg.config import load_config
+from mtlseg.engine.inference import evaluate_cases, load_module, predict, predict_file
+from mtlseg.engine.train import train
+from mtlseg.errors import DataError, MtlsegError
+from mtlseg.metrics.cases import evaluate_folder, score_case
+from tests.conftest import ACDC, KVASIR, TINY_UNET, _require, copy_acdc_cases
+
+
+@pytest.fixture(scope="module")
+def kvasir_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny UNet trained a few steps on the first 12 Kvasir-SEG images: (ckpt, data)."""
+    from tests.conftest import make_kvasir_subset
+
+    root = tmp_path_factory.mktemp("kvasir-model")
+    data = make_kvasir_subset(root / "data")
+    cfg = load_config(
+        "unet", [*TINY_UNET, f"data.path={data}", "train.max_steps=6", "train.val_every=6"]
+    )
+    return train(cfg, root / "run").best_checkpoint, data
+
+
+def other_polyps(dest: Path, start: int = 40, n: int = 6) -> Path:
+    """Kvasir-SEG images the model never saw, as a second folder dataset."""
+    _require(KVASIR)
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for img in sorted((KVASIR / "images").iterdir())[start : start + n]:
+        shutil.copy(img, dest / "images" / img.name)
+        shutil.copy(KVASIR / "masks" / img.name, dest / "masks" / img.name)
+    return dest
+
+
+def test_evaluate_all_scores_unseen_data_at_its_own_resolution(kvasir_model, tmp_path):
+    ckpt, _ = kvasir_model
+    other = other_polyps(tmp_path / "other")
+    rows, summary = evaluate_cases(ckpt, str(other), "all", with_hd95=True, batch_size=5)
+    assert [r["case"] for r in rows] == sorted(p.stem for p in (other / "images").iterdir())
+    assert summary["num_cases"] == 6 and len(summary["worst"]) == 5
+    assert all(0 <= r["dice/foreground"] <= 1 and r["hd95/foreground"] >= 0 for r in rows)
+    # the same masks written by predict (at each image's size) and scored by evaluate-folder
+    predict(ckpt, other / "images", tmp_path / "pred", batch_size=4, num_workers=0)
+    folder_rows, _ = evaluate_folder(tmp_path / "pred", other / "masks")
+    for a, b in zip(rows, folder_rows, strict=True):
+        assert a["case"] == b["case"]
+        for key in ("dice/foreground", "iou/foreground", "hd95/foreground"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), key
+    size = io.imread(next((other / "images").iterdir())).shape[:2]
+    assert io.imread(next((tmp_path / "pred").iterdir())).shape == size
+    with pytest.raises(DataError, match="use --split all for other data"):
+        evaluate_cases(ckpt, str(other), "val")
+
+
+def test_evaluate_refuses_data_with_other_classes(kvasir_model, acdc_small):
+    ckpt, _ = kvasir_model
+    with pytest.raises(
+        DataError, match=r"classes \['background', 'RV'.*differ from the checkpoint"
+    ):
+        evaluate_cases(ckpt, str(acdc_small), "all")
+
+
+def test_nnunet_test_cases_are_scored_with_split_test(acdc_small, tmp_path):
+    root = tmp_path / "with-test"
+    held_out = sorted(p.name.removesuffix(".nii.gz") for p in (ACDC / "labelsTr").iterdir())[-2:]
+    copy_acdc_cases(root, held_out)
+    for sub in ("images", "labels"):
+        (root / f"{sub}Tr").rename(root / f"{sub}Ts")
+    shutil.copytree(acdc_small / "imagesTr", root / "imagesTr")
+    shutil.copytree(acdc_small / "labelsTr", root / "labelsTr")
+    cfg = load_config(
+        "unet", [*TINY_UNET, f"data.path={root}", "train.max_steps=2", "data.val_fraction=0.25"]
+    )
+    ckpt = train(cfg, tmp_path / "run").best_checkpoint
+    rows, _ = evaluate_cases(ckpt, str(root), "test", with_hd95=True)
+    assert [r["case"] for r in rows] == held_out
+    volume = nib.load(str(root / "labelsTs" / f"{held_out[0]}.nii.gz"))
+    assert all(
+        r["hd95/RV"] <= np.linalg.norm(np.multiply(volume.shape, volume.header.get_zooms()))
+        for r in rows
+    )
+    with pytest.raises(DataError, match="has no separate test cases"):
+        evaluate_cases(ckpt, str(other_polyps(tmp_path / "polyps", n=2)), "test")
+
+
+def test_batched_prediction_equals_one_file_at_a_time(kvasir_model, tmp_path):
+    ckpt, data = kvasir_model
+    files = predict(ckpt, data / "images", tmp_path / "batched", batch_size=5, num_workers=1)
+    module = load_module(ckpt)
+    assert len(files) == 12
+    for path in sorted((data / "images").iterdir()):
+        alone, _ = predict_file(module, path)
+        written = io.imread(tmp_path / "batched" / f"{path.stem}.png")
+        assert np.array_equal(written > 0, alone[0] > 0), path.name
+    flipped = predict(ckpt, data / "images", tmp_path / "tta", tta=True, num_workers=0)
+    assert len(flipped) == 12
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_work(kvasir_model, tmp_path):
+    ckpt, data = kvasir_model
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(MtlsegError, match="output folder is not writable"):
+        predict(ckpt, data / "images", blocker / "pred")
+    cfg = load_config("unet", [*TINY_UNET, f"data.path={data}", "train.max_steps=1"])
+    with pytest.raises(MtlsegError, match=r"file/run: output folder is not writable"):
+        train(cfg, blocker / "run")
+
+
+def _png(path: Path, array) -> None:
+    io.imsave(str(path), np.asarray(array, dtype=np.uint8), check_contrast=False)
+
+
+def test_evaluate_folder_golden_values_and_spacing(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((4, 4), np.uint8)
+    truth[0, :4] = 1  # class 1: 4 pixels
+    truth[3, 2:] = 2  # class 2: 2 pixels
+    guess = np.zeros((4, 4), np.uint8)
+    guess[0, :3] = 1  # 3 of them
+    guess[1, 0] = 1  # and one wrong; class 2 missed
+    _png(gt / "a.png", truth), _png(pred / "a.png", guess)
+    _png(gt / "b.png", truth), _png(pred / "b.png", truth)
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "one": 1, "two": 2}}))
+    rows, summary = evaluate_folder(pred, gt, labels)
+    a, b = rows
+    assert a["dice/one"] == pytest.approx(0.75) and a["iou/one"] == pytest.approx(0.6)
+    assert a["dice/two"] == 0 and a["hd95/two"] == pytest.approx(np.hypot(4, 4))
+    assert b["dice/mean"] == 1 and b["hd95/mean"] == 0
+    assert summary["metrics"]["dice/one"]["mean"] == pytest.approx(0.875)
+    assert summary["worst"][0]["case"] == "a"
+    # NIfTI: HD95 in the header's spacing (3 mm between slices)
+    vol_t = np.zeros((6, 6, 3), np.uint8)
+    vol_p = np.zeros((6, 6, 3), np.uint8)
+    vol_t[2, 2, 0], vol_p[2, 2, 1] = 1, 1
+    affine = np.diag([0.5, 0.5, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(vol_t, affine), str(gt / "c.nii.gz"))
+    nib.save(nib.Nifti1Image(vol_p, affine), str(pred / "c.nii.gz"))
+    rows, _ = evaluate_folder(pred, gt, labels)
+    assert rows[2]["case"] == "c" and rows[2]["hd95/one"] == pytest.approx(3.0)
+    out = tmp_path / "scores.json"
+    assert (
+        main(
+            [
+                "evaluate-folder",
+                "--pred",
+                str(pred),
+                "--gt",
+                str(gt),
+                "--labels",
+                str(labels),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "worst cases by mean Dice" in printed and "3 case(s)" in printed
+    assert (tmp_path / "scores_cases.csv").read_text().count("\n") == 4
+    assert json.loads(out.read_text())["num_cases"] == 3
+
+
+def test_evaluate_folder_names_the_bad_file(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _png(gt / "a.png", np.zeros((4, 4))), _png(gt / "b.png", np.zeros((4, 4)))
+    _png(pred / "a.png", np.zeros((4, 5)))
+    with pytest.raises(DataError, match=r"gt/b.png: no prediction b\.\*"):
+        evaluate_folder(pred, gt)
+    _png(pred / "b.png", np.zeros((4, 4)))
+    with pytest.raises(DataError, match=r"pred/a.png: size \(1, 4, 5\) differs"):
+        evaluate_folder(pred, gt)
+    _png(pred / "a.png", np.full((4, 4), 7))
+    _png(gt / "a.png", np.full((4, 4), 2))
+    with pytest.raises(DataError, match=r"pred/a.png: label value\(s\) \[7\] not in the classes"):
+        evaluate_folder(pred, gt)
+
+
+def test_score_case_ignores_a_class_and_follows_conventions():
+    truth = np.array([[0, 1], [2, 2]])
+    pred = np.array([[1, 1], [2, 0]])
+    s = score_case(pred, truth, ["bg", "a", "b"], with_hd95=False)
+    assert s["dice/a"] == pytest.approx(2 / 3) and s["dice/b"] == pytest.approx(2 / 3)
+    s = score_case(pred, truth, ["void", "a", "b"], with_hd95=False, ignore_index=0)
+    assert s["dice/a"] == 1.0, "the pixel labelled 0 is not counted"
