@@ -26,6 +26,7 @@ def _quiet_libraries() -> None:
         ".*ckpt_path.*",
         ".*litlogger.*",
         ".*is not resumable.*",
+        ".*ended before the epoch ended.*",  # mtlseg skips the trained batches (ResumableBatches)
         ".*num_workers.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)

@@ -206,13 +206,21 @@ class TrainConfig:
     sampler: str = "shuffle"  # shuffle | pairs | patient-pairs (adjacent-slice pairs)
     seed: int = 0
     accelerator: str = "auto"  # auto | cpu | gpu
-    precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU
+    precision: str | int = "auto"  # auto (16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
     grad_clip: float | None = None  # clip the gradient's global norm (after any aggregator)
     log_every: int = 10
     progress_bar: bool = True
     stages: list[StageConfig] = field(default_factory=list)  # staged training; [] = one stage
 
+    PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
+
     def __post_init__(self) -> None:
+        self.precision = str(self.precision)  # --set train.precision=32 reads as a number
+        if self.precision not in self.PRECISIONS:
+            raise ConfigError(
+                f"train.precision: expected one of {', '.join(self.PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
         for i, stage in enumerate(self.stages[:-1]):
             if stage.unit is None:
                 raise ConfigError(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from mtlseg.config import DataConfig, patch_size
 from mtlseg.data.annotations import Annotations, load_annotations
@@ -94,6 +94,42 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
+class ResumableBatches(Sampler[list[int]]):
+    """The batches of ``inner``; ``skip_next(k)`` leaves the first k batches out of the next
+    pass (indices only: nothing is read). Lightning restarts an interrupted epoch's
+    iteration from its start, so a run resumed mid-epoch skips the batches it had trained
+    on and sees exactly the rest of the epoch, as an uninterrupted run does."""
+
+    def __init__(self, inner: Sampler[list[int]]) -> None:
+        self.inner, self._skip = inner, 0
+
+    def skip_next(self, batches: int) -> None:
+        self._skip = batches
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
+        for s in (self.inner, getattr(self.inner, "sampler", None)):
+            if callable(getattr(s, "set_epoch", None)):
+                s.set_epoch(epoch)
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        for i, batch in enumerate(self.inner):
+            if i >= skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.inner)  # the whole epoch: Lightning counts the skipped ones as done
+
+
+def _loader(dataset, batches: Sampler[list[int]], num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=ResumableBatches(batches),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
 SAMPLERS: Registry = Registry("train.sampler")
 
 
@@ -101,25 +137,16 @@ SAMPLERS: Registry = Registry("train.sampler")
 def shuffle_loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
     """Every slice once per epoch in a (seed, epoch) order."""
     n = len(data.train)
-    return DataLoader(
-        data.train,
-        batch_size=min(batch_size, n),
-        sampler=EpochShuffleSampler(n, seed),
-        drop_last=n >= 2 * batch_size,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+    batches = BatchSampler(
+        EpochShuffleSampler(n, seed), min(batch_size, n), drop_last=n >= 2 * batch_size
     )
+    return _loader(data.train, batches, num_workers)
 
 
 def _pair_loader(single_patient: bool):
     def loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
         sampler = AdjacentPairBatchSampler(data.train.meta, batch_size, seed, single_patient)
-        return DataLoader(
-            data.train,
-            batch_sampler=sampler,
-            num_workers=num_workers,
-            persistent_workers=num_workers > 0,
-        )
+        return _loader(data.train, sampler, num_workers)
 
     loader.__doc__ = "Adjacent-slice pairs" + (", one patient per batch" if single_patient else "")
     return loader

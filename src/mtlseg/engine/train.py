@@ -48,9 +48,15 @@ class TrainResult:
 
 
 def _precision(cfg: RunConfig) -> str:
-    if cfg.train.precision != "auto":
-        return cfg.train.precision
-    return "16-mixed" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "32-true"
+    """Lightning's precision: ``auto`` is 16-bit mixed on a GPU and 32 on CPU; float16
+    autocast needs a GPU (bf16-mixed is the CPU's mixed precision)."""
+    gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    precision = cfg.train.precision
+    if precision == "auto":
+        return "16-mixed" if gpu else "32-true"
+    if precision == "16-mixed" and not gpu:
+        raise ConfigError("train.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
+    return "32-true" if precision == "32" else precision
 
 
 def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
@@ -228,6 +234,7 @@ def train(
     if resume:
         check_resumable(cfg, out)
     writable_dir(out)  # before the data is read and the model built: fail in seconds
+    _precision(cfg)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +243,8 @@ def train(
     module = build_module(cfg, data)
     trainer = build_trainer(cfg, out)
     train_dl, val_dl = loaders(cfg, data)
+    if resume:
+        train_dl.batch_sampler.skip_next(_batches_done_in_epoch(resume_from, len(train_dl)))
     metrics_log = out / "logs" / "metrics.csv"
     # Lightning's CSV logger starts the file afresh: keep what the run logged before
     earlier = _read_rows(metrics_log, upto=_saved_step(resume_from)) if resume else []
@@ -263,6 +272,14 @@ def train(
         monitor.totals(),
         trainer.global_step,
     )
+
+
+def _batches_done_in_epoch(ckpt: Path, per_epoch: int) -> int:
+    """Batches of the interrupted epoch a checkpoint had trained on (0 at an epoch's end)."""
+    loops = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("loops", {})
+    progress = loops.get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("completed", 0)
+    return 0 if progress.get("is_last_batch") or done >= per_epoch else int(done)
 
 
 def _read_rows(path: Path, upto: int | None) -> list[dict[str, str]]:

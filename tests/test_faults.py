@@ -1,0 +1,108 @@
+"""Faults and precision: a hard kill mid-epoch resumes to the uninterrupted run's weights;
+bf16 mixed precision trains on CPU; float16 autocast on CPU is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mtlseg.config import load_config
+from mtlseg.engine.checkpoint import load_checkpoint
+from mtlseg.engine.train import train
+from mtlseg.errors import ConfigError
+from tests.conftest import REPO, TINY_UNET
+
+# 9 train images, batch 4: 2 steps per epoch; a checkpoint every 3 steps falls mid-epoch
+EXACT = [
+    *TINY_UNET,
+    "train.val_every=3",
+    "data.val_fraction=0.25",
+    "train.scheduler=step",
+    "train.warmup=0",
+    "data.num_workers=0",
+    "train.log_every=1",
+]
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def _step(path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except (OSError, RuntimeError, KeyError, EOFError):
+        return -1
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(kvasir_small, tmp_path):
+    steps = 30
+    out = tmp_path / "killed"
+    argv = ["train", "--recipe", "unet", "--data", str(kvasir_small), "--out", str(out)]
+    argv += _sets([*EXACT, f"train.max_steps={steps}"])
+    code = "import sys; from mtlseg.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=env)
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while _step(last) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run was killed, not finished"
+    killed_at = _step(last)
+    assert 3 <= killed_at < steps and killed_at % 2 == 1, "a mid-epoch checkpoint"
+
+    from mtlseg.cli import main
+
+    assert main([*argv, "--resume"]) == 0
+    resumed = load_checkpoint(last)
+    assert resumed["global_step"] == steps
+    whole = train(
+        load_config("unet", [*EXACT, f"data.path={kvasir_small}", f"train.max_steps={steps}"]),
+        tmp_path / "whole",
+    )
+    reference = load_checkpoint(whole.last_checkpoint)["state_dict"]
+    for key, value in reference.items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_bf16_mixed_precision_trains_on_cpu(kvasir_small, tmp_path):
+    losses = {}
+    for precision in ("32", "bf16-mixed"):
+        cfg = load_config(
+            "unet",
+            [
+                *EXACT,
+                f"data.path={kvasir_small}",
+                "train.max_steps=3",
+                f"train.precision={precision}",
+            ],
+        )
+        result = train(cfg, tmp_path / precision)
+        rows = (result.out_dir / "logs" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        first = next(r.split(",") for r in rows[1:] if r.split(",")[header.index("train/loss")])
+        losses[precision] = float(first[header.index("train/loss")])
+        assert load_checkpoint(result.last_checkpoint)["global_step"] == 3
+    # the same first batch and weights: bf16 rounding moves the loss a little, not much
+    assert losses["bf16-mixed"] != losses["32"]
+    assert losses["bf16-mixed"] == pytest.approx(losses["32"], rel=0.05)
+
+
+def test_float16_autocast_needs_a_gpu(kvasir_small, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cfg = load_config(
+        "unet",
+        [*TINY_UNET, f"data.path={kvasir_small}", "train.precision=16-mixed", "train.max_steps=1"],
+    )
+    with pytest.raises(ConfigError, match="16-mixed needs a GPU; on CPU use bf16-mixed"):
+        train(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="train.precision: expected one of"):
+        load_config("unet", ["train.precision=fp8"])
