@@ -106,3 +106,60 @@ def test_float16_autocast_needs_a_gpu(kvasir_small, tmp_path):
         train(cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match="train.precision: expected one of"):
         load_config("unet", ["train.precision=fp8"])
+
+
+def test_two_process_ddp_on_cpu_shares_batches_syncs_metrics_and_writes_once(
+    kvasir_small, tmp_path
+):
+    from mtlseg.engine.inference import evaluate
+
+    out = tmp_path / "ddp"
+    argv = ["train", "--recipe", "unet", "--data", str(kvasir_small), "--out", str(out)]
+    argv += _sets(
+        [
+            *EXACT,
+            "train.max_steps=4",
+            "train.val_every=4",
+            "train.devices=2",
+            "train.accelerator=cpu",
+        ]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mtlseg", *argv], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    # 9 train images, batch 4: 2 batches per epoch shared by 2 processes -> 1 step per epoch
+    assert last["global_step"] == 4 and last["epoch"] >= 3
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = [r.split(",")[header.index("val/dice")] for r in rows[1:]]
+    logged = [float(v) for v in logged if v]
+    assert len(logged) == 1, "one process logs"
+    # the val Dice both processes computed and synced equals one process scoring it alone
+    alone = evaluate(out / "checkpoints" / "last.ckpt", str(kvasir_small), "val", with_hd95=False)
+    assert logged[0] == pytest.approx(alone["dice/mean"], abs=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "logs",
+        "splits.json",
+        "tb",
+    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_ddp_refuses_weightings_with_per_process_state(kvasir_small, tmp_path):
+    cfg = load_config(
+        "unet-hog",
+        [
+            *EXACT,
+            f"data.path={kvasir_small}",
+            "train.max_steps=1",
+            "train.devices=2",
+            "weighting.kind=dwa",
+        ],
+    )
+    with pytest.raises(ConfigError, match="weighting.kind=dwa keeps per-process state"):
+        train(cfg, tmp_path / "run")

@@ -206,6 +206,8 @@ class TrainConfig:
     sampler: str = "shuffle"  # shuffle | pairs | patient-pairs (adjacent-slice pairs)
     seed: int = 0
     accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1  # processes (one per GPU, or CPU processes): > 1 trains with DDP
+    strategy: str = "auto"  # Lightning strategy; auto: ddp when devices > 1
     precision: str | int = "auto"  # auto (16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
     grad_clip: float | None = None  # clip the gradient's global norm (after any aggregator)
     log_every: int = 10

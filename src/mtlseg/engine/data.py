@@ -95,7 +95,12 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 class ResumableBatches(Sampler[list[int]]):
-    """The batches of ``inner``; ``skip_next(k)`` leaves the first k batches out of the next
+    """The batches of ``inner``, shared out between DDP processes, resumable mid-epoch.
+
+    Under DDP (``torch.distributed`` initialised) process r of W takes batches r, r + W,
+    ... of the one (seed, epoch) order every process draws alike: distinct batches, W x
+    ``batch_size`` samples per optimiser step, an epoch cut to a multiple of W so that no
+    process waits. ``skip_next(k)`` leaves this process's first k batches out of the next
     pass (indices only: nothing is read). Lightning restarts an interrupted epoch's
     iteration from its start, so a run resumed mid-epoch skips the batches it had trained
     on and sees exactly the rest of the epoch, as an uninterrupted run does."""
@@ -111,14 +116,25 @@ class ResumableBatches(Sampler[list[int]]):
             if callable(getattr(s, "set_epoch", None)):
                 s.set_epoch(epoch)
 
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def __iter__(self):
         skip, self._skip = self._skip, 0
-        for i, batch in enumerate(self.inner):
+        rank, world = self._world()
+        mine = (b for i, b in enumerate(self.inner) if i % world == rank and i < len(self) * world)
+        for i, batch in enumerate(mine):
             if i >= skip:
                 yield batch
 
     def __len__(self) -> int:
-        return len(self.inner)  # the whole epoch: Lightning counts the skipped ones as done
+        # the whole epoch of this process: Lightning counts the skipped batches as done
+        return len(self.inner) // self._world()[1]
 
 
 def _loader(dataset, batches: Sampler[list[int]], num_workers: int) -> DataLoader:

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from mtlseg.config import RunConfig
 from mtlseg.engine.callbacks import ThroughputMonitor
@@ -102,7 +103,9 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         **_validation_schedule(t),
         num_sanity_val_steps=0,
         accelerator=t.accelerator,
-        devices=1,
+        devices=t.devices,
+        strategy="ddp" if t.strategy == "auto" and t.devices > 1 else t.strategy,
+        use_distributed_sampler=False,  # ResumableBatches shares the batches out itself
         precision=_precision(cfg),
         gradient_clip_val=t.grad_clip,
         gradient_clip_algorithm="norm",
@@ -233,14 +236,24 @@ def train(
         )
     if resume:
         check_resumable(cfg, out)
-    writable_dir(out)  # before the data is read and the model built: fail in seconds
+    # under DDP every process runs this function; only the first one writes files
+    first = rank_zero_only.rank == 0
+    if first:
+        writable_dir(out)  # before the data is read and the model built: fail in seconds
     _precision(cfg)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_split_file(data, out / "splits.json")
+    if first:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_split_file(data, out / "splits.json")
     module = build_module(cfg, data)
+    if cfg.train.devices > 1 and not module.weighting.ddp_safe:
+        raise ConfigError(
+            f"weighting.kind={cfg.weighting.kind} keeps per-process state (loss history, its "
+            "own solver or backward) that DDP does not synchronise; train it with "
+            "train.devices=1, or use fixed, equal, constant, decay, rlw or uw"
+        )
     trainer = build_trainer(cfg, out)
     train_dl, val_dl = loaders(cfg, data)
     if resume:
@@ -256,7 +269,7 @@ def train(
             ckpt_path=str(resume_from) if resume else None,
         )
     finally:
-        if earlier:
+        if earlier and trainer.is_global_zero:
             _prepend_rows(metrics_log, earlier)
     if _saved_step(last) != trainer.global_step:  # steps after the last validation
         trainer.save_checkpoint(last)

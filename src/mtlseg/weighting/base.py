@@ -43,6 +43,10 @@ class Weighting(nn.Module):
     """
 
     Config: type = object
+    # correct under DDP: the weights are a function of the step and the recipe, or learned
+    # parameters whose gradients DDP averages; False where a strategy keeps per-process state
+    # (loss histories, its own solver or optimiser, a backward of its own) DDP does not sync
+    ddp_safe: bool = False
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ class UncertaintyWeighting(Weighting):
     ``forms`` overrides it; each recipe weight scales its loss first."""
 
     Config = UWParams
+    ddp_safe = True
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
