@@ -90,6 +90,11 @@ class InferenceSet(Dataset):
         }
 
 
+def _as_is(item: dict) -> dict:
+    """Items go through the DataLoader unbatched (files differ in size and slice count)."""
+    return item
+
+
 def _model_device(module: MultiTaskModule) -> torch.device:
     return next(module.parameters()).device
 
@@ -127,7 +132,7 @@ def predictions(
         InferenceSet(module, entries, decoder),
         batch_size=None,
         num_workers=num_workers,
-        collate_fn=lambda item: item,
+        collate_fn=_as_is,
         prefetch_factor=4 if num_workers > 0 else None,
     )
     bar = _progress(len(entries), progress)
