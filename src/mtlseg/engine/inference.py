@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -228,12 +229,18 @@ def predict(
     writable_dir(out_dir)
     binary = len(module.class_names) == 2
     entries = file_entries(_input_files(Path(input_path)))
-    return [
-        write_mask(labels, item["file"], item["name"], item["affine"], out_dir, binary)
-        for item, labels in predictions(
-            module, entries, None, batch_size, num_workers, tta, progress
-        )
-    ]
+    # masks are encoded and written in a thread (zlib and file I/O release the GIL) while
+    # the next batch runs through the model
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = [
+            writer.submit(
+                write_mask, labels, item["file"], item["name"], item["affine"], out_dir, binary
+            )
+            for item, labels in predictions(
+                module, entries, None, batch_size, num_workers, tta, progress
+            )
+        ]
+        return [f.result() for f in pending]
 
 
 def _device(device: str) -> str:
