@@ -163,3 +163,23 @@ def test_ddp_refuses_weightings_with_per_process_state(kvasir_small, tmp_path):
     )
     with pytest.raises(ConfigError, match="weighting.kind=dwa keeps per-process state"):
         train(cfg, tmp_path / "run")
+
+
+def test_resumable_batches_share_an_epoch_between_processes_and_skip(monkeypatch):
+    from torch.utils.data import BatchSampler
+
+    from mtlseg.engine.data import EpochShuffleSampler, ResumableBatches
+
+    def epoch(rank: int, world: int, skip: int = 0) -> list[list[int]]:
+        monkeypatch.setattr(ResumableBatches, "_world", staticmethod(lambda: (rank, world)))
+        batches = ResumableBatches(BatchSampler(EpochShuffleSampler(23, seed=1), 4, True))
+        batches.set_epoch(3)
+        batches.skip_next(skip)
+        return list(batches)
+
+    alone = epoch(0, 1)
+    first, second = epoch(0, 2), epoch(1, 2)
+    assert len(alone) == 5 and len(first) == len(second) == 2, "cut to a multiple of 2"
+    assert first == alone[0:4:2] and second == alone[1:4:2], "distinct, from one order"
+    assert not {i for b in first for i in b} & {i for b in second for i in b}
+    assert epoch(1, 2, skip=1) == second[1:], "a resumed process skips what it trained on"
