@@ -41,14 +41,16 @@ def _step(path) -> int:
         return -1
 
 
+def _train_cli(data, out, steps: int, *extra: str) -> list[str]:
+    argv = [sys.executable, "-m", "mtlseg", "train", "--recipe", "unet", "--data", str(data)]
+    return [*argv, "--out", str(out), *_sets([*EXACT, f"train.max_steps={steps}"]), *extra]
+
+
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(kvasir_small, tmp_path):
+    # every run is a process with the same environment (thread count changes float sums)
     steps = 30
     out = tmp_path / "killed"
-    argv = ["train", "--recipe", "unet", "--data", str(kvasir_small), "--out", str(out)]
-    argv += _sets([*EXACT, f"train.max_steps={steps}"])
-    code = "import sys; from mtlseg.cli import main; raise SystemExit(main(sys.argv[1:]))"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=env)
+    proc = subprocess.Popen(_train_cli(kvasir_small, out, steps), cwd=REPO)
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while _step(last) < 3 and proc.poll() is None and time.monotonic() < deadline:
@@ -58,16 +60,12 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(kvasir_small,
     killed_at = _step(last)
     assert 3 <= killed_at < steps and killed_at % 2 == 1, "a mid-epoch checkpoint"
 
-    from mtlseg.cli import main
-
-    assert main([*argv, "--resume"]) == 0
+    subprocess.run(_train_cli(kvasir_small, out, steps, "--resume"), cwd=REPO, check=True)
     resumed = load_checkpoint(last)
     assert resumed["global_step"] == steps
-    whole = train(
-        load_config("unet", [*EXACT, f"data.path={kvasir_small}", f"train.max_steps={steps}"]),
-        tmp_path / "whole",
-    )
-    reference = load_checkpoint(whole.last_checkpoint)["state_dict"]
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cli(kvasir_small, whole, steps), cwd=REPO, check=True)
+    reference = load_checkpoint(whole / "checkpoints" / "last.ckpt")["state_dict"]
     for key, value in reference.items():
         assert torch.equal(value, resumed["state_dict"][key]), key
 
