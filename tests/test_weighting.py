@@ -186,6 +186,34 @@ def test_nash_mtl_state_survives_a_checkpoint():
     assert run(clone, [[1.0, 0.0], [0.0, 5.0]]) == pytest.approx(run(w, [[1.0, 0.0], [0.0, 5.0]]))
 
 
+@pytest.mark.parametrize("max_norm", [0.0, 0.5])
+def test_nash_mtl_between_solves_gives_torchjds_gradient_without_a_jacobian(max_norm):
+    from mtlseg.weighting.aggregators import AggregatorWeighting
+
+    def step(weighting, fast: bool, g):
+        theta, head = torch.zeros(2, requires_grad=True), torch.ones(1, requires_grad=True)
+        losses = {
+            n: (torch.tensor(row) @ theta) * head[0] ** 2 for n, row in zip("ab", g, strict=True)
+        }
+        ctx = BackwardContext([theta], [head])
+        if fast:
+            weighting.backward(losses, weighting(losses), ctx)
+        else:  # the generic path: torchjd's NashMTL on the full Jacobian
+            AggregatorWeighting.backward(weighting, losses, weighting(losses), ctx)
+        return theta.grad.clone(), head.grad.clone(), weighting.logs()
+
+    params = {"update_weights_every": 3, "max_norm": max_norm}
+    fast = build_weighting("nash-mtl", params, {"a": 1.0, "b": 2.0}, "a")
+    slow = build_weighting("nash-mtl", params, {"a": 1.0, "b": 2.0}, "a")
+    step(fast, True, [[2.0, 0.0], [0.0, 1.0]])  # step 0 solves in both
+    slow.load_state_dict(fast.state_dict())
+    for g in ([[1.0, 0.5], [0.2, 3.0]], [[4.0, 0.0], [1.0, 1.0]]):  # steps 1, 2 reuse alpha
+        a, b = step(fast, True, g), step(slow, False, g)
+        assert torch.allclose(a[0], b[0], rtol=1e-5, atol=1e-7) and torch.equal(a[1], b[1])
+        assert a[2]["weight_a"] == pytest.approx(b[2]["weight_a"], rel=1e-5)
+    assert fast.aggregator.weighting.step == slow.aggregator.weighting.step == 3
+
+
 def test_aggregator_sees_the_unscaled_jacobian_under_amp_loss_scaling():
     """AMP hands backward a scaled loss: Nash-MTL clips ||J^T alpha||, which is not
     scale-invariant, so .grad must be exactly scale x the unscaled result (unscale_ then

@@ -222,7 +222,11 @@ class NashMTLWeighting(AggregatorWeighting):
     A solve that raises or ends without an optimal status is never taken silently: it is
     counted in ``train/solver_failures`` (``on_failure: count``) or stops training
     (``on_failure: error``). The solver state (last alpha, step count, normalisation) is
-    saved with the checkpoint, so a resumed run continues with the same weights."""
+    saved with the checkpoint, so a resumed run continues with the same weights.
+
+    Between solves (``update_weights_every`` > 1) the last alpha is reused; such a step
+    needs no Jacobian: one backward of sum_i alpha_i L_i gives J^T alpha, then the max-norm
+    clip is applied to it, as torchjd's ``NashMTL`` would (the same gradient, tested)."""
 
     Config = NashMTLParams
     requires = ("cvxpy", "ecos")
@@ -242,6 +246,37 @@ class NashMTLWeighting(AggregatorWeighting):
             update_weights_every=self.cfg.update_weights_every,
             optim_niter=self.cfg.optim_niter,
         )
+
+    def backward(self, losses, total, ctx) -> None:
+        weighting = self._aggregator(tuple(losses)).weighting
+        if weighting.step % self.cfg.update_weights_every == 0:  # a solve: the Jacobian
+            return super().backward(losses, total, ctx)
+        self._reuse_alpha(losses, ctx, weighting)
+
+    def _reuse_alpha(self, losses, ctx, weighting) -> None:
+        """A step between solves: J^T alpha by one backward, clipped to ``max_norm``."""
+        names = tuple(losses)
+        values = [losses[n] * (self.task_weights[n] * ctx.scale) for n in names]
+        heads = [p for p in ctx.task_params if p.requires_grad]
+        if heads:
+            torch.autograd.backward(sum(values), inputs=heads, retain_graph=True)
+        shared = [p for p in ctx.shared_params if p.requires_grad]
+        alpha = torch.as_tensor(weighting.prvs_alpha, dtype=torch.float32)
+        combined = sum(float(a) * v for a, v in zip(alpha, values, strict=True))
+        # this step's J^T alpha alone (.grad may hold gradients accumulated before it)
+        grads = torch.autograd.grad(combined, shared, allow_unused=True)
+        norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+        factor = 1.0
+        if self.cfg.max_norm > 0 and norm / ctx.scale > self.cfg.max_norm:
+            factor = self.cfg.max_norm / (norm / ctx.scale)
+            alpha = alpha * factor
+        for p, g in zip(shared, grads, strict=True):
+            if g is not None:  # a parameter no loss reaches keeps no gradient
+                g = g * factor
+                p.grad = g if p.grad is None else p.grad + g
+        weighting.step += 1
+        self.last = {f"weight_{n}": float(a) for n, a in zip(names, alpha, strict=True)}
+        self.check()
 
     def _aggregator(self, names):
         aggregator = super()._aggregator(names)
