@@ -75,5 +75,7 @@ class GradNormWeighting(Weighting):
             (grad,) = torch.autograd.grad((g - target).abs().sum(), self.logits)
         grad = grad * ctx.scale  # as if scaled by AMP like the model's gradients
         self.logits.grad = grad if self.logits.grad is None else self.logits.grad + grad
-        self.last.update({f"grad_norm_{n}": float(v) for n, v in zip(names, g.detach(), strict=True)})
+        self.last.update(
+            {f"grad_norm_{n}": float(v) for n, v in zip(names, g.detach(), strict=True)}
+        )
         total.backward()
