@@ -110,6 +110,17 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _inference_kwargs(args) -> dict:
+    """The options ``_inference_args`` adds, as keyword arguments of predict/evaluate_cases."""
+    return {
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "tta": args.tta,
+        "progress": not args.no_progress,
+        "device": args.device,
+    }
+
+
 def _print_metrics(metrics: dict) -> None:
     for key, value in metrics.items():
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
@@ -142,11 +153,7 @@ def cmd_evaluate(args) -> None:
         args.data,
         args.split,
         with_hd95=not args.no_hd95,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        tta=args.tta,
-        progress=not args.no_progress,
-        device=args.device,
+        **_inference_kwargs(args),
     )
     print(f"per case at the data's own resolution ({args.split}):")
     print(format_summary(summary))
@@ -172,11 +179,7 @@ def cmd_predict(args) -> None:
         args.ckpt,
         args.input,
         args.out,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        tta=args.tta,
-        progress=not args.no_progress,
-        device=args.device,
+        **_inference_kwargs(args),
     )
     print(f"{len(written)} mask(s) written to {args.out}")
 
