@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mtlseg.cli import main
-from tests.conftest import TINY_UNET
+from tests.conftest import TINY_UNET, power_cut_at
 
 
 def _sets(*extra):
@@ -118,6 +118,26 @@ def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys
     mtime = (out / "unet" / "seed0" / "metrics.json").stat().st_mtime_ns
     assert main(argv) == 0
     assert (out / "unet" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
+
+
+def test_compare_resumes_a_run_cut_before_its_first_validation(
+    kvasir_small, tmp_path, monkeypatch, capsys
+):
+    """A crash before the first validation leaves only interrupted.ckpt; compare continues it."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "--recipes", "unet", "--data", str(kvasir_small), "--seeds", "1"]
+    argv += ["--out", str(out), *_sets("train.max_steps=4", "train.val_every=4")]
+    power_cut_at(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="power cut"):
+        main(argv)
+    monkeypatch.undo()
+    run = out / "unet" / "seed0"
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "checkpoints" / "interrupted.ckpt").is_file()
+    assert main(argv) == 0
+    steps = [int(r.split(",")[1]) for r in (run / "logs" / "metrics.csv").read_text().split()[1:]]
+    assert json.loads((run / "metrics.json").read_text())["dice/mean"] >= 0
+    assert max(steps) == 3  # the resumed run finished the 4 steps, not 2 + 4
 
 
 def results_split(out):

@@ -13,7 +13,7 @@ from mtlseg.config import apply_override, load_config, load_recipe_dict, parse_o
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import evaluate, load_module, predict_volume, segment_slices
-from mtlseg.engine.train import train
+from mtlseg.engine.train import resume_checkpoint, train
 from mtlseg.errors import ConfigError
 from mtlseg.report.delta_m import delta_m
 from mtlseg.report.plots import plot_curves, plot_qualitative, plot_weights
@@ -94,8 +94,8 @@ def _run_one(
     )
     # the loaded data is reused when the recipe prepares it the same way; the split always is
     data = shared[1] if cfg.data == shared[0] else prepare_data(cfg.data, split=shared[1].split)
-    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-    result = train(cfg, run_dir, resume=resume, data=data)
+    # a run stopped by a crash or Ctrl-C before its first validation has only interrupted.ckpt
+    result = train(cfg, run_dir, resume=resume_checkpoint(run_dir) is not None, data=data)
     ckpt = result.last_checkpoint if variant.aux_only else result.best_checkpoint
     metrics = evaluate(ckpt, data_path, "val", data=data)
     metrics_file.write_text(json.dumps(metrics, indent=1))
