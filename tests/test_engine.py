@@ -1,5 +1,6 @@
 """End to end on real data with tiny models: train, checkpoint, resume, evaluate, predict."""
 
+import csv
 import json
 
 import nibabel as nib
@@ -139,6 +140,37 @@ def test_crash_mid_training_leaves_a_checkpoint_to_resume_from(kvasir_small, tmp
     assert load_checkpoint(out / "checkpoints" / "interrupted.ckpt")["global_step"] == 3
     resumed = train(cfg, out, resume=True)
     assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 6
+
+
+def test_a_run_crashed_twice_logs_and_validates_as_an_uninterrupted_one(
+    kvasir_small, tmp_path, monkeypatch
+):
+    def logged(out):
+        with (out / "logs" / "metrics.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [(int(r["step"]), "val" if r.get("val/dice") else "train") for r in rows]
+
+    cfg = _cfg("unet", kvasir_small, "train.max_steps=8", "train.val_every=3", "train.log_every=1")
+    train(cfg, tmp_path / "whole")
+    out = tmp_path / "run"
+    power_cut_at(monkeypatch, 4)  # mid-epoch
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, out)
+    monkeypatch.undo()
+    # the resumed run dies hard (at an epoch's start): it never writes back the rows it held
+    power_cut_at(monkeypatch, 6)
+    monkeypatch.setattr("mtlseg.engine.train._prepend_rows", _killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, out, resume=True)
+    monkeypatch.undo()
+    train(cfg, out, resume=True)
+    assert logged(out) == logged(tmp_path / "whole")
+    assert [s for s, kind in logged(out) if kind == "train"] == list(range(8))
+    assert not (out / "logs" / "metrics.before-resume.csv").exists()
+
+
+def _killed(*args):
+    raise RuntimeError("killed")
 
 
 def test_resume_with_a_different_setup_is_refused(kvasir_small, tmp_path):

@@ -1,4 +1,5 @@
-"""Training callbacks of our own: throughput and the share of time spent waiting for data."""
+"""Training callbacks of our own: throughput and the share of time spent waiting for data,
+and resuming a crash checkpoint at its last finished step."""
 
 from __future__ import annotations
 
@@ -62,3 +63,26 @@ class ThroughputMonitor(pl.Callback):
             "data_wait_share": wait / total,
             "train_seconds": total,
         }
+
+
+class ResumeAtLastFinishedStep(pl.Callback):
+    """Resumes a crash checkpoint exactly at the last finished optimiser step.
+
+    ``interrupted.ckpt`` is written while a batch is under way (counted as started, never
+    finished, no optimiser step). Lightning's restart counted that batch once more, so
+    validation came one step early, and its logging step grew by one on every restart. Here
+    the unfinished batch is marked not started, and the logging step is set to the optimiser
+    step (equal under automatic optimisation without gradient accumulation, as here).
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._restarted = True
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress and progress["total"]["processed"] == progress["total"]["completed"]:
+            for counts in (progress["total"], progress["current"]):
+                counts["ready"] = counts["started"] = counts["completed"]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if getattr(self, "_restarted", False):  # after the epoch loop's restart bookkeeping
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._restarted = False

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from mtlseg.config import RunConfig
-from mtlseg.engine.callbacks import ThroughputMonitor
+from mtlseg.engine.callbacks import ResumeAtLastFinishedStep, ThroughputMonitor
 from mtlseg.engine.checkpoint import AtomicCheckpointIO, writable_dir
 from mtlseg.engine.data import (
     PreparedData,
@@ -81,6 +81,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
             enable_version_counter=False,
         ),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+        ResumeAtLastFinishedStep(),
         ThroughputMonitor(every=max(1, t.log_every)),
     ]
     if t.early_stopping is not None:
@@ -260,7 +261,7 @@ def train(
         train_dl.batch_sampler.skip_next(_batches_done_in_epoch(resume_from, len(train_dl)))
     metrics_log = out / "logs" / "metrics.csv"
     # Lightning's CSV logger starts the file afresh: keep what the run logged before
-    earlier = _read_rows(metrics_log, upto=_saved_step(resume_from)) if resume else []
+    earlier = _earlier_rows(metrics_log, _saved_step(resume_from)) if resume and first else []
     try:
         trainer.fit(
             module,
@@ -271,6 +272,7 @@ def train(
     finally:
         if earlier and trainer.is_global_zero:
             _prepend_rows(metrics_log, earlier)
+            _kept_rows(metrics_log).unlink(missing_ok=True)
     if _saved_step(last) != trainer.global_step:  # steps after the last validation
         trainer.save_checkpoint(last)
     ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
@@ -305,10 +307,29 @@ def _read_rows(path: Path, upto: int | None) -> list[dict[str, str]]:
     return [r for r in rows if upto is None or int(r.get("step") or 0) <= upto]
 
 
+def _kept_rows(metrics_log: Path) -> Path:
+    return metrics_log.with_name("metrics.before-resume.csv")
+
+
+def _earlier_rows(metrics_log: Path, upto: int | None) -> list[dict[str, str]]:
+    """The rows logged up to the checkpoint a run resumes from. They are also kept on disk
+    until the resumed run has written them back, so a resumed run killed hard loses none."""
+    kept = _kept_rows(metrics_log)
+    rows = _read_rows(kept, upto)
+    last_kept = max((int(r.get("step") or 0) for r in rows), default=-1)
+    rows += [r for r in _read_rows(metrics_log, upto) if int(r.get("step") or 0) > last_kept]
+    if rows:
+        _write_rows(kept, rows)
+    return rows
+
+
 def _prepend_rows(path: Path, earlier: list[dict[str, str]]) -> None:
     """Write ``earlier`` rows before the rows now in ``path``, with the union of columns."""
-    later = _read_rows(path, None)
-    rows = earlier + later
+    _write_rows(path, earlier + _read_rows(path, None))
+
+
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write ``rows`` to the CSV ``path`` atomically, with the union of their columns."""
     columns = sorted({k for r in rows for k in r})
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
