@@ -78,6 +78,23 @@ def test_per_case_normalisation(acdc_small):
         assert check(case.image.astype(np.float64)), mode
 
 
+@pytest.mark.parametrize("mode", ["zscore", "minmax"])
+def test_inference_input_resized_first_equals_normalised_first(kvasir_small, acdc_small, mode):
+    from mtlseg.data.dataset import resize_slices
+    from mtlseg.data.io import read_volume
+    from mtlseg.data.loading import model_input, normalise
+
+    for path in (
+        next((kvasir_small / "images").iterdir()),  # uint8 RGB
+        next((acdc_small / "imagesTr").iterdir()),  # float MRI volume
+    ):
+        image, _ = read_volume(path)
+        reference, _ = resize_slices(normalise(image, mode), None, 24)
+        fast = model_input(image, mode, 24)
+        assert fast.shape == reference.shape == (image.shape[0], image.shape[-1], 24, 24)
+        assert torch.allclose(fast, reference, atol=1e-4), (path, mode)
+
+
 def test_seeded_split_by_case_is_written_and_reproducible(kvasir_small, tmp_path):
     from mtlseg.engine.data import write_split_file
 

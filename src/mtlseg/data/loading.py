@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from mtlseg.config import DataConfig
 from mtlseg.data.io import check_finite, read_volume
@@ -23,19 +25,41 @@ NORMALIZATIONS: Registry = Registry("normalization")
 
 
 @NORMALIZATIONS.register("zscore")
-def zscore(image: np.ndarray) -> np.ndarray:
-    """Per-channel z-score over the whole case. (Z, H, W, C) -> same shape, float32."""
-    axes = tuple(range(image.ndim - 1))
-    mean, std = image.mean(axis=axes), image.std(axis=axes)
-    return ((image - mean) / np.maximum(std, 1e-8)).astype(np.float32)
+def zscore(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel z-score over the whole case: offset = mean, scale = std."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).reshape(-1, image.shape[-1]).double()
+    std, mean = torch.std_mean(x, dim=0, correction=0)
+    return mean.numpy(), np.maximum(std.numpy(), 1e-8)
 
 
 @NORMALIZATIONS.register("minmax")
-def minmax(image: np.ndarray) -> np.ndarray:
-    """Per-channel min-max to [0, 1] over the whole case."""
+def minmax(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel min-max to [0, 1] over the whole case: offset = min, scale = max - min."""
     axes = tuple(range(image.ndim - 1))
-    low, high = image.min(axis=axes), image.max(axis=axes)
-    return ((image - low) / np.maximum(high - low, 1e-8)).astype(np.float32)
+    low, high = image.min(axis=axes).astype(np.float64), image.max(axis=axes).astype(np.float64)
+    return low, np.maximum(high - low, 1e-8)
+
+
+def normalise(image: np.ndarray, method: str) -> np.ndarray:
+    """(Z, H, W, C) -> the same, float32, with ``method``'s per-channel (offset, scale)."""
+    offset, scale = NORMALIZATIONS.get(method)(image)
+    return ((image.astype(np.float32) - offset.astype(np.float32)) / scale).astype(np.float32)
+
+
+def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
+    """(Z, H, W, C) raw image -> (Z, C, S, S) normalised as in training, resized to ``size``.
+
+    The normalisation is per-channel affine and the antialiased bilinear resize is linear
+    with weights summing to one, so resizing the raw image first gives the same input (to
+    float rounding) at a fraction of the cost of normalising every full-size pixel.
+    """
+    offset, scale = NORMALIZATIONS.get(method)(image)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    view = (1, -1, 1, 1)
+    return (x - torch.from_numpy(offset).float().view(view)) / torch.from_numpy(scale).float().view(
+        view
+    )
 
 
 @dataclass
@@ -190,7 +214,7 @@ def load_dataset(
         return None, problems or [f"{index.root}: no readable cases"]
     try:
         decoder = MaskDecoder(index, cfg, {r.record.case_id: r.label for r in raws})
-        normalise = NORMALIZATIONS.get(cfg.normalization)
+        NORMALIZATIONS.get(cfg.normalization)  # an unknown name fails here, once
     except Exception as err:
         return None, problems + [str(err)]
     channels = raws[0].image.shape[-1]
@@ -211,7 +235,7 @@ def load_dataset(
             problems.append(str(err))
             continue
         # normalised in float32, kept in float16: the slices are resized from it once
-        image = normalise(raw.image.astype(np.float32)).astype(np.float16)
+        image = normalise(raw.image, cfg.normalization).astype(np.float16)
         meta = case_meta(raw.record.case_id, image.shape, raw.affine, cfg.case_pattern)
         dense_channels = {k: v.shape[-1] for k, v in raw.dense.items()}
         if cases and dense_channels != cases[0].channels:

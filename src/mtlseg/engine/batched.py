@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mtlseg.data.dataset import resize_slices
 from mtlseg.data.io import check_finite, read_volume, stem
-from mtlseg.data.loading import NORMALIZATIONS, MaskDecoder, read_case
+from mtlseg.data.loading import MaskDecoder, model_input, read_case
 from mtlseg.data.metadata import case_meta, require_fields
 from mtlseg.data.sources import CaseRecord
 from mtlseg.engine.module import MultiTaskModule
@@ -77,8 +76,7 @@ class InferenceSet(Dataset):
             require_fields(
                 meta, [str(first)] * len(meta), self.film_fields, "model.film", str(first)
             )
-        image = NORMALIZATIONS.get(self.cfg.normalization)(image.astype(np.float32))
-        x, _ = resize_slices(image, None, self.cfg.image_size)
+        x = model_input(image, self.cfg.normalization, self.cfg.image_size)
         return {
             "name": entry.name,
             "file": first,

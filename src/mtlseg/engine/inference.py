@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mtlseg.data.dataset import SliceDataset, resize_slices
+from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.io import (
     IMAGE_ENDINGS,
     NIFTI_ENDINGS,
@@ -21,7 +21,7 @@ from mtlseg.data.io import (
     stem,
     voxel_spacing,
 )
-from mtlseg.data.loading import NORMALIZATIONS, MaskDecoder
+from mtlseg.data.loading import MaskDecoder, model_input
 from mtlseg.data.metadata import case_meta, require_fields
 from mtlseg.data.sources import discover
 from mtlseg.data.volumes import VolumeDataset
@@ -179,8 +179,7 @@ def predict_file(module: MultiTaskModule, path: Path) -> tuple[np.ndarray, np.nd
         require_fields(
             values.numpy(), [str(path)] * len(values), film.fields, "model.film", str(path)
         )
-    image = NORMALIZATIONS.get(cfg.normalization)(image.astype(np.float32))
-    x, _ = resize_slices(image, None, cfg.image_size)
+    x = model_input(image, cfg.normalization, cfg.image_size)
     if module.volumetric:
         if image.shape[0] == 1:
             raise DataError(f"{path}: a 2D image; this model was trained on volumes (data.dims=3)")
