@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mtlseg.config import load_config
-from mtlseg.engine.batched import InferenceSet, file_entries
+from mtlseg.engine.batched import InferenceSet, default_readers, file_entries
 from mtlseg.engine.inference import evaluate_cases, load_module, predict, predict_file
 from mtlseg.engine.train import train
 
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="default: as predict chooses")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -94,7 +94,8 @@ def main() -> None:
         }
     print(
         f"{args.recipe} at {args.size} px, {len(files)} images, batch {args.batch}, "
-        f"{args.workers} reader(s), {torch.get_num_threads()} threads"
+        f"{default_readers() if args.workers is None else args.workers} reader(s), "
+        f"{torch.get_num_threads()} threads"
     )
     base = rates["forward only"]
     for name, rate in rates.items():

@@ -321,3 +321,14 @@ def test_backbone_parameter_errors_name_the_key():
         build_backbone("big-unet", {"layers": [1, 1, 1], "width": 4, "freeze": 9}, 1, 3)
     with pytest.raises(ConfigError, match="model.params: small-unet needs at least two levels"):
         build_backbone("small-unet", {"channels": [4]}, 1, 3)
+
+
+def test_class_max_equals_torch_max_with_ties_in_2d_and_3d():
+    from mtlseg.tasks.segmentation import class_max
+
+    torch.manual_seed(0)
+    for shape in ((3, 4, 17, 9), (2, 2, 5, 6, 3), (1, 1, 4, 4)):
+        scores = torch.randint(0, 3, shape).float()  # many ties
+        best, index = class_max(scores)
+        expected = scores.max(1)
+        assert torch.equal(best, expected.values) and torch.equal(index, scores.argmax(1))

@@ -104,7 +104,12 @@ def cmd_lr_find(args) -> None:
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
-    p.add_argument("--workers", type=int, default=1, help="background file readers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="background file readers (default: none on <= 2 CPU cores, else half, at most 4)",
+    )
     p.add_argument("--tta", action="store_true", help="average with the horizontal mirror")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

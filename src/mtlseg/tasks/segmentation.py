@@ -119,12 +119,27 @@ class SegmentationTask(Task):
         return logits.float().sigmoid()
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) logits -> (B, H, W) class indices."""
+        """(B, C, *spatial) logits -> (B, *spatial) class indices."""
         if self.params.mode == "softmax":
-            return logits.argmax(1)
-        prob = logits.float().sigmoid()
-        best, index = prob.max(1)
+            return class_max(logits)[1]
+        best, index = class_max(logits.float().sigmoid())
         return torch.where(best > self.params.threshold, index + 1, torch.zeros_like(index))
+
+
+def class_max(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and argmax over dim 1, the first index among ties (as ``torch.max``).
+
+    A loop of elementwise compares over the few classes: on CPU, torch's reduction over a
+    small dim that is not the innermost one runs about 50x slower (12 ms vs 0.25 ms for
+    2 x 256 x 256 logits), and it dominated inference.
+    """
+    best = scores[:, 0]
+    index = torch.zeros(best.shape, dtype=torch.long, device=scores.device)
+    for c in range(1, scores.shape[1]):
+        higher = scores[:, c] > best
+        best = torch.where(higher, scores[:, c], best)
+        index.masked_fill_(higher, c)
+    return best, index
 
 
 def _resize_target(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
