@@ -21,6 +21,7 @@ from mtlseg.registry import Registry
 
 MAX_INFERRED_CLASSES = 32
 
+# a normalisation maps a (Z, H, W, C) case to per-channel (offset, scale): x -> (x - offset) / scale
 NORMALIZATIONS: Registry = Registry("normalization")
 
 
@@ -53,13 +54,12 @@ def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
     with weights summing to one, so resizing the raw image first gives the same input (to
     float rounding) at a fraction of the cost of normalising every full-size pixel.
     """
-    offset, scale = NORMALIZATIONS.get(method)(image)
+    offset, scale = (
+        torch.from_numpy(v).float().view(1, -1, 1, 1) for v in NORMALIZATIONS.get(method)(image)
+    )
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    view = (1, -1, 1, 1)
-    return (x - torch.from_numpy(offset).float().view(view)) / torch.from_numpy(scale).float().view(
-        view
-    )
+    return (x - offset) / scale
 
 
 @dataclass

@@ -96,8 +96,9 @@ def _as_is(item: dict) -> dict:
 
 def default_readers() -> int:
     """Background file readers when none are asked for: none on two cores or fewer, where a
-    reader process competes with the forward pass for the cores (benchmarks/predict_speed.py:
-    0.65x of forward-only with none, 0.43-0.52x with one), else half the cores, at most 4."""
+    reader process competes with the forward pass for the cores (benchmarks/predict_speed.py
+    on 2 cores: 0.65x of forward-only with none, 0.43-0.52x with one), else half the cores,
+    at most 4."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return 0 if (cores or 1) <= 2 else min(4, cores // 2)
 

@@ -224,8 +224,8 @@ def predict(
     """Masks for every image/volume under ``input_path``, at each file's own size: PNG for 2D
     (binary as 0/255, otherwise class indices), NIfTI with the input's affine for volumes.
     Files are read in ``num_workers`` background workers (None: ``default_readers()``) and
-    their slices batched together
-    (``mtlseg.engine.batched``); ``tta`` averages with the horizontal mirror."""
+    their slices batched together (``mtlseg.engine.batched``); ``tta`` averages with the
+    horizontal mirror."""
     module = load_module(ckpt_path, _device(device))
     out_dir = Path(out_dir)
     writable_dir(out_dir)
