@@ -156,11 +156,78 @@ def test_ddp_refuses_weightings_with_per_process_state(kvasir_small, tmp_path):
             f"data.path={kvasir_small}",
             "train.max_steps=1",
             "train.devices=2",
-            "weighting.kind=dwa",
+            "weighting.kind=gradnorm",
         ],
     )
-    with pytest.raises(ConfigError, match="weighting.kind=dwa keeps per-process state"):
+    with pytest.raises(ConfigError, match="gradnorm keeps per-process state.*dwa, equal, famo"):
         train(cfg, tmp_path / "run")
+
+
+LOSS_WEIGHTINGS_UNDER_DDP = {
+    "dwa": {"unit": "step", "every": 2},
+    "softadapt": {"unit": "step", "every": 2},
+    "famo": {},
+}
+
+
+def _weights_seen(kind: str, steps: list[dict[str, float]]) -> list[dict[str, float]]:
+    from mtlseg.weighting import build_weighting
+
+    weighting = build_weighting(
+        kind, LOSS_WEIGHTINGS_UNDER_DDP[kind], {"segmentation": 1.0, "hog": 0.5}, "segmentation"
+    )
+    weighting.train()
+    seen = []
+    for step, losses in enumerate(steps):
+        w = weighting.weights({n: torch.tensor(v) for n, v in losses.items()}, step)
+        seen.append({n: float(v) for n, v in w.items()})
+    return seen
+
+
+def _weights_in_process(rank: int, world: int, port: int, losses, out: str) -> None:
+    """One DDP process (gloo): every loss weighting's weights on this process's losses."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        seen = {
+            k: _weights_seen(k, [step[rank] for step in losses]) for k in LOSS_WEIGHTINGS_UNDER_DDP
+        }
+        torch.save(seen, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_loss_weightings_keep_one_state_across_ddp_processes(tmp_path):
+    """Each process sees its own batch's losses; the weights must be those one process
+    computes from the losses of the whole batch (their mean), equal in every process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    generator = torch.Generator().manual_seed(0)
+    losses = [
+        [
+            {n: float(torch.rand((), generator=generator)) + 0.1 for n in ("segmentation", "hog")}
+            for _rank in range(2)
+        ]
+        for _step in range(8)
+    ]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_weights_in_process, args=(2, port, losses, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for kind in LOSS_WEIGHTINGS_UNDER_DDP:
+        mean = [{n: (s[0][n] + s[1][n]) / 2 for n in s[0]} for s in losses]
+        alone = _weights_seen(kind, mean)
+        per_rank = [_weights_seen(kind, [s[r] for s in losses]) for r in range(2)]
+        assert per_rank[0] != per_rank[1], f"{kind}: the processes' own losses differ"
+        for seen in ranks:
+            for got, want in zip(seen[kind], alone, strict=True):
+                assert got == pytest.approx(want, rel=1e-5), kind
+        assert alone[-1] != alone[0], f"{kind}: the weights moved"
 
 
 def test_resumable_batches_share_an_epoch_between_processes_and_skip(monkeypatch):

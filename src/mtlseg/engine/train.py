@@ -34,6 +34,7 @@ from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS
+from mtlseg.weighting.base import WEIGHTINGS
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +251,11 @@ def train(
         write_split_file(data, out / "splits.json")
     module = build_module(cfg, data)
     if cfg.train.devices > 1 and not module.weighting.ddp_safe:
+        safe = [n for n in WEIGHTINGS.names() if WEIGHTINGS.get(n).ddp_safe]
         raise ConfigError(
-            f"weighting.kind={cfg.weighting.kind} keeps per-process state (loss history, its "
-            "own solver or backward) that DDP does not synchronise; train it with "
-            "train.devices=1, or use fixed, equal, constant, decay, rlw or uw"
+            f"weighting.kind={cfg.weighting.kind} keeps per-process state (its own backward "
+            "of each process's gradients) that DDP does not synchronise; train it with "
+            f"train.devices=1, or use one of: {', '.join(safe)}"
         )
     trainer = build_trainer(cfg, out)
     train_dl, val_dl = loaders(cfg, data)

@@ -43,9 +43,10 @@ class Weighting(nn.Module):
     """
 
     Config: type = object
-    # correct under DDP: the weights are a function of the step and the recipe, or learned
-    # parameters whose gradients DDP averages; False where a strategy keeps per-process state
-    # (loss histories, its own solver or optimiser, a backward of its own) DDP does not sync
+    # correct under DDP: the weights are a function of the step and the recipe, learned
+    # parameters whose gradients DDP averages, or state updated from loss values averaged
+    # over the processes (``mean_over_processes``); False where a strategy keeps per-process
+    # state DDP does not sync (its own backward of per-process gradients)
     ddp_safe: bool = False
 
     def __init__(
@@ -89,6 +90,18 @@ class Weighting(nn.Module):
     def logs(self) -> dict[str, float]:
         """Values to log after the last step: ``weight_<task>`` and method-specific ones."""
         return dict(self.last)
+
+
+def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the processes of a DDP run (``values`` itself in one
+    process): a weighting that reads loss values then keeps the same state in every process,
+    the state one process would keep on the whole (all processes') batch."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    total = values.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def build_weighting(

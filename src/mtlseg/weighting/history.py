@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtlseg.weighting.base import WEIGHTINGS, Weighting
+from mtlseg.weighting.base import WEIGHTINGS, Weighting, mean_over_processes
 
 
 @dataclass
@@ -29,8 +29,11 @@ class LossHistoryWeighting(Weighting):
     Subclasses implement ``from_history(previous, last) -> (K,) factors``; each task's recipe
     weight multiplies its factor. Until two periods are complete every factor is 1. When the
     set of losses changes (a new stage of ``train.stages``), the history starts afresh over
-    the new set: loss ratios across a change of objective mean nothing.
+    the new set: loss ratios across a change of objective mean nothing. Under DDP the losses
+    are averaged over the processes first, so every process keeps the same history.
     """
+
+    ddp_safe = True
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
@@ -65,7 +68,7 @@ class LossHistoryWeighting(Weighting):
             losses[n].detach().double().to(zero.device) if n in losses else zero
             for n in self.all_names
         ]
-        self.running += torch.stack(values)
+        self.running += mean_over_processes(torch.stack(values))
         self.count += 1
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import LIKELIHOODS, WEIGHTINGS, Weighting
+from mtlseg.weighting.base import LIKELIHOODS, WEIGHTINGS, Weighting, mean_over_processes
 
 
 @dataclass
@@ -88,6 +88,7 @@ class FAMOWeighting(Weighting):
     extra forward. The logits and their Adam state are saved with the checkpoint."""
 
     Config = FAMOParams
+    ddp_safe = True  # its logits step from the losses averaged over the processes
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
@@ -123,7 +124,8 @@ class FAMOWeighting(Weighting):
         """Effective weights z_i w_i / (c (w_i L_i - b)); the weighted sum they give has the
         gradient of sum_i z_i log(w_i L_i - b) / c (w_i: recipe weights)."""
         index = [self.names.index(n) for n in losses]
-        values = torch.stack([losses[n].detach() for n in losses]).float()
+        # under DDP every process steps its logits with the losses of the whole batch
+        values = mean_over_processes(torch.stack([losses[n].detach() for n in losses]).float())
         if self.training:
             now = torch.full((len(self.names),), float("nan"), device=values.device)
             now[index] = values
