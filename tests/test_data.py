@@ -80,9 +80,9 @@ def test_per_case_normalisation(acdc_small):
 
 @pytest.mark.parametrize("mode", ["zscore", "minmax"])
 def test_inference_input_resized_first_equals_normalised_first(kvasir_small, acdc_small, mode):
-    from mtlseg.data.dataset import resize_slices
+    from mtlseg.data.dataset import model_input, resize_slices
     from mtlseg.data.io import read_volume
-    from mtlseg.data.loading import model_input, normalise
+    from mtlseg.data.loading import normalise
 
     for path in (
         next((kvasir_small / "images").iterdir()),  # uint8 RGB

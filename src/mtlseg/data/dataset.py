@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mtlseg.data.annotations import Annotations
-from mtlseg.data.loading import LoadedCase
+from mtlseg.data.loading import NORMALIZATIONS, LoadedCase
 from mtlseg.data.metadata import META_FIELDS, require_fields
 
 POSITION = META_FIELDS.index("position")
@@ -26,6 +26,20 @@ def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int):
     y = torch.from_numpy(label.astype(np.float32))[:, None]
     y = F.interpolate(y, size=(size, size), mode="nearest")[:, 0].to(torch.uint8)
     return x, y
+
+
+def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
+    """(Z, H, W, C) raw image -> (Z, C, S, S) normalised as in training, resized to ``size``.
+
+    The normalisation is per-channel affine and the antialiased bilinear resize is linear
+    with weights summing to one, so resizing the raw image first gives the same input (to
+    float rounding) at a fraction of the cost of normalising every full-size pixel.
+    """
+    offset, scale = (
+        torch.from_numpy(v).float().view(1, -1, 1, 1) for v in NORMALIZATIONS.get(method)(image)
+    )
+    x, _ = resize_slices(image, None, size)
+    return (x - offset) / scale
 
 
 class SliceDataset(Dataset):

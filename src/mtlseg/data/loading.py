@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mtlseg.config import DataConfig
 from mtlseg.data.io import check_finite, read_volume
@@ -45,21 +44,6 @@ def normalise(image: np.ndarray, method: str) -> np.ndarray:
     """(Z, H, W, C) -> the same, float32, with ``method``'s per-channel (offset, scale)."""
     offset, scale = NORMALIZATIONS.get(method)(image)
     return ((image.astype(np.float32) - offset.astype(np.float32)) / scale).astype(np.float32)
-
-
-def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
-    """(Z, H, W, C) raw image -> (Z, C, S, S) normalised as in training, resized to ``size``.
-
-    The normalisation is per-channel affine and the antialiased bilinear resize is linear
-    with weights summing to one, so resizing the raw image first gives the same input (to
-    float rounding) at a fraction of the cost of normalising every full-size pixel.
-    """
-    offset, scale = (
-        torch.from_numpy(v).float().view(1, -1, 1, 1) for v in NORMALIZATIONS.get(method)(image)
-    )
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (x - offset) / scale
 
 
 @dataclass

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from mtlseg.data.dataset import model_input
 from mtlseg.data.io import check_finite, read_volume, stem
-from mtlseg.data.loading import MaskDecoder, model_input, read_case
+from mtlseg.data.loading import MaskDecoder, read_case
 from mtlseg.data.metadata import case_meta, require_fields
 from mtlseg.data.sources import CaseRecord
 from mtlseg.engine.module import MultiTaskModule

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mtlseg.data.dataset import SliceDataset
+from mtlseg.data.dataset import SliceDataset, model_input
 from mtlseg.data.io import (
     IMAGE_ENDINGS,
     NIFTI_ENDINGS,
@@ -21,7 +21,7 @@ from mtlseg.data.io import (
     stem,
     voxel_spacing,
 )
-from mtlseg.data.loading import MaskDecoder, model_input
+from mtlseg.data.loading import MaskDecoder
 from mtlseg.data.metadata import case_meta, require_fields
 from mtlseg.data.sources import discover
 from mtlseg.data.volumes import VolumeDataset

@@ -76,12 +76,8 @@ class AggregatorWeighting(Weighting):
         from torchjd.autojac import backward as jac_backward
         from torchjd.autojac import jac_to_grad
 
-        names = tuple(losses)
-        values = [losses[n] * (self.task_weights[n] * ctx.scale) for n in names]
+        names, values = self._backward_heads(losses, ctx)
         self.last = {}
-        heads = [p for p in ctx.task_params if p.requires_grad]
-        if heads:  # only the paths from the losses to the heads: cheap
-            torch.autograd.backward(sum(values), inputs=heads, retain_graph=True)
         shared = [p for p in ctx.shared_params if p.requires_grad]
         jac_backward(values, inputs=shared, parallel_chunk_size=self.cfg.parallel_chunk_size)
         # parameters no active loss reaches (a task's attention before its stage) get no
@@ -101,6 +97,16 @@ class AggregatorWeighting(Weighting):
                 {f"weight_{n}": float(w) for n, w in zip(names, weights.flatten(), strict=True)}
             )
         self.check()
+
+    def _backward_heads(self, losses, ctx) -> tuple[tuple[str, ...], list[torch.Tensor]]:
+        """The recipe-weighted (AMP-scaled) losses; the heads get the plain gradient of their
+        sum (only the paths from the losses to the heads: cheap), the graph is kept."""
+        names = tuple(losses)
+        values = [losses[n] * (self.task_weights[n] * ctx.scale) for n in names]
+        heads = [p for p in ctx.task_params if p.requires_grad]
+        if heads:
+            torch.autograd.backward(sum(values), inputs=heads, retain_graph=True)
+        return names, values
 
     def check(self) -> None:
         """Raise or count a failure of the aggregator's solver (Nash-MTL)."""
@@ -255,11 +261,7 @@ class NashMTLWeighting(AggregatorWeighting):
 
     def _reuse_alpha(self, losses, ctx, weighting) -> None:
         """A step between solves: J^T alpha by one backward, clipped to ``max_norm``."""
-        names = tuple(losses)
-        values = [losses[n] * (self.task_weights[n] * ctx.scale) for n in names]
-        heads = [p for p in ctx.task_params if p.requires_grad]
-        if heads:
-            torch.autograd.backward(sum(values), inputs=heads, retain_graph=True)
+        names, values = self._backward_heads(losses, ctx)
         shared = [p for p in ctx.shared_params if p.requires_grad]
         alpha = torch.as_tensor(weighting.prvs_alpha, dtype=torch.float32)
         combined = sum(float(a) * v for a, v in zip(alpha, values, strict=True))
