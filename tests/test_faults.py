@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -46,17 +45,30 @@ def _train_cli(data, out, steps: int, *extra: str) -> list[str]:
     return [*argv, "--out", str(out), *_sets([*EXACT, f"train.max_steps={steps}"]), *extra]
 
 
+KILL_AT_STEP_4 = """
+import os, signal, sys
+from mtlseg.cli import main
+from mtlseg.engine.module import MultiTaskModule
+step = MultiTaskModule.training_step
+def killed(self, batch, batch_idx):
+    if self.global_step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, batch, batch_idx)
+MultiTaskModule.training_step = killed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(kvasir_small, tmp_path):
     # every run is a process with the same environment (thread count changes float sums)
     steps = 30
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cli(kvasir_small, out, steps), cwd=REPO)
+    # the process SIGKILLs itself at step 4, after the checkpoint of step 3 (polling from
+    # outside raced with training: a fast machine was already past the next checkpoint)
+    argv = _train_cli(kvasir_small, out, steps)
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP_4, *argv[3:]], cwd=REPO)
+    assert proc.returncode == -signal.SIGKILL, "the run was killed, not finished"
     last = out / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while _step(last) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run was killed, not finished"
     killed_at = _step(last)
     assert 3 <= killed_at < steps and killed_at % 2 == 1, "a mid-epoch checkpoint"
 
