@@ -160,19 +160,130 @@ def test_two_process_ddp_on_cpu_shares_batches_syncs_metrics_and_writes_once(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_ddp_refuses_weightings_with_per_process_state(kvasir_small, tmp_path):
-    cfg = load_config(
-        "unet-hog",
-        [
-            *EXACT,
-            f"data.path={kvasir_small}",
-            "train.max_steps=1",
-            "train.devices=2",
-            "weighting.kind=gradnorm",
-        ],
-    )
-    with pytest.raises(ConfigError, match="gradnorm keeps per-process state.*dwa, equal, famo"):
-        train(cfg, tmp_path / "run")
+SAVE_WEIGHTS_PER_PROCESS = """
+import os, sys, torch
+from mtlseg.cli import main
+from mtlseg.engine.module import MultiTaskModule
+def save(self):
+    state = {k: v.clone() for k, v in self.state_dict().items() if torch.is_tensor(v)}
+    torch.save(state, os.path.join(os.environ["WEIGHTS_OUT"], f"rank{self.global_rank}.pt"))
+MultiTaskModule.on_train_end = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# the first stage leaves the HOG head unused: DDP must look for unused parameters
+STAGED = "train.stages=[{steps: 2, tasks: []}, {tasks: null}]"
+
+
+@pytest.mark.parametrize(("kind", "extra"), [("famo", [STAGED]), ("pcgrad", [])])
+def test_ddp_trains_both_weighting_families_to_the_same_weights_in_every_process(
+    kind, extra, kvasir_small, tmp_path
+):
+    """FAMO steps parameters outside DDP's reducer (here with a stage that leaves a head
+    unused); PCGrad switches the reducer off and averages the Jacobian itself: in both, the
+    processes (fed different batches) must end with the same weights and buffers."""
+    script = tmp_path / "train_and_save.py"
+    script.write_text(SAVE_WEIGHTS_PER_PROCESS)
+    out = tmp_path / "run"
+    argv = [sys.executable, str(script), "train", "--recipe", "unet-hog"]
+    argv += ["--data", str(kvasir_small), "--out", str(out)]
+    argv += _sets([*EXACT, "train.max_steps=3", "train.val_every=3", "train.devices=2"])
+    argv += _sets(["train.accelerator=cpu", f"weighting.kind={kind}", *extra])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WEIGHTS_OUT": str(tmp_path)}
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best val Dice") == 1, "one process reports"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), f"{kind}: {name} differs between processes"
+    last = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 3
+    for name, value in ranks[0].items():  # what rank 0 saved is what they hold
+        assert torch.equal(value, last["state_dict"][name]), name
+
+
+def _toy_gradients(kind: str, batches) -> list[torch.Tensor]:
+    """Gradients of a tiny two-task model over a few steps (SGD between them), as the engine
+    makes them: the weighting's backward, then the mean of every .grad over the processes."""
+    from torch import nn
+
+    from mtlseg.weighting import BackwardContext, average_over_processes, build_weighting
+
+    torch.manual_seed(0)
+    trunk, head_a, head_b = nn.Linear(3, 6), nn.Linear(6, 1), nn.Linear(6, 2)
+    params = {"update_weights_every": 2} if kind == "nash-mtl" else {}
+    weighting = build_weighting(kind, params, {"a": 1.0, "b": 0.5}, "a")
+    model = nn.ModuleList([trunk, head_a, head_b, weighting])
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    seen = []
+    for step, (x, ya, yb) in enumerate(batches):
+        feature = torch.tanh(trunk(x))
+        losses = {
+            "a": (head_a(feature) - ya).pow(2).mean(),
+            "b": (head_b(feature) - yb).pow(2).mean(),
+        }
+        optimizer.zero_grad()
+        heads = [*head_a.parameters(), *head_b.parameters()]
+        ctx = BackwardContext(list(trunk.parameters()), heads, {"bottleneck": feature})
+        weighting.backward(losses, weighting(losses, step), ctx)
+        average_over_processes([p.grad for p in model.parameters() if p.grad is not None])
+        seen.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        optimizer.step()
+    return seen
+
+
+GRADIENT_METHODS = ["gradnorm", "pcgrad", "upgrad", "mgda", "nash-mtl"]
+
+
+def _gradients_in_process(rank: int, world: int, port: int, batches, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mine = [tuple(t.chunk(world)[rank] for t in batch) for batch in batches]
+        torch.save({k: _toy_gradients(k, mine) for k in GRADIENT_METHODS}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gradient_methods_under_ddp_update_with_the_whole_batch_gradients(tmp_path):
+    """Each process holds half of every batch; the gradients every process ends a step with
+    must be those one process computes on the whole batch (Jacobian, gradient norms and
+    Nash-MTL's between-solves step included), not an average of per-process aggregates."""
+    import torch.multiprocessing as mp
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (
+            torch.randn(8, 3, generator=generator),
+            torch.randn(8, 1, generator=generator),
+            torch.randn(8, 2, generator=generator),
+        )
+        for _ in range(4)
+    ]
+    mp.spawn(_gradients_in_process, args=(2, _free_port(), batches, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for kind in GRADIENT_METHODS:
+        alone = _toy_gradients(kind, batches)
+        halves = [
+            _toy_gradients(kind, [tuple(t.chunk(2)[r] for t in b) for b in batches])
+            for r in range(2)
+        ]
+        assert not torch.allclose(halves[0][0], halves[1][0]), "the halves' own gradients differ"
+        for seen in ranks:
+            for got, want in zip(seen[kind], alone, strict=True):
+                assert torch.allclose(got, want, rtol=1e-4, atol=1e-6), kind
+        assert torch.equal(ranks[0][kind][-1], ranks[1][kind][-1]), kind
 
 
 LOSS_WEIGHTINGS_UNDER_DDP = {
@@ -214,8 +325,6 @@ def _weights_in_process(rank: int, world: int, port: int, losses, out: str) -> N
 def test_loss_weightings_keep_one_state_across_ddp_processes(tmp_path):
     """Each process sees its own batch's losses; the weights must be those one process
     computes from the losses of the whole batch (their mean), equal in every process."""
-    import socket
-
     import torch.multiprocessing as mp
 
     generator = torch.Generator().manual_seed(0)
@@ -226,10 +335,7 @@ def test_loss_weightings_keep_one_state_across_ddp_processes(tmp_path):
         ]
         for _step in range(8)
     ]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_weights_in_process, args=(2, port, losses, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_weights_in_process, args=(2, _free_port(), losses, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for kind in LOSS_WEIGHTINGS_UNDER_DDP:
         mean = [{n: (s[0][n] + s[1][n]) / 2 for n in s[0]} for s in losses]

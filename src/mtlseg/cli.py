@@ -83,7 +83,11 @@ def cmd_train(args) -> None:
         found = find_lr(load_config(args.recipe, overrides), Path(args.out) / "lr_find")
         print(f"learning-rate finder suggests {found.suggestion:.3g} (curve: {found.plot})")
         overrides.append(f"train.lr={found.suggestion}")
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     result = train(load_config(args.recipe, overrides), Path(args.out), resume=args.resume)
+    if rank_zero_only.rank != 0:  # DDP: every process runs this; the first one reports
+        return
     score = f"{result.best_val_dice:.4f}" if result.best_val_dice is not None else "n/a"
     print(
         f"best val Dice {score}; checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)"

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 from monai.inferers import sliding_window_inference
+from torch.nn.parallel import DistributedDataParallel
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size
 from mtlseg.engine.optimizers import build_optimizer
@@ -23,7 +24,7 @@ from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.terms import TERMS, build_terms
-from mtlseg.weighting import BackwardContext, build_weighting
+from mtlseg.weighting import BackwardContext, average_over_processes, build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
 
@@ -284,6 +285,8 @@ class MultiTaskModule(pl.LightningModule):
             shared_feature=self.model.backbone.shared_feature,
         )
         self.weighting.backward(losses, loss, ctx)
+        if self.weighting.syncs_gradients:  # DDP's reducer is off for it (on_train_start)
+            average_over_processes([p.grad for p in self.parameters() if p.grad is not None])
 
     def _loss_scale(self) -> float:
         """The AMP grad scaler's current factor (1 without one)."""
@@ -291,6 +294,29 @@ class MultiTaskModule(pl.LightningModule):
             return 1.0
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def _ddp_without_reducer(self) -> DistributedDataParallel | None:
+        """The DDP wrapper when the weighting syncs gradients itself (None otherwise)."""
+        ddp = self.trainer.strategy.model if self._trainer is not None else None
+        if self.weighting.syncs_gradients and isinstance(ddp, DistributedDataParallel):
+            return ddp
+        return None
+
+    def on_train_start(self) -> None:
+        """Under DDP, a weighting that reads gradients averages them itself: DDP's reducer,
+        which would average each process's own gradients during backward, is switched off."""
+        if (ddp := self._ddp_without_reducer()) is not None:
+            ddp.require_backward_grad_sync = False
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # without its reducer DDP stops broadcasting the first process's buffers (BatchNorm
+        # statistics) before each forward; ask for it, as it does with the reducer on
+        if (ddp := self._ddp_without_reducer()) is not None:
+            ddp.require_forward_param_sync = True
+
+    def on_validation_start(self) -> None:
+        if (ddp := self._ddp_without_reducer()) is not None:
+            ddp.require_forward_param_sync = True
 
     def on_after_backward(self) -> None:
         logs = self.weighting.logs()
@@ -318,13 +344,15 @@ class MultiTaskModule(pl.LightningModule):
             for task in aux:
                 target = task.target(batch)
                 loss = task.loss(outputs[task.name], target)
-                self.log(f"val/loss_{task.name}", loss, batch_size=bs)
+                self.log(f"val/loss_{task.name}", loss, batch_size=bs, sync_dist=True)
                 if task.name in self.task_metrics:
                     self.task_metrics[task.name].update(
                         task.metric_input(outputs[task.name]), task.metric_target(target)
                     )
             for term in self.terms:
-                self.log(f"val/loss_{term.name}", term(outputs, batch), batch_size=bs)
+                self.log(
+                    f"val/loss_{term.name}", term(outputs, batch), batch_size=bs, sync_dist=True
+                )
         else:
             pred = self.predict_labels(image, meta)
         cases = torch.tensor([self.case_index.get(c, 0) for c in batch["case_id"]])
@@ -333,9 +361,12 @@ class MultiTaskModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         result = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log("val/dice", result["dice/mean"], prog_bar=True)
-        self.log_dict({f"val/{k}": v for k, v in result.items() if k != "dice/mean"})
-        self.log_dict({f"val/{k}": v for k, v in self.compute_task_metrics().items()})
+        # torchmetrics synced the states already: every process holds the same values, so
+        # sync_dist averages equal numbers (and keeps Lightning from warning under DDP)
+        self.log("val/dice", result["dice/mean"], prog_bar=True, sync_dist=True)
+        rest = {f"val/{k}": v for k, v in result.items() if k != "dice/mean"}
+        rest.update({f"val/{k}": v for k, v in self.compute_task_metrics().items()})
+        self.log_dict(rest, sync_dist=True)
 
     def compute_task_metrics(self) -> dict[str, torch.Tensor]:
         """``{task/metric: value}`` of the auxiliary tasks' metrics, then reset them."""
@@ -350,10 +381,8 @@ class MultiTaskModule(pl.LightningModule):
         return out
 
     def configure_optimizers(self):
-        own = {id(p) for p in self.weighting.parameters()} - {
-            id(p) for p in self.weighting.optimizer_parameters()
-        }  # e.g. FAMO's logits: it steps them itself
-        params = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        # FAMO's logits do not require grad: it steps them itself
+        params = [p for p in self.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train, self.lr)
         progress = self._progress()
         if self._trainer is not None:

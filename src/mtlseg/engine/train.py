@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from mtlseg.config import RunConfig
@@ -34,7 +35,6 @@ from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS
-from mtlseg.weighting.base import WEIGHTINGS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ def _precision(cfg: RunConfig) -> str:
     if precision == "16-mixed" and not gpu:
         raise ConfigError("train.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
     return "32-true" if precision == "32" else precision
+
+
+def _strategy(t) -> str | DDPStrategy:
+    """``train.strategy``; ``auto`` with several devices is DDP, which looks for parameters a
+    step leaves unused only when stages switch tasks (and their heads) off."""
+    if t.strategy != "auto" or t.devices <= 1:
+        return t.strategy
+    return DDPStrategy(find_unused_parameters=bool(t.stages))
 
 
 def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
@@ -106,7 +114,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         num_sanity_val_steps=0,
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy="ddp" if t.strategy == "auto" and t.devices > 1 else t.strategy,
+        strategy=_strategy(t),
         use_distributed_sampler=False,  # ResumableBatches shares the batches out itself
         precision=_precision(cfg),
         gradient_clip_val=t.grad_clip,
@@ -250,13 +258,6 @@ def train(
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_split_file(data, out / "splits.json")
     module = build_module(cfg, data)
-    if cfg.train.devices > 1 and not module.weighting.ddp_safe:
-        safe = [n for n in WEIGHTINGS.names() if WEIGHTINGS.get(n).ddp_safe]
-        raise ConfigError(
-            f"weighting.kind={cfg.weighting.kind} keeps per-process state (its own backward "
-            "of each process's gradients) that DDP does not synchronise; train it with "
-            f"train.devices=1, or use one of: {', '.join(safe)}"
-        )
     trainer = build_trainer(cfg, out)
     train_dl, val_dl = loaders(cfg, data)
     if resume:

@@ -6,7 +6,15 @@ from mtlseg.weighting.base import (
     WEIGHTINGS,
     BackwardContext,
     Weighting,
+    average_over_processes,
     build_weighting,
 )
 
-__all__ = ["LIKELIHOODS", "WEIGHTINGS", "BackwardContext", "Weighting", "build_weighting"]
+__all__ = [
+    "LIKELIHOODS",
+    "WEIGHTINGS",
+    "BackwardContext",
+    "Weighting",
+    "average_over_processes",
+    "build_weighting",
+]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mtlseg.errors import ConfigError, TrainingError
-from mtlseg.weighting.base import WEIGHTINGS, Weighting
+from mtlseg.weighting.base import WEIGHTINGS, Weighting, average_over_processes
 
 
 @dataclass
@@ -29,9 +29,15 @@ class AggregatorWeighting(Weighting):
     that feed later stages), where a feature cut would count some paths twice.
 
     Logged per step: each task's weight (``weight_<task>``, for aggregators that weight rows)
-    and the cosine between each pair of task gradients (``cos_<a>-<b>``)."""
+    and the cosine between each pair of task gradients (``cos_<a>-<b>``).
+
+    Under DDP the Jacobian is averaged over the processes before it is aggregated (one
+    all-reduce of K x P numbers): every process then aggregates the Jacobian of the whole
+    batch, as one process would, rather than averaging per-process aggregates (the methods
+    are not linear)."""
 
     Config = AggregatorParams
+    syncs_gradients = True
     requires: tuple[str, ...] = ()  # optional modules, installed with mtlseg's extras
     extra: str = ""  # the pip extra that installs them
 
@@ -80,6 +86,7 @@ class AggregatorWeighting(Weighting):
         self.last = {}
         shared = [p for p in ctx.shared_params if p.requires_grad]
         jac_backward(values, inputs=shared, parallel_chunk_size=self.cfg.parallel_chunk_size)
+        average_over_processes([p.jac for p in shared])
         # parameters no active loss reaches (a task's attention before its stage) get no
         # gradient, as with a plain backward, rather than a zero that Adam would step on
         unused = [p for p in shared if not p.jac.any()]
@@ -267,6 +274,7 @@ class NashMTLWeighting(AggregatorWeighting):
         combined = sum(float(a) * v for a, v in zip(alpha, values, strict=True))
         # this step's J^T alpha alone (.grad may hold gradients accumulated before it)
         grads = torch.autograd.grad(combined, shared, allow_unused=True)
+        average_over_processes([g for g in grads if g is not None])  # DDP: the whole batch's
         norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
         factor = 1.0
         if self.cfg.max_norm > 0 and norm / ctx.scale > self.cfg.max_norm:

@@ -43,11 +43,13 @@ class Weighting(nn.Module):
     """
 
     Config: type = object
-    # correct under DDP: the weights are a function of the step and the recipe, learned
-    # parameters whose gradients DDP averages, or state updated from loss values averaged
-    # over the processes (``mean_over_processes``); False where a strategy keeps per-process
-    # state DDP does not sync (its own backward of per-process gradients)
-    ddp_safe: bool = False
+    # Under DDP, False: DDP's reducer averages the gradients during ``backward`` (the weights
+    # are the same in every process: fixed by the step, learned parameters in the graph, or
+    # state updated from loss values averaged by ``mean_over_processes``). True: ``backward``
+    # reads gradients to decide the update (an aggregator's Jacobian, GradNorm's norms); the
+    # engine switches DDP's reducer off, the method averages what it reads over the processes
+    # (``average_over_processes``) and the engine then averages every ``.grad`` once
+    syncs_gradients: bool = False
 
     def __init__(
         self,
@@ -82,11 +84,6 @@ class Weighting(nn.Module):
         by ``ctx.scale`` under AMP). Loss weightings just differentiate it."""
         total.backward()
 
-    def optimizer_parameters(self) -> list[nn.Parameter]:
-        """Parameters the model's optimiser updates (UW's log-variances); a method with its
-        own optimiser step (FAMO) returns none."""
-        return list(self.parameters())
-
     def logs(self) -> dict[str, float]:
         """Values to log after the last step: ``weight_<task>`` and method-specific ones."""
         return dict(self.last)
@@ -102,6 +99,24 @@ def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
     total = values.detach().clone()
     dist.all_reduce(total)
     return total / dist.get_world_size()
+
+
+def average_over_processes(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the processes of a DDP run, in place, with one
+    all-reduce of a flat buffer (nothing in one process). Every process must pass tensors of
+    the same shapes in the same order."""
+    dist = torch.distributed
+    if not tensors or not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    if world == 1:
+        return
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    with torch.no_grad():
+        for t, mean in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+            t.copy_(mean.view_as(t))
 
 
 def build_weighting(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import WEIGHTINGS, Weighting
+from mtlseg.weighting.base import WEIGHTINGS, Weighting, mean_over_processes
 
 
 @dataclass
@@ -28,9 +28,14 @@ class GradNormWeighting(Weighting):
     than the last shared layer's weights, so it works for every backbone; G_i = w_i ||g_i||
     needs one backward from each loss to W, and no second-order term. The weights are
     K softmax(logits), so they stay positive and sum to K (the paper renormalises to K);
-    the logits are trained by the model's optimiser, like the paper's."""
+    the logits are trained by the model's optimiser, like the paper's.
+
+    Under DDP, G_i and the loss ratios are those of the whole batch: the losses are averaged
+    over the processes, and G_i = sqrt(sum_r G_ir^2) / R (W's rows are split between the R
+    processes, each loss is the mean of theirs), so every process steps the same logits."""
 
     Config = GradNormParams
+    syncs_gradients = True
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
@@ -65,6 +70,7 @@ class GradNormWeighting(Weighting):
             ]
         )
         with torch.no_grad():
+            norms, values = _whole_batch(norms.detach(), values.detach())
             first = torch.isnan(self.initial[index])
             self.initial[index] = torch.where(first, values.detach().float(), self.initial[index])
             ratio = values.detach() / self.initial[index].clamp(min=1e-12)
@@ -79,3 +85,12 @@ class GradNormWeighting(Weighting):
             {f"grad_norm_{n}": float(v) for n, v in zip(names, g.detach(), strict=True)}
         )
         total.backward()
+
+
+def _whole_batch(norms: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under DDP, the whole batch's gradient norms at W and loss values from each process's."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return norms, values
+    world = dist.get_world_size()
+    return (mean_over_processes(norms**2) / world).sqrt(), mean_over_processes(values)

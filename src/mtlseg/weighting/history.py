@@ -33,8 +33,6 @@ class LossHistoryWeighting(Weighting):
     are averaged over the processes first, so every process keeps the same history.
     """
 
-    ddp_safe = True
-
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         k = len(task_weights)

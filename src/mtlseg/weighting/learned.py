@@ -30,7 +30,6 @@ class UncertaintyWeighting(Weighting):
     ``forms`` overrides it; each recipe weight scales its loss first."""
 
     Config = UWParams
-    ddp_safe = True
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
@@ -88,18 +87,16 @@ class FAMOWeighting(Weighting):
     extra forward. The logits and their Adam state are saved with the checkpoint."""
 
     Config = FAMOParams
-    ddp_safe = True  # its logits step from the losses averaged over the processes
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         self.names = list(task_weights)
         k = len(self.names)
-        self.logits = nn.Parameter(torch.zeros(k))
+        # FAMO steps its logits itself: requires_grad False keeps them out of the model's
+        # optimiser and of DDP's reducer (a parameter, so .to(device) keeps Adam's reference)
+        self.logits = nn.Parameter(torch.zeros(k), requires_grad=False)
         self.register_buffer("prev", torch.full((k,), float("nan")))
         self._optimizer = torch.optim.Adam([self.logits], lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def optimizer_parameters(self):
-        return []  # FAMO steps its logits itself
 
     def _log_losses(self, values: torch.Tensor) -> torch.Tensor:
         return (values - self.cfg.min_loss + self.cfg.eps).log()
@@ -114,8 +111,8 @@ class FAMOWeighting(Weighting):
         delta = torch.zeros_like(now)
         delta[both] = self._log_losses(prev[both]) - self._log_losses(now[both])
         with torch.enable_grad():
-            z = torch.softmax(self.logits, dim=0)
-            (grad,) = torch.autograd.grad(z, self.logits, grad_outputs=delta)
+            logits = self.logits.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(torch.softmax(logits, 0), logits, grad_outputs=delta)
         self.logits.grad = grad
         self._optimizer.step()
         self.logits.grad = None

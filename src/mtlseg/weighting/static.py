@@ -19,7 +19,6 @@ class FixedWeighting(Weighting):
     """L = sum_t w_t L_t with each task's ``weight`` from the recipe (paper 000 eq. 1: alpha, beta)."""
 
     Config = FixedParams
-    ddp_safe = True
 
     def weights(self, losses, step, epoch=0):
         return {name: self.task_weights[name] for name in losses}
@@ -35,7 +34,6 @@ class ConstantWeighting(Weighting):
     """Paper 001 eq. (2): L = L_seg + c * sum_aux L_aux (each task's recipe weight applies too)."""
 
     Config = ConstantParams
-    ddp_safe = True
 
     def aux_factor(self, step: int, epoch: int) -> float:
         return self.cfg.c
@@ -81,7 +79,6 @@ class EqualWeighting(Weighting):
     the multi-task literature, against which every other method is measured)."""
 
     Config = EqualParams
-    ddp_safe = True
 
     def weights(self, losses, step, epoch=0):
         return {name: 1.0 for name in losses}
@@ -98,7 +95,6 @@ class RandomLossWeighting(Weighting):
     afresh every step from the seeded global generator, times each recipe weight."""
 
     Config = RLWParams
-    ddp_safe = True
 
     def weights(self, losses, step, epoch=0):
         names = list(losses)
