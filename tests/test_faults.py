@@ -366,3 +366,32 @@ def test_resumable_batches_share_an_epoch_between_processes_and_skip(monkeypatch
     assert first == alone[0:4:2] and second == alone[1:4:2], "distinct, from one order"
     assert not {i for b in first for i in b} & {i for b in second for i in b}
     assert epoch(1, 2, skip=1) == second[1:], "a resumed process skips what it trained on"
+
+
+def test_patient_pair_batches_are_shared_between_processes_whole(monkeypatch):
+    """Under DDP a process takes whole patient-pair batches of the one (seed, epoch) order:
+    distinct between processes, the pairs (and one patient per batch) intact."""
+    from mtlseg.data.samplers import AdjacentPairBatchSampler
+    from mtlseg.engine.data import ResumableBatches
+
+    meta = [
+        {"case_id": f"p{p}_f{f}", "patient_id": f"p{p}", "slice_index": z}
+        for p in range(4)
+        for f in range(2)
+        for z in range(6)
+    ]
+
+    def epoch(rank: int, world: int) -> list[list[int]]:
+        monkeypatch.setattr(ResumableBatches, "_world", staticmethod(lambda: (rank, world)))
+        batches = ResumableBatches(AdjacentPairBatchSampler(meta, 4, seed=2))
+        batches.set_epoch(1)
+        return list(batches)
+
+    alone, first, second = epoch(0, 1), epoch(0, 2), epoch(1, 2)
+    assert first == alone[0::2][: len(first)] and second == alone[1::2][: len(second)]
+    assert len(first) == len(second) == len(alone) // 2
+    assert not {i for b in first for i in b} & {i for b in second for i in b}
+    for batch in first + second:
+        assert len({meta[i]["patient_id"] for i in batch}) == 1, "one patient per batch"
+        pairs = [sorted(batch[i : i + 2]) for i in range(0, len(batch), 2)]
+        assert all(b - a == 1 for a, b in pairs), "adjacent slices stay together"
