@@ -12,12 +12,19 @@ median step (forward, weighting, backward, Adam) of each is reported with its ra
 ``equal``. Nash-MTL runs with ``update_weights_every=25`` (the issue's target setting) unless
 ``--set weighting.params...`` says otherwise. CUDA: peak allocated memory per kind; CPU: the
 size of the Jacobian an aggregator holds (K x shared parameters x 4 bytes).
+
+``--peak-rss`` measures memory instead of time: each kind trains a few steps alone in a child
+process, whose peak resident memory (the whole process: Python, torch, data, model) is
+printed with its difference to ``equal``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -68,8 +75,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=15, help="timed steps per kind")
+    p.add_argument("--peak-rss", action="store_true", help="peak memory of each kind alone")
+    p.add_argument("--alone", action="store_true", help=argparse.SUPPRESS)  # a --peak-rss child
     p.add_argument("--set", nargs="*", default=[], dest="overrides")
     args = p.parse_args()
+    if args.peak_rss:
+        print_peak_rss(args)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     overrides = [f"data.image_size={args.size}", "data.augment=false", *args.overrides]
     cfg = load_config(args.recipe, [f"data.path={args.data}", *overrides])
@@ -79,7 +91,7 @@ def main() -> None:
         {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(loader).items()}
         for _ in range(3)
     ]
-    kinds = ["equal", *[k for k in args.kinds if k != "equal"]]
+    kinds = args.kinds if args.alone else ["equal", *[k for k in args.kinds if k != "equal"]]
     runs = {k: build(args.recipe, k, args.data, overrides, data, device) for k in kinds}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     peak: dict[str, float] = {}
@@ -96,6 +108,8 @@ def main() -> None:
                 peak[kind] = max(peak.get(kind, 0.0), torch.cuda.max_memory_allocated() / 2**20)
             if i >= 2:
                 times[kind].append(time.perf_counter() - t)
+    if args.alone:
+        return
     base = statistics.median(times["equal"])
     shared = sum(p.numel() for p in runs["equal"][0].model.shared_parameters())
     print(
@@ -116,6 +130,26 @@ def main() -> None:
             k = len(module.tasks) + len(module.terms)
             memory = f"Jacobian {k * shared * 4 / 2**20:.1f} MiB" if aggregator else "-"
         print(f"| {kind} | {1000 * median:.1f} | {median / base:.2f} | {goal_text} | {memory} |")
+
+
+def print_peak_rss(args) -> None:
+    """Each kind trains ``--steps`` steps alone in a child process: its peak RSS (MiB)."""
+    kinds = ["equal", *[k for k in args.kinds if k != "equal"]]
+    print(f"{args.recipe}, {args.size} px, batch {args.batch}, {args.steps} steps per child")
+    print("| kind | peak RSS (MiB) | - equal |")
+    print("|---|---|---|")
+    base = None
+    for kind in kinds:
+        cmd = [sys.executable, __file__, "--alone", "--data", args.data, "--recipe", args.recipe]
+        cmd += ["--kinds", kind, "--size", str(args.size), "--batch", str(args.batch)]
+        cmd += ["--steps", str(args.steps), "--set", *args.overrides]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        if status != 0:
+            raise SystemExit(f"{kind}: the child process failed ({status})")
+        rss = usage.ru_maxrss / 1024  # KiB on Linux
+        base = rss if base is None else base
+        print(f"| {kind} | {rss:.0f} | {rss - base:+.0f} |")
 
 
 if __name__ == "__main__":
