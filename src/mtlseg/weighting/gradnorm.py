@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import WEIGHTINGS, Weighting, mean_over_processes
+from mtlseg.weighting.base import WEIGHTINGS, Weighting, mean_over_processes, world_size
 
 
 @dataclass
@@ -89,8 +89,7 @@ class GradNormWeighting(Weighting):
 
 def _whole_batch(norms: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Under DDP, the whole batch's gradient norms at W and loss values from each process's."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         return norms, values
-    world = dist.get_world_size()
     return (mean_over_processes(norms**2) / world).sqrt(), mean_over_processes(values)
