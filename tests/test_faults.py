@@ -208,7 +208,8 @@ def _toy_gradients(kind: str, batches) -> list[torch.Tensor]:
     makes them: the weighting's backward, then the mean of every .grad over the processes."""
     from torch import nn
 
-    from mtlseg.weighting import BackwardContext, average_over_processes, build_weighting
+    from mtlseg.distributed import average_over_processes
+    from mtlseg.weighting import BackwardContext, build_weighting
 
     torch.manual_seed(0)
     trunk, head_a, head_b = nn.Linear(3, 6), nn.Linear(6, 1), nn.Linear(6, 2)

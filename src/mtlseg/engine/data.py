@@ -18,6 +18,7 @@ from mtlseg.data.sources import DatasetIndex, discover
 from mtlseg.data.splits import resolve_split, validate_split, write_split
 from mtlseg.data.transforms import build_augmentation
 from mtlseg.data.volumes import VolumeDataset
+from mtlseg.distributed import rank_and_world
 from mtlseg.errors import DataError
 from mtlseg.registry import Registry
 
@@ -118,11 +119,7 @@ class ResumableBatches(Sampler[list[int]]):
 
     @staticmethod
     def _world() -> tuple[int, int]:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return rank_and_world()
 
     def __iter__(self):
         skip, self._skip = self._skip, 0

@@ -14,6 +14,7 @@ from monai.inferers import sliding_window_inference
 from torch.nn.parallel import DistributedDataParallel
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size
+from mtlseg.distributed import average_over_processes
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.engine.stages import StagePlan
@@ -24,7 +25,7 @@ from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.terms import TERMS, build_terms
-from mtlseg.weighting import BackwardContext, average_over_processes, build_weighting
+from mtlseg.weighting import BackwardContext, build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
 
@@ -308,15 +309,17 @@ class MultiTaskModule(pl.LightningModule):
         if (ddp := self._ddp_without_reducer()) is not None:
             ddp.require_backward_grad_sync = False
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # without its reducer DDP stops broadcasting the first process's buffers (BatchNorm
-        # statistics) before each forward; ask for it, as it does with the reducer on
+    def _broadcast_buffers_at_next_forward(self) -> None:
+        """Without its reducer DDP stops broadcasting the first process's buffers (BatchNorm
+        statistics) before each forward; ask for it, as it does with the reducer on."""
         if (ddp := self._ddp_without_reducer()) is not None:
             ddp.require_forward_param_sync = True
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._broadcast_buffers_at_next_forward()
+
     def on_validation_start(self) -> None:
-        if (ddp := self._ddp_without_reducer()) is not None:
-            ddp.require_forward_param_sync = True
+        self._broadcast_buffers_at_next_forward()
 
     def on_after_backward(self) -> None:
         logs = self.weighting.logs()

@@ -6,7 +6,6 @@ from mtlseg.weighting.base import (
     WEIGHTINGS,
     BackwardContext,
     Weighting,
-    average_over_processes,
     build_weighting,
 )
 
@@ -15,6 +14,5 @@ __all__ = [
     "WEIGHTINGS",
     "BackwardContext",
     "Weighting",
-    "average_over_processes",
     "build_weighting",
 ]

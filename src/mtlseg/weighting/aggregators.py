@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mtlseg.distributed import average_over_processes
 from mtlseg.errors import ConfigError, TrainingError
-from mtlseg.weighting.base import WEIGHTINGS, Weighting, average_over_processes
+from mtlseg.weighting.base import WEIGHTINGS, Weighting
 
 
 @dataclass

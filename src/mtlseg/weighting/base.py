@@ -89,38 +89,6 @@ class Weighting(nn.Module):
         return dict(self.last)
 
 
-def world_size() -> int:
-    """Processes of the DDP run (1 without one)."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` over the processes of a DDP run (``values`` itself in one
-    process): a weighting that reads loss values then keeps the same state in every process,
-    the state one process would keep on the whole (all processes') batch."""
-    if world_size() == 1:
-        return values
-    mean = values.detach().clone()
-    average_over_processes([mean])
-    return mean
-
-
-def average_over_processes(tensors: list[torch.Tensor]) -> None:
-    """Replace each tensor by its mean over the processes of a DDP run, in place, with one
-    all-reduce of a flat buffer (nothing in one process). Every process must pass tensors of
-    the same shapes in the same order."""
-    world = world_size()
-    if not tensors or world == 1:
-        return
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])  # the widest dtype of them
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    with torch.no_grad():
-        for t, mean in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-            t.copy_(mean.view_as(t))
-
-
 def build_weighting(
     kind: str,
     params: dict[str, Any],

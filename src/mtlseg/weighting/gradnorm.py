@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mtlseg.distributed import mean_over_processes, world_size
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import WEIGHTINGS, Weighting, mean_over_processes, world_size
+from mtlseg.weighting.base import WEIGHTINGS, Weighting
 
 
 @dataclass

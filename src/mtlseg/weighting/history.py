@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mtlseg.weighting.base import WEIGHTINGS, Weighting, mean_over_processes
+from mtlseg.distributed import mean_over_processes
+from mtlseg.weighting.base import WEIGHTINGS, Weighting
 
 
 @dataclass

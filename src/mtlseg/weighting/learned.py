@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mtlseg.distributed import mean_over_processes
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import LIKELIHOODS, WEIGHTINGS, Weighting, mean_over_processes
+from mtlseg.weighting.base import LIKELIHOODS, WEIGHTINGS, Weighting
 
 
 @dataclass
