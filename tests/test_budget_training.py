@@ -139,7 +139,10 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
     module = _module("tasks.0.params.deep_supervision=2", "tasks.0.params.loss=ce")
     mask = torch.randint(0, 4, (2, 32, 32))
     image = torch.randn(2, 1, 32, 32)
-    outputs = module.model(image)["segmentation"]
+    out = module.model(image)
+    keys = ["segmentation", "segmentation/deep1", "segmentation/deep2"]
+    assert [k for k in out if k.startswith("segmentation")] == keys  # a flat dict of tensors
+    outputs = [out[k] for k in keys]
     assert [tuple(o.shape[-2:]) for o in outputs] == [(32, 32), (16, 16), (8, 8)]
     expected = sum(
         w
@@ -154,12 +157,9 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
 
 def test_deep_supervision_uses_the_stages_a_shallow_decoder_has():
     outputs = _module("tasks.0.params.deep_supervision=3").model(torch.randn(1, 1, 32, 32))
-    assert [tuple(o.shape[-2:]) for o in outputs["segmentation"]] == [(32, 32), (16, 16), (8, 8)]
-    assert torch.is_tensor(
-        _module("tasks.0.params.deep_supervision=0").model(torch.randn(1, 1, 32, 32))[
-            "segmentation"
-        ]
-    )
+    assert [tuple(o.shape[-2:]) for o in outputs.values()] == [(32, 32), (16, 16), (8, 8)]
+    plain = _module("tasks.0.params.deep_supervision=0").model(torch.randn(1, 1, 32, 32))
+    assert list(plain) == ["segmentation"]
 
 
 def test_checkpoints_keep_the_task_defaults_they_were_trained_with(tmp_path):

@@ -15,7 +15,8 @@ def test_shipped_recipes_load_and_are_the_decided_set():
     paper001 |= {"small-unet-film", "big-unet"}
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
     paper002 |= {"mtan-canny", "mtan-denoise", "mtan-colour"}
-    paper003 = {"aspp", "aspp-class", "aspp-class-sync", "aspp-decomp", "unet3d", "unet3d-decomp"}
+    paper003 = {"aspp", "aspp-no-ce", "aspp-class", "aspp-class-sync", "aspp-decomp"}
+    paper003 |= {"unet3d", "unet3d-decomp"}
     paper004 = {"unet-geometry", "nyuv2-geometry"}
     assert paper000 | paper001 | paper002 | paper003 | paper004 == set(recipe_names())
     for name in recipe_names():

@@ -175,6 +175,34 @@ def test_evaluate_folder_golden_values_and_spacing(tmp_path, capsys):
     assert json.loads(out.read_text())["num_cases"] == 3
 
 
+@pytest.mark.parametrize(
+    "empty, two, mean",
+    [("exclude", 0.0, 0.5), ("one", 0.5, 0.75), ("zero", 0.0, 0.5)],
+)
+def test_evaluate_folder_follows_the_empty_class_convention(tmp_path, empty, two, mean):
+    """Case a: class two in neither mask; case b: class two predicted, absent in the truth."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((4, 4), np.uint8)
+    truth[0] = 1
+    hallucinated = truth.copy()
+    hallucinated[3, 3] = 2
+    _png(gt / "a.png", truth), _png(pred / "a.png", truth)
+    _png(gt / "b.png", truth), _png(pred / "b.png", hallucinated)
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "one": 1, "two": 2}}))
+    out = tmp_path / "scores.json"
+    argv = ["evaluate-folder", "--pred", str(pred), "--gt", str(gt), "--labels", str(labels)]
+    assert main([*argv, "--empty", empty, "--out", str(out), "--no-hd95"]) == 0
+    flat = json.loads(out.read_text())
+    assert flat["dice/one"] == 1.0
+    assert flat["dice/two"] == pytest.approx(two) and flat["dice/mean"] == pytest.approx(mean)
+    cases = json.loads((tmp_path / "scores_cases.json").read_text())
+    assert cases["protocol"]["empty"] == empty
+    a = next(r for r in cases["cases"] if r["case"] == "a")
+    assert a["dice/two"] == {"exclude": None, "one": 1.0, "zero": 0.0}[empty]  # NaN: null
+
+
 def test_evaluate_folder_names_the_bad_file(tmp_path):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

@@ -148,7 +148,7 @@ def test_two_process_ddp_on_cpu_shares_batches_syncs_metrics_and_writes_once(
     logged = [float(v) for v in logged if v]
     assert len(logged) == 1, "one process logs"
     # the val Dice both processes computed and synced equals one process scoring it alone
-    alone = evaluate(out / "checkpoints" / "last.ckpt", str(kvasir_small), "val", with_hd95=False)
+    alone = evaluate(out / "checkpoints" / "last.ckpt", str(kvasir_small), "val")
     assert logged[0] == pytest.approx(alone["dice/mean"], abs=1e-5)
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints",

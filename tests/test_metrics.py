@@ -2,12 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
-from mtlseg.metrics import SegmentationMetrics, confusion_counts, hd95
+from mtlseg.metrics import SegmentationMetrics, confusion_counts, hd95, score_case, summarise
 from mtlseg.weighting import build_weighting
 
 
@@ -28,34 +29,92 @@ def test_confusion_counts():
     assert fp[1, 2] == 1 and tp[1, 1] == 0 and fn[1, 1] == 0
 
 
-def test_dice_iou_golden_values_and_conventions():
+def test_dice_iou_golden_values_under_each_empty_convention():
+    """Two images (two cases): class a is empty in both prediction and truth of case 1, class
+    b is hallucinated in case 1 and empty in both in case 0."""
+    expected = {  # (dice/a, dice/b, dice/mean)
+        "exclude": (0.8, 0.0, (0.8 + 0.0) / 2),  # nnU-Net: empty-empty left out of the mean
+        "one": ((0.8 + 1) / 2, (1 + 0) / 2, (0.9 + 0.5) / 2),
+        "zero": ((0.8 + 0) / 2, 0.0, (0.4 + 0.0) / 2),
+    }
+    for empty, (a, b, mean) in expected.items():
+        m = SegmentationMetrics(["background", "a", "b"], empty=empty)
+        m.update(*_pair(), torch.tensor([0, 1]))
+        r = m.compute()
+        assert r["dice/a"] == pytest.approx(a), empty
+        assert r["dice/b"] == pytest.approx(b), empty
+        assert r["dice/mean"] == pytest.approx(mean), empty
     m = SegmentationMetrics(["background", "a", "b"])
     m.update(*_pair(), torch.tensor([0, 1]))
     r = m.compute()
-    assert r["dice/a"] == pytest.approx((0.8 + 1.0) / 2)  # 2*4/(8+2) and empty-empty = 1
-    assert r["iou/a"] == pytest.approx((4 / 6 + 1.0) / 2)
-    assert r["dice/b"] == pytest.approx((1.0 + 0.0) / 2)  # empty-empty = 1, hallucinated = 0
-    assert r["dice/mean"] == pytest.approx((0.9 + 0.5) / 2)  # background excluded
+    assert r["iou/a"] == pytest.approx(4 / 6)
     assert r["pixel_accuracy"] == pytest.approx(125 / 128)  # 2 + 1 wrong pixels
-    assert "volume_dice/mean" not in r  # one slice per case: no volume metric
+    assert "slice_dice/mean" not in r  # one image per case: no slice-wise column
 
 
-def test_volume_dice_sums_over_slices():
+def test_a_false_positive_on_an_empty_truth_scores_zero_not_nan():
+    """MONAI's DiceMetric(ignore_empty=True) would return NaN here and drop the error."""
+    pred = torch.zeros(1, 4, 4, dtype=torch.long)
+    pred[0, 0, 0] = 1
+    m = SegmentationMetrics(["background", "a"])
+    m.update(pred, torch.zeros_like(pred), torch.tensor([0]))
+    assert m.compute()["dice/a"] == 0.0
+    assert score_case(pred[0], torch.zeros(4, 4), ["background", "a"])["dice/a"] == 0.0
+
+
+def test_slices_of_one_case_are_scored_as_one_volume():
     m = SegmentationMetrics(["background", "a", "b"])
-    m.update(*_pair(), torch.tensor([0, 0]))
+    m.update(*_pair(), torch.tensor([0, 0]))  # both slices belong to case 0
     r = m.compute()
-    assert r["volume_dice/a"] == pytest.approx(8 / 10)  # pooled: tp 4, fp 0, fn 2
-    assert r["volume_dice/b"] == 0.0  # tp 0, fp 1
+    assert r["dice/a"] == pytest.approx(8 / 10)  # counts summed: tp 4, fp 0, fn 2
+    assert r["dice/b"] == 0.0  # tp 0, fp 1
+    # slice-wise (secondary): per slice, then mean over the case's slices; slice 1's class a
+    # is empty in both (left out), slice 0's class b too
+    assert r["slice_dice/a"] == pytest.approx(0.8) and r["slice_dice/b"] == 0.0
+    pred, target = _pair()
+    volume = score_case(pred, target, ["background", "a", "b"], with_hd95=False)
+    for key in ("dice/a", "dice/b", "dice/mean", "iou/a", "slice_dice/a", "slice_dice/b"):
+        assert volume[key] == pytest.approx(r[key]), key
+
+
+def test_aggregation_is_nanmean_over_cases_per_class_then_mean_over_classes():
+    names = ["background", "a", "b"]
+    rows = [
+        {"case": "x", **score_case(np.array([[1, 1], [0, 0]]), np.array([[1, 0], [0, 0]]), names, with_hd95=False)},
+        {"case": "y", **score_case(np.array([[2, 0], [0, 0]]), np.array([[2, 2], [0, 0]]), names, with_hd95=False)},
+    ]
+    # x: a = 2/3, b undefined; y: a undefined, b = 2/3... per class over the cases where defined
+    assert math.isnan(rows[0]["dice/b"]) and math.isnan(rows[1]["dice/a"])
+    summary = summarise(rows, names)
+    assert summary["metrics"]["dice/a"] == {"mean": pytest.approx(2 / 3), "std": 0.0, "n": 1}
+    assert summary["metrics"]["dice/mean"]["mean"] == pytest.approx(2 / 3)
+    assert summary["protocol"]["empty"] == "exclude" and summary["protocol"]["version"] >= 2
 
 
 def test_hd95_conventions():
     pred, target = _pair()
     d = hd95(pred, target, 3)
     assert d[0, 1] == pytest.approx(1.0)  # one column off
-    assert d[1, 1] == 0.0  # empty-empty
+    assert math.isnan(d[1, 1])  # empty-empty: undefined
+    assert hd95(pred, target, 3, empty="one")[1, 1] == 0.0
+    assert hd95(pred, target, 3, empty="zero")[1, 1] == pytest.approx(math.hypot(8, 8))
     assert d[1, 2] == pytest.approx(math.hypot(8, 8))  # present in one only: image diagonal
+    assert hd95(pred, target, 3, spacing=(2.0, 0.5))[1, 2] == pytest.approx(math.hypot(16, 4))
     perfect = hd95(target, target, 3)
-    assert (perfect == 0).all()
+    assert perfect[0, :2].tolist() == [0.0, 0.0] and math.isnan(perfect[0, 2])
+
+
+def test_dice_equals_monai_where_the_truth_is_not_empty():
+    from monai.metrics import DiceMetric
+
+    torch.manual_seed(0)
+    pred = torch.randint(0, 3, (3, 16, 16))
+    target = torch.randint(0, 3, (3, 16, 16))
+    ours = [score_case(p, t, ["bg", "a", "b"], with_hd95=False) for p, t in zip(pred, target, strict=True)]
+    onehot = lambda x: torch.nn.functional.one_hot(x, 3).permute(0, 3, 1, 2).float()  # noqa: E731
+    monai = DiceMetric(include_background=False, reduction="none")(onehot(pred), onehot(target))
+    for i, row in enumerate(ours):
+        assert [row["dice/a"], row["dice/b"]] == pytest.approx(monai[i].tolist())
 
 
 @pytest.mark.parametrize("name", SEG_LOSSES.names())

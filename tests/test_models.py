@@ -70,10 +70,62 @@ def test_multitask_model_outputs_one_entry_per_task(recipe, stages, sizes):
     cfg = load_config(recipe, params)
     model, tasks = build_model_and_tasks(cfg, in_channels=1, num_classes=3)
     out = model(torch.randn(2, 1, 32, 32))
-    assert set(out) == {"segmentation", "hog"}
-    # deep supervision (default 2 stages, as many as the tiny decoder has): full size first
-    assert [tuple(o.shape) for o in out["segmentation"]] == [(2, 3, n, n) for n in sizes]
+    # deep supervision (default 2 stages, as many as the tiny decoder has): entries of its own
+    deep = [f"segmentation/deep{i}" for i in range(1, len(sizes))]
+    assert list(out) == ["segmentation", *deep, "hog"]
+    seg = [out[k] for k in ["segmentation", *deep]]
+    assert [tuple(o.shape) for o in seg] == [(2, 3, n, n) for n in sizes]
     assert out["hog"].shape == (stages, 2, 512)
     batch = {"image": torch.randn(2, 1, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
-    losses = {t.name: t.loss(out[t.name], t.target(batch)) for t in tasks}
+    losses = {t.name: t.loss(t.output(out), t.target(batch)) for t in tasks}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+
+
+def _rsu_widths(block) -> tuple[int, int, int]:
+    """(in, mid, out) of an RSU / RSU-4F block, read off its convolutions."""
+    return (
+        block.stem[0].in_channels,
+        block.encoder[0][0].out_channels,
+        block.stem[0].out_channels,
+    )
+
+
+def test_u2net_at_full_widths_is_the_papers_table_1():
+    """Qin et al. 2020, Table 1 (and the authors' U2NET): De_1 is RSU-7(128, 16, 64)."""
+    net = build_backbone(
+        "u2net",
+        {"out_channels": [64, 128, 256, 512, 512, 512], "mid_channels": [32, 32, 64, 128, 256, 256]},
+        3,
+        1,
+    )
+    encoder = [(3, 32, 64), (64, 32, 128), (128, 64, 256), (256, 128, 512), (512, 256, 512), (512, 256, 512)]
+    decoder = [(128, 16, 64), (256, 32, 64), (512, 64, 128), (1024, 128, 256), (1024, 256, 512)]
+    assert [_rsu_widths(b) for b in net.encoder] == encoder
+    assert [_rsu_widths(b) for b in net.decoder] == decoder  # De_1 .. De_5
+    assert len(net.decoder[0].encoder) == 6  # De_1 is an RSU-7
+    # U^2-Net-p (the shipped recipes' widths): every mid is 16, De_1's too
+    small = build_backbone("u2net", {}, 3, 1)
+    assert _rsu_widths(small.decoder[0]) == (128, 16, 64)
+
+
+def test_u2net_side_supervision_is_declared_output_entries_and_its_papers_loss():
+    params = [
+        f"model.params={TINY['u2net']}".replace("'", '"'),
+        "model.params.side_supervision=true",
+        "data.image_size=32",
+        "tasks.0.params.loss=ce",
+    ]
+    cfg = load_config("u2net-hog", params)
+    model, tasks = build_model_and_tasks(cfg, in_channels=1, num_classes=3)
+    out = model(torch.randn(2, 1, 32, 32))
+    sides = [f"segmentation/side{k}" for k in range(1, 7)]
+    assert list(out) == ["segmentation", *sides, "hog"]  # no generic deep supervision
+    assert all(out[k].shape == (2, 3, 32, 32) for k in sides)  # upsampled to the input
+    assert "segmentation" not in model.heads
+    mask = torch.randint(0, 3, (2, 32, 32))
+    seg = tasks[0]
+    expected = sum(torch.nn.functional.cross_entropy(out[k], mask) for k in ["segmentation", *sides])
+    assert seg.loss(seg.output(out), mask).item() == pytest.approx(expected.item(), rel=1e-5)
+    # inference reads the fused output alone
+    x = torch.randn(1, 1, 32, 32)
+    assert torch.equal(model.eval().segment(x), model(x)["segmentation"])

@@ -60,6 +60,26 @@ def test_segnet_unpools_values_where_the_pooling_took_them():
     assert torch.equal(deepest["last"].flatten(2).gather(2, deepest["indices"].flatten(2)), taken)
 
 
+def test_mtan_unpools_the_attended_bottleneck_at_its_own_maxima():
+    """The decoder's first unpooling puts each channel of the primary task's attended map
+    where that map's own maxima were, not at the shared (unattended) map's argmax."""
+    torch.manual_seed(0)
+    net = build_backbone("mtan", TINY, 3, 2, task_names=["segmentation", "bbox"]).eval()
+    x = F.interpolate(_kvasir_rgb(), size=(36, 44), mode="bilinear")
+    seen, pre = {}, []
+    net.decoder.blocks[0].register_forward_hook(lambda m, i, o: seen.setdefault("in", i[0]))
+    net.block_att[-1].register_forward_hook(lambda m, i, o: pre.append(o))  # once per task
+    with torch.no_grad():
+        _, features = net(x)
+    attended = pre[0]  # the primary task's deepest attended map, before its pooling
+    pooled, own = F.max_pool2d(attended, 2, 2, ceil_mode=True, return_indices=True)
+    assert torch.equal(pooled, features["segmentation/bottleneck"])
+    expected = F.max_unpool2d(pooled, own, 2, 2, output_size=attended.shape[-2:])
+    assert torch.equal(seen["in"], expected)
+    shared = net.encode(x)[-1]["indices"]
+    assert not torch.equal(own, shared), "the shared map's argmax differs: the test can fail"
+
+
 def test_segnet_encoder_has_torchvision_vgg16_bn_names():
     keys = set(build_backbone("segnet", {}, 3, 2).encoder.state_dict())
     for i in VGG16_BN_CONVS:
@@ -242,7 +262,7 @@ def test_every_paper002_recipe_trains_resumes_and_predicts(
     _run(recipe, data, out, 2, *extra)
     result = _run(recipe, data, out, 4, *extra)
     assert torch.load(result.last_checkpoint, weights_only=True)["global_step"] == 4
-    metrics = evaluate(result.best_checkpoint, str(data), "val", with_hd95=False)
+    metrics = evaluate(result.best_checkpoint, str(data), "val")
     for key in ("dice/mean", "f1/mean", "weighted_iou"):
         assert 0 <= metrics[key] <= 1
     cfg = load_config(recipe, [*TINY_SEGNET, *extra])
@@ -274,7 +294,7 @@ def test_classification_learns_the_phase_on_real_slices(acdc_labelled, tmp_path)
         type(cfg.tasks[0])(kind="classification", params={"column": "phase", "hidden": 16})
     )
     result = train(cfg, tmp_path / "run")
-    metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "train", with_hd95=False)
+    metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "train")
     assert metrics["task/classification/loss"] < math.log(2)  # below the chance-level CE
 
 
@@ -292,6 +312,19 @@ def test_labels_file_missing_cases_is_named(acdc_labelled):
     csv.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(DataError, match=r"case_labels.csv: 1 case\(s\) have no 'pathology' label"):
         _build("segnet-3task", acdc_labelled)
+
+
+def test_a_task_without_its_labels_file_names_the_way_out(kvasir_boxed):
+    """Kvasir-SEG has boxes but no case labels: the 3-task recipe's classification cannot
+    train, and the error says how to train the recipe without it (and that works)."""
+    with pytest.raises(
+        DataError,
+        match=r"tasks.classification: needs a labels file.*\n.*--set "
+        r"tasks.classification.enabled=false",
+    ):
+        _build("mtan-3task", kvasir_boxed)
+    module = _build("mtan-3task", kvasir_boxed, "tasks.classification.enabled=false")
+    assert [t.name for t in module.tasks] == ["segmentation", "bbox"]
 
 
 def test_labels_file_unknown_class_and_column(acdc_labelled):

@@ -20,7 +20,7 @@ from mtlseg.losses import SEG_LOSSES
 from mtlseg.models import build_backbone
 from mtlseg.models.context import ContextEnsemble
 from mtlseg.tasks.image_level import mask_presence
-from mtlseg.terms import bernoulli_kl
+from mtlseg.terms import build_terms, bernoulli_kl
 from mtlseg.weighting import build_weighting
 from tests.conftest import ACDC, TINY_SEGNET, power_cut_at
 
@@ -63,6 +63,8 @@ def test_context_ensemble_keeps_the_size_and_its_receptive_field_matches_the_rat
     ("name", "params"),
     [
         ("vgg-aspp", {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]}),
+        ("vgg-aspp", {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "output_stride": 8}),
+        ("vgg-aspp", {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "output_stride": 4}),
         ("unet-aspp", {"channels": [4, 8, 16, 16]}),
     ],
 )
@@ -76,6 +78,45 @@ def test_aspp_backbones_keep_the_input_size_and_declare_their_features(name, par
         assert f.shape[1] == info.channels
         assert f.shape[-2] == math.ceil(44 / info.stride), key
     assert feats["bottleneck"].shape == feats[f"encoder{len(feats) - 3}"].shape
+
+
+def test_a_dilated_encoder_keeps_its_weights_and_its_receptive_field():
+    """output_stride 8: the last two pools go, the last block's convs dilate by 2 (DeepLab);
+    the same weights load, and the deepest map is 4x larger per side."""
+    params = {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "decoder_channels": 8}
+    plain = build_backbone("vgg-aspp", params, 1, 4)
+    dilated = build_backbone("vgg-aspp", {**params, "output_stride": 8}, 1, 4)
+    dilated.load_state_dict(plain.state_dict())  # same keys and shapes
+    convs = [m for m in dilated.encoder.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.dilation[0] for c in convs] == [1, 1, 1, 1, 2]
+    assert dilated.feature_info["bottleneck"].stride == 8
+    assert dilated(torch.randn(1, 1, 64, 64))[1]["bottleneck"].shape[-1] == 8
+    with pytest.raises(ConfigError, match="output_stride: expected a power of two"):
+        build_backbone("vgg-aspp", {**params, "output_stride": 6}, 1, 4)
+
+
+def test_the_rates_that_reach_only_padding_are_logged_at_build_time(caplog):
+    cfg = load_config("aspp", [*TINY_ASPP, "data.image_size=96"])
+    with caplog.at_level("INFO"):
+        build_model_and_tasks(cfg, 1, 4)
+    # stride 8 at 96 px: a 12 x 12 latent; rates 63, 31 and 15 see only padding there
+    assert "rates [63, 31, 15] of [63, 31, 15, 3, 1] reach only padding" in caplog.text
+    net = build_backbone("vgg-aspp", {**_tiny_vgg(), "output_stride": 4}, 1, 4)
+    assert net.describe(128) == [
+        "context ensemble on the stride-4 latent (32x32 at 128 px): rates [63] of "
+        "[63, 31, 15, 3, 1] reach only padding (they act as 1x1 convolutions); a smaller "
+        "model.params.output_stride or larger input lets them act"
+    ]
+    # a rate below the map's size is not listed: at 2048 px on stride 32 every rate acts
+    assert "every rate" in build_backbone("vgg-aspp", _tiny_vgg(), 1, 4).describe(2048)[0]
+    none = build_backbone("vgg-aspp", {**_tiny_vgg(), "context": False}, 1, 4)
+    assert none.describe(96) == [] and not any(
+        isinstance(m, ContextEnsemble) for m in none.modules()
+    )
+
+
+def _tiny_vgg() -> dict:
+    return {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "decoder_channels": 8}
 
 
 def test_aspp_backbone_rejects_a_low_level_it_does_not_have():
@@ -114,23 +155,60 @@ def _decomp_model(acdc_labelled, recipe="aspp-decomp"):
     return cfg, model, tasks
 
 
-def test_sync_term_is_zero_when_the_branches_agree_and_trains_both(acdc_labelled):
-    from mtlseg.terms import build_terms
-
+def test_sync_term_is_paper_eq_3_a_bce_on_the_class_branch_against_the_hard_segmentation(
+    acdc_labelled,
+):
     cfg, model, tasks = _decomp_model(acdc_labelled)
     (sync,) = build_terms(cfg.terms, tasks)
+    # hand-made: image 0 predicts classes 1 and 3 somewhere, image 1 only background
+    seg = torch.zeros(2, 4, 8, 8)
+    seg[:, 0] = 1.0
+    seg[0, 1, 0, 0] = 5.0  # one pixel of class 1 is enough: "volume greater than 0"
+    seg[0, 3, 4:6, 4:6] = 5.0
+    seg[0, 2, 2, 2] = 1.5  # class 2 is probable at one pixel, but background wins it:
+    seg[0, 0, 2, 2] = 2.0  # hard labels, so class 2 is absent
+    seg.requires_grad_(True)
+    head = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -3.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    q = torch.sigmoid(head)
+    expected = -(target * q.log() + (1 - target) * (1 - q).log()).mean()
+    loss = sync({"segmentation": seg, "presence": head}, {})  # no ground truth in the batch
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert seg.grad is None or not seg.grad.any(), "no gradient reaches the segmentation"
+    assert head.grad.abs().sum() > 0
+    assert torch.allclose(head.grad, (torch.sigmoid(head) - target).detach() / 6)
+
+
+def test_sync_feedback_goes_through_the_class_branch_only(acdc_labelled):
+    """In the model: the presence head and the shared encoder get a gradient from L_sync,
+    the segmentation decoder none."""
+    cfg, model, tasks = _decomp_model(acdc_labelled)
+    (sync,) = build_terms(cfg.terms, tasks)
+    outputs = model(torch.randn(2, 1, 64, 64))
+    sync(outputs, {}).backward()
+    def grads(module):
+        return [p.grad for p in module.parameters() if p.grad is not None and p.grad.any()]
+    assert grads(model.heads["presence"]), "the class branch learns from it"
+    assert grads(model.backbone.encoder), "and through it the shared latent space"
+    assert not grads(model.backbone.decoder), "the segmentation branch gets no feedback"
+
+
+def test_the_bidirectional_variant_trains_both_branches(acdc_labelled):
+    cfg, model, tasks = _decomp_model(acdc_labelled)
+    term_cfg = cfg.terms[0]
+    term_cfg.kind = "sync-bidirectional"
+    (sync,) = build_terms([term_cfg], tasks)
     masks = _acdc_slices()[3:7, :64, :64]
     agree = F.one_hot(masks, 4).permute(0, 3, 1, 2).float() * 40.0  # confident, correct
     presence = mask_presence(masks, 4) * 80.0 - 40.0  # logits of the same presence
     assert sync({"segmentation": agree, "presence": presence}, {}).item() < 1e-4
-    wrong = -presence / 20.0  # the presence head says the opposite
+    wrong = (-presence / 20.0).requires_grad_(True)  # the presence head says the opposite
     seg = (agree / 20.0).requires_grad_(True)  # unsaturated, so gradients are not vanishing
-    wrong.requires_grad_(True)
-    loss = sync({"segmentation": [seg], "presence": wrong}, {})  # deep supervision: a list
+    loss = sync({"segmentation": seg, "presence": wrong}, {})
     assert loss.item() > 1.0
     loss.backward()
     assert seg.grad.abs().sum() > 0 and wrong.grad.abs().sum() > 0
-    # soft probabilities: the KL is zero exactly where they match
     p = torch.tensor([0.2, 0.7])
     assert torch.allclose(bernoulli_kl(p, p), torch.zeros(2), atol=1e-6)
     assert (bernoulli_kl(p, p.flip(0)) > 0).all()
@@ -213,7 +291,7 @@ def test_every_paper003_recipe_trains_resumes_and_predicts(recipe, acdc_labelled
     train(load_config(recipe, [*extra, "train.max_steps=2"]), out)
     result = train(load_config(recipe, [*extra, "train.max_steps=4"]), out, resume=True)
     assert torch.load(result.last_checkpoint, weights_only=True)["global_step"] == 4
-    metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "val", with_hd95=False)
+    metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "val")
     assert 0 <= metrics["dice/mean"] <= 1
     if "presence" in names:
         assert 0 <= metrics["task/presence/accuracy"] <= 1
@@ -259,8 +337,6 @@ def test_a_stage_naming_an_unknown_task_or_term_is_refused():
 
 
 def test_a_sync_term_without_a_presence_task_is_refused():
-    from mtlseg.terms import build_terms
-
     cfg = load_config(
         "aspp-class-sync", [*TINY_ASPP, "tasks.presence.enabled=false", "train.stages=[]"]
     )

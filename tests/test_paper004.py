@@ -76,7 +76,7 @@ def test_each_family_trains_resumes_exactly_and_evaluates(kind, kvasir_small, tm
             if r.get("train/cos_segmentation-hog")
         ]
         assert cos and all(-1 <= c <= 1 for c in cos)
-    metrics = evaluate(full.best_checkpoint, str(kvasir_small), "val", with_hd95=False)
+    metrics = evaluate(full.best_checkpoint, str(kvasir_small), "val")
     assert 0 <= metrics["dice/mean"] <= 1
 
 
@@ -133,7 +133,7 @@ def test_geometry_recipe_learns_distance_and_normals_on_real_slices(acdc_small, 
         ],
     )
     result = train(cfg, tmp_path / "run")
-    m = evaluate(result.best_checkpoint, str(acdc_small), "train", with_hd95=False)
+    m = evaluate(result.best_checkpoint, str(acdc_small), "train")
     # better than predicting "outside everywhere" (error 1 inside) and random directions (90)
     assert 0 <= m["task/distance/abs_err"] < 0.5
     assert m["task/normals/mean_angle"] < 80

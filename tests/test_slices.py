@@ -261,6 +261,19 @@ def test_film_changes_the_output_only_when_its_metadata_changes(acdc_data):
     assert model.film.scale[-1].out_features == 4  # one scale per first-level channel
 
 
+def test_film_leaves_out_the_case_identifier_and_warns_about_it(caplog):
+    """Paper 001 lists the case number; in ACDC it encodes the diagnosis (blocks of 20)."""
+    cfg = load_config("small-unet-film", TINY_SMALL)
+    assert "patient_number" not in cfg.model.film.fields
+    with caplog.at_level("WARNING"):
+        build_model_and_tasks(cfg, 1, 4)
+    assert "identifies the case" not in caplog.text
+    fields = "model.film.fields=[position,patient_number]"
+    with caplog.at_level("WARNING"):
+        build_model_and_tasks(load_config("small-unet-film", [*TINY_SMALL, fields]), 1, 4)
+    assert "'patient_number' identifies the case" in caplog.text
+
+
 def _save_resnet_weights(path, width, in_channels=3):
     """A 'full' ResNet-50-like state dict as torchvision names it: four stages + fc."""
     full = ResNetEncoder(in_channels, [1, 1, 1, 1], width)

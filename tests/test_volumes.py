@@ -83,7 +83,7 @@ def test_volume_metrics_are_3d_dice_per_volume():
     torch.manual_seed(0)
     pred = torch.randint(0, 3, (2, 8, 8, 4))
     target = torch.randint(0, 3, (2, 8, 8, 4))
-    m = SegmentationMetrics(["bg", "a", "b"], with_hd95=True)
+    m = SegmentationMetrics(["bg", "a", "b"])
     m.update(pred, target, torch.tensor([0, 1]))
     out = m.compute()
     by_hand = []
@@ -107,7 +107,7 @@ def test_3d_train_resume_sliding_window_predict_to_nifti(recipe, acdc_labelled, 
     train(load_config(recipe, [*extra, "train.max_steps=2"]), out)
     result = train(load_config(recipe, [*extra, "train.max_steps=4"]), out, resume=True)
     assert torch.load(result.last_checkpoint, weights_only=True)["global_step"] == 4
-    metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "val", with_hd95=True)
+    metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "val")
     assert metrics["num_samples"] == metrics["num_cases"] == 4  # one sample per volume
     assert 0 <= metrics["dice/mean"] <= 1 and metrics["hd95/mean"] >= 0
     if recipe == "unet3d-decomp":

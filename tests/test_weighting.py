@@ -113,8 +113,10 @@ def _aggregate(kind: str, grads: list[list[float]], params: dict | None = None):
     losses[names[0]] = losses[names[0]] + head**2
     total = w(losses)
     w.backward(losses, total, BackwardContext([theta, unreached], [head]))
-    assert head.grad.item() == pytest.approx(3.0), "the head keeps its own task's gradient"
+    if kind != "nash-mtl":  # torchjd's convention; Nash-MTL follows its authors' code
+        assert head.grad.item() == pytest.approx(3.0), "the head keeps its own task's gradient"
     assert unreached.grad is None, "as with a plain backward: no gradient, not a zero one"
+    w.head_grad = head.grad.item()
     return theta.grad, w.logs()
 
 
@@ -160,6 +162,30 @@ def test_nash_mtl_weights_satisfy_the_bargaining_condition():
     gtg = g @ g.T  # G^T G alpha = 1 / alpha (Navon et al. 2022, eq. 2): here alpha = (1/2, 1)
     assert (gtg @ alpha).tolist() == pytest.approx((1 / alpha).tolist(), rel=1e-2)
     assert logs["solver_failures"] == 0
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.1])
+def test_nash_mtl_heads_get_the_alpha_weighted_gradient_unclipped(max_norm):
+    """Navon et al.'s code backpropagates sum_i alpha_i L_i through every parameter and clips
+    only the shared ones (clip_grad_norm_ on shared_parameters): here the head of t0 gets
+    alpha_0 * dL_0/dhead = alpha_0 * 3, the shared update is clipped to max_norm."""
+    theta = torch.zeros(2, requires_grad=True)
+    head = torch.tensor(1.5, requires_grad=True)
+    w = build_weighting("nash-mtl", {"max_norm": max_norm}, {"t0": 1.0, "t1": 1.0}, "t0")
+    losses = {"t0": torch.tensor([2.0, 0.0]) @ theta + head**2, "t1": torch.tensor([0.0, 1.0]) @ theta}
+    w.backward(losses, w(losses), BackwardContext([theta], [head]))
+    alpha = w.aggregator.weighting.prvs_alpha  # the solved alpha, before any clipping
+    assert alpha.tolist() == pytest.approx([0.5, 1.0], rel=1e-2)  # G^T G alpha = 1 / alpha
+    assert head.grad.item() == pytest.approx(3.0 * float(alpha[0]), rel=1e-6)
+    shared = float(theta.grad.norm())
+    unclipped = math.hypot(2 * alpha[0], alpha[1])
+    assert shared == pytest.approx(min(unclipped, max_norm) if max_norm else unclipped, rel=1e-3)
+    # the other aggregators keep torchjd's convention: the head's own task's gradient
+    theta.grad = head.grad = None
+    u = build_weighting("upgrad", {}, {"t0": 1.0, "t1": 1.0}, "t0")
+    losses = {"t0": torch.tensor([2.0, 0.0]) @ theta + head**2, "t1": torch.tensor([0.0, 1.0]) @ theta}
+    u.backward(losses, u(losses), BackwardContext([theta], [head]))
+    assert head.grad.item() == pytest.approx(3.0)
 
 
 def test_nash_mtl_solver_failure_is_counted_or_raised():

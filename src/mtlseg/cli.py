@@ -119,6 +119,18 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _empty_arg(p: argparse.ArgumentParser, default: str) -> None:
+    from mtlseg.metrics import EMPTY_CONVENTIONS
+
+    p.add_argument(
+        "--empty",
+        choices=EMPTY_CONVENTIONS,
+        default=None if "run" in default else "exclude",
+        help="a class in neither prediction nor truth of a case: exclude (undefined, left out; "
+        f"nnU-Net), one, or zero (paper 001); default: {default}",
+    )
+
+
 def _inference_kwargs(args) -> dict:
     """The options ``_inference_args`` adds, as keyword arguments of predict/evaluate_cases."""
     return {
@@ -137,13 +149,13 @@ def _print_metrics(metrics: dict) -> None:
 
 def _write_case_scores(out: str | None, metrics: dict, rows: list[dict], summary: dict) -> None:
     """``out`` (a .json): the flat metrics; beside it ``<stem>_cases.json`` and ``.csv``."""
-    from mtlseg.metrics.cases import write_scores
+    from mtlseg.metrics.cases import without_nan, write_scores
 
     if not out:
         return
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=1))
+    path.write_text(json.dumps(without_nan({**metrics, "protocol": summary["protocol"]}), indent=1))
     _, cases_csv = write_scores(rows, summary, path.with_name(path.stem + "_cases.json"))
     print(f"metrics written to {path}; per case: {cases_csv}")
 
@@ -154,7 +166,7 @@ def cmd_evaluate(args) -> None:
 
     metrics = {}
     if args.split in ("train", "val"):  # also the aux tasks' metrics, at the training size
-        metrics = evaluate(args.ckpt, args.data, args.split, with_hd95=not args.no_hd95)
+        metrics = evaluate(args.ckpt, args.data, args.split)
         print("at the training size (as compare reports):")
         _print_metrics(metrics)
     rows, summary = evaluate_cases(
@@ -162,6 +174,7 @@ def cmd_evaluate(args) -> None:
         args.data,
         args.split,
         with_hd95=not args.no_hd95,
+        empty=args.empty,
         **_inference_kwargs(args),
     )
     print(f"per case at the data's own resolution ({args.split}):")
@@ -175,7 +188,9 @@ def cmd_evaluate(args) -> None:
 def cmd_evaluate_folder(args) -> None:
     from mtlseg.metrics.cases import evaluate_folder, format_summary
 
-    rows, summary = evaluate_folder(args.pred, args.gt, args.labels, with_hd95=not args.no_hd95)
+    rows, summary = evaluate_folder(
+        args.pred, args.gt, args.labels, with_hd95=not args.no_hd95, empty=args.empty
+    )
     print(format_summary(summary))
     flat = {k: s["mean"] for k, s in summary["metrics"].items()}
     _write_case_scores(args.out, {**flat, "num_cases": summary["num_cases"]}, rows, summary)
@@ -194,8 +209,10 @@ def cmd_predict(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from mtlseg.report.compare import compare
+    from mtlseg.report.compare import compare, grid_points
 
+    if args.pairs and not args.grid:
+        raise MtlsegError("--pairs pairs the values of --grid keys; give --grid too")
     result = compare(
         args.recipes,
         args.data,
@@ -204,6 +221,7 @@ def cmd_compare(args) -> None:
         args.set,
         weightings=args.weightings,
         single_task=args.single_task,
+        grid=grid_points(args.grid, args.pairs),
     )
     print(result["table"])
     if result["weights"] is not None:
@@ -321,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="write the metrics as JSON here, per case beside it")
     p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
+    _empty_arg(p, "the run's metrics.empty (default exclude)")
     _inference_args(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser(
@@ -331,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="nnU-Net dataset.json naming the classes")
     p.add_argument("--out", help="write the summary as JSON here, per case beside it")
     p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
+    _empty_arg(p, "exclude")
     p.set_defaults(func=cmd_evaluate_folder)
     p = sub.add_parser("predict", help="predicted masks for images or volumes")
     p.add_argument("--ckpt", required=True)
@@ -353,6 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--single-task",
         action="store_true",
         help="also train each auxiliary task alone: the baselines of delta-M (lower is better)",
+    )
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="sweep: every recipe after the first (the baseline) runs once per value; several "
+        "keys: their product; quote list values ('model.params.channels=[8,16],[16,32]'); "
+        "or one YAML file holding a list of KEY: VALUE mappings (explicit combinations)",
+    )
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help="take the --grid keys' values side by side (the i-th of each) instead of their product",
     )
     p.set_defaults(func=cmd_compare)
     p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))

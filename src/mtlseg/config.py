@@ -208,7 +208,9 @@ class TrainConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes (one per GPU, or CPU processes): > 1 trains with DDP
     strategy: str = "auto"  # Lightning strategy; auto: ddp when devices > 1
-    precision: str | int = "auto"  # auto (16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
+    # auto: 16-mixed on GPU; on CPU bf16-mixed where it is native and faster, else 32
+    # (mtlseg.engine.precision; the run's config.yaml records what it resolved to)
+    precision: str | int = "auto"  # auto | 32 | bf16-mixed | 16-mixed
     grad_clip: float | None = None  # clip the gradient's global norm (after any aggregator)
     log_every: int = 10
     progress_bar: bool = True
@@ -237,8 +239,25 @@ class TrainConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """How segmentation is scored (``mtlseg.metrics.segmentation``): ``empty`` is the value of
+    a class in neither prediction nor truth of a case: ``exclude`` (undefined, left out of the
+    means: nnU-Net's convention), ``one`` or ``zero`` (paper 001 section 5.2)."""
+
+    empty: str = "exclude"
+
+    def __post_init__(self) -> None:
+        from mtlseg.metrics.segmentation import EMPTY_CONVENTIONS
+
+        if self.empty not in EMPTY_CONVENTIONS:
+            raise ConfigError(
+                f"metrics.empty: expected one of {', '.join(EMPTY_CONVENTIONS)}, got {self.empty!r}"
+            )
+
+
+@dataclass
 class RunConfig:
-    """A whole recipe: data, model, tasks, weighting and training."""
+    """A whole recipe: data, model, tasks, weighting, training and how it is scored."""
 
     name: str = "custom"
     description: str = ""
@@ -248,6 +267,7 @@ class RunConfig:
     terms: list[TermConfig] = field(default_factory=list)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         self.tasks = [t for t in self.tasks if t.enabled]

@@ -97,6 +97,11 @@ def case_meta(
     return CaseMeta(case_id, patient, phase, int(shape[0]), int(shape[1]), int(shape[2]), ph, pw)
 
 
+# fields that identify the case rather than describe the image: conditioning on one lets a
+# model recognise the case (ACDC numbers its patients in blocks of 20 per diagnosis)
+IDENTIFIER_FIELDS = ("patient_number",)
+
+
 def field_indices(fields: list[str] | tuple[str, ...], key: str) -> list[int]:
     """Column of each named field in ``batch["meta"]``; unknown names list the valid ones."""
     unknown = [f for f in fields if f not in META_FIELDS]

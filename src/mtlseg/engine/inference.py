@@ -30,8 +30,7 @@ from mtlseg.engine.checkpoint import load_checkpoint, writable_dir
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import DataError, MtlsegError
-from mtlseg.metrics import SegmentationMetrics
-from mtlseg.metrics.cases import score_case, summarise
+from mtlseg.metrics import SegmentationMetrics, score_case, summarise
 
 
 def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
@@ -88,10 +87,10 @@ def evaluate(
     ckpt_path: Path | str,
     data_path: str,
     split: str = "val",
-    with_hd95: bool = True,
     data: PreparedData | None = None,
 ) -> dict:
-    """Full metrics of a checkpoint on a split (the one recorded at training) of ``data_path``.
+    """Metrics of a checkpoint at the training size on a split (the one recorded at training)
+    of ``data_path``, as validation computes them, with the auxiliary tasks' metrics.
 
     ``data``: the data the run was trained on, when the caller holds it, to skip re-reading it.
     """
@@ -108,7 +107,7 @@ def evaluate(
     ids = sorted({m["case_id"] for m in dataset.meta})
     index = {c: i for i, c in enumerate(ids)}
     ignore = module.seg_task.params.ignore_index
-    metrics = SegmentationMetrics(data.class_names, with_hd95=with_hd95, ignore_index=ignore)
+    metrics = SegmentationMetrics(data.class_names, ignore, module.cfg.metrics.empty)
     if isinstance(dataset, VolumeDataset):  # per volume: 3D Dice, IoU, HD95
         for i, (image, mask) in enumerate(zip(dataset.images, dataset.masks, strict=True)):
             pred = predict_volume(module, image.float()[None])
@@ -140,7 +139,8 @@ def evaluate_tasks(module: MultiTaskModule, dataset: SliceDataset, batch_size: i
         outputs = module.model(module.padded(batch["image"]), batch.get("meta"))
         for task in tasks:
             target = task.target(batch)
-            sums[task.name] += float(task.loss(outputs[task.name], target)) * len(batch["image"])
+            loss = task.loss(task.output(outputs), target)
+            sums[task.name] += float(loss) * len(batch["image"])
             if task.name in module.task_metrics:
                 module.task_metrics[task.name].update(
                     task.metric_input(outputs[task.name]), task.metric_target(target)
@@ -264,13 +264,16 @@ def evaluate_cases(
     tta: bool = False,
     progress: bool = False,
     device: str = "auto",
+    empty: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Per-case scores of a checkpoint at the data's own resolution (predictions resized back
-    to each image's size; HD95 in the volume's spacing for NIfTI), and their summary.
+    to each image's size; HD95 in the volume's spacing for NIfTI), and their summary, by the
+    protocol of ``mtlseg.metrics.segmentation``.
 
     ``split``: ``train``/``val`` the cases of the split recorded at training; ``all`` every
     case of the dataset, whatever the model was trained on; ``test`` nnU-Net's
-    ``imagesTs``/``labelsTs``. The data's classes must be the checkpoint's.
+    ``imagesTs``/``labelsTs``. The data's classes must be the checkpoint's. ``empty``: the
+    empty-class convention (None: the run's ``metrics.empty``).
     """
     if split not in EVAL_SPLITS:
         raise MtlsegError(f"split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
@@ -301,6 +304,7 @@ def evaluate_cases(
         )
     entries = [Entry(r.case_id, r.image_files, r.label_file) for r in records]
     ignore = module.seg_task.params.ignore_index
+    empty = empty or module.cfg.metrics.empty
     rows = []
     for item, pred in predictions(module, entries, decoder, batch_size, num_workers, tta, progress):
         truth = item["label"]
@@ -314,10 +318,11 @@ def evaluate_cases(
                 voxel_spacing(item["affine"], 3 if volume else 2),
                 with_hd95,
                 ignore,
+                empty,
             )
         )
         rows.append(row)
-    return rows, summarise(rows)
+    return rows, summarise(rows, module.class_names, ignore, empty)
 
 
 def mask_decoder(index, cfg, records) -> MaskDecoder:

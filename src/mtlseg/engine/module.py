@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any
 
@@ -28,6 +29,7 @@ from mtlseg.terms import TERMS, build_terms
 from mtlseg.weighting import BackwardContext, build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
+log = logging.getLogger(__name__)
 
 
 def build_model_and_tasks(
@@ -57,6 +59,8 @@ def build_model_and_tasks(
         out_channels,
         task_names=names,
     )
+    for line in backbone.describe(cfg.data.image_size):
+        log.info("model: %s", line)
     ctx = TaskContext(
         backbone,
         num_classes,
@@ -171,7 +175,7 @@ class MultiTaskModule(pl.LightningModule):
         self._step: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
         self.val_metrics = SegmentationMetrics(
-            self.class_names, ignore_index=self.seg_task.params.ignore_index
+            self.class_names, self.seg_task.params.ignore_index, self.cfg.metrics.empty
         )
         # the auxiliary tasks' own validation metrics (accuracy, box IoU, ...)
         self.task_metrics = torch.nn.ModuleDict(
@@ -248,7 +252,7 @@ class MultiTaskModule(pl.LightningModule):
             tasks = [t for t in tasks if t.name in names]
             names = self.stages.active(step, [t.name for t in terms], "terms")
             terms = [t for t in terms if t.name in names]
-        losses = {t.name: t.loss(outputs[t.name], t.target(batch)) for t in tasks}
+        losses = {t.name: t.loss(t.output(outputs), t.target(batch)) for t in tasks}
         return {**losses, **{t.name: t(outputs, batch) for t in terms}}, features
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -337,7 +341,6 @@ class MultiTaskModule(pl.LightningModule):
         if aux:
             outputs = self.model(self.padded(image), meta)
             logits = outputs[self.seg_task.name]
-            logits = logits[0] if isinstance(logits, list) else logits
             # 3D: the heads see the whole volume, the segmentation is made window by window
             pred = (
                 self.predict_labels(image, meta)
@@ -346,7 +349,7 @@ class MultiTaskModule(pl.LightningModule):
             )
             for task in aux:
                 target = task.target(batch)
-                loss = task.loss(outputs[task.name], target)
+                loss = task.loss(task.output(outputs), target)
                 self.log(f"val/loss_{task.name}", loss, batch_size=bs, sync_dist=True)
                 if task.name in self.task_metrics:
                     self.task_metrics[task.name].update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +33,7 @@ from mtlseg.engine.data import (
     write_split_file,
 )
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.precision import lightning_precision, resolve_precision
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS
@@ -50,15 +52,20 @@ class TrainResult:
 
 
 def _precision(cfg: RunConfig) -> str:
-    """Lightning's precision: ``auto`` is 16-bit mixed on a GPU and 32 on CPU; float16
-    autocast needs a GPU (bf16-mixed is the CPU's mixed precision)."""
-    gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    """Lightning's precision for ``cfg`` (``auto`` resolved: ``mtlseg.engine.precision``)."""
+    return lightning_precision(resolve_precision(cfg.train.precision, cfg.train.accelerator))
+
+
+def with_resolved_precision(cfg: RunConfig, out: Path, resume: bool) -> RunConfig:
+    """``cfg`` with ``train.precision: auto`` replaced by what it means here, so the run's
+    config.yaml records it; a resumed run keeps the precision it was started with."""
     precision = cfg.train.precision
-    if precision == "auto":
-        return "16-mixed" if gpu else "32-true"
-    if precision == "16-mixed" and not gpu:
-        raise ConfigError("train.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
-    return "32-true" if precision == "32" else precision
+    saved_file = out / "config.yaml"
+    if precision == "auto" and resume and saved_file.is_file():
+        saved = (yaml.safe_load(saved_file.read_text()) or {}).get("train", {}).get("precision")
+        precision = saved if saved and saved != "auto" else precision
+    precision = resolve_precision(precision, cfg.train.accelerator)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
 def _strategy(t) -> str | DDPStrategy:
@@ -193,7 +200,7 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
     cases = [*data.split["train"], *data.split["val"]]
     for t in cfg.tasks:
         if (column := TASKS.get(t.kind).label_column(t.params)) is not None:
-            ann.require(column, cases, f"tasks.{t.name}", None)
+            _require_labels(ann, column, cases, t.name, None)
     module = MultiTaskModule(
         cfg.to_dict(),
         data.dataset.in_channels,
@@ -205,7 +212,7 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
     dense = data.dataset.cases[0].dense
     for task in module.tasks:
         if (needed := task.required_labels()) is not None:
-            ann.require(needed[0], cases, f"tasks.{task.name}", needed[1])
+            _require_labels(ann, needed[0], cases, task.name, needed[1])
         if (array := task.required_dense()) is not None and array not in dense:
             raise DataError(
                 f"{data.index.root}: tasks.{task.name} ({task.kind}) reads dense {array!r} "
@@ -219,6 +226,16 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
     if module.model.film is not None:
         module.model.film.set_statistics(data.train.meta_values)
     return module
+
+
+def _require_labels(ann, column: str, cases: list[str], task: str, classes) -> None:
+    """``ann.require``, with the way to train the recipe without the task in the error."""
+    try:
+        ann.require(column, cases, f"tasks.{task}", classes)
+    except DataError as err:
+        raise DataError(
+            f"{err}\nto train this recipe without that task: --set tasks.{task}.enabled=false"
+        ) from None
 
 
 def loaders(cfg: RunConfig, data: PreparedData):
@@ -250,7 +267,7 @@ def train(
     first = rank_zero_only.rank == 0
     if first:
         writable_dir(out)  # before the data is read and the model built: fail in seconds
-    _precision(cfg)
+    cfg = with_resolved_precision(cfg, out, resume)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
     if first:

@@ -1,5 +1,22 @@
-"""Segmentation metrics: per-class and mean Dice, IoU, HD95, pixel accuracy, per-volume Dice."""
+"""Segmentation metrics (one protocol: per case and class, nnU-Net's empty-class convention)
+and the auxiliary tasks' own metrics."""
 
-from mtlseg.metrics.segmentation import SegmentationMetrics, confusion_counts, hd95
+from mtlseg.metrics.segmentation import (
+    EMPTY_CONVENTIONS,
+    SegmentationMetrics,
+    confusion_counts,
+    hd95,
+    protocol,
+    score_case,
+    summarise,
+)
 
-__all__ = ["SegmentationMetrics", "confusion_counts", "hd95"]
+__all__ = [
+    "EMPTY_CONVENTIONS",
+    "SegmentationMetrics",
+    "confusion_counts",
+    "hd95",
+    "protocol",
+    "score_case",
+    "summarise",
+]

@@ -1,22 +1,14 @@
-"""Per-case scores at a case's own resolution (and spacing), their summary, and their files.
-
-Used by ``mtlseg evaluate`` (a checkpoint on any data) and ``mtlseg evaluate-folder``
-(predicted masks against ground truth, as nnU-Net's evaluate-folder). The conventions are
-those of ``SegmentationMetrics``: a class absent from both scores Dice = IoU = 1 and HD95 = 0;
-present in one only, Dice = IoU = 0 and HD95 = the case's diagonal (in its units).
-"""
+"""Scores files and ``mtlseg evaluate-folder`` (predicted masks against ground truth, as
+nnU-Net's evaluate-folder). The scores themselves are ``mtlseg.metrics.segmentation``'s."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.metrics import compute_hausdorff_distance
 
 from mtlseg.data.io import (
     IMAGE_ENDINGS,
@@ -28,100 +20,46 @@ from mtlseg.data.io import (
     voxel_spacing,
 )
 from mtlseg.errors import DataError
-from mtlseg.metrics.segmentation import confusion_counts
+from mtlseg.metrics.segmentation import score_case, summarise
 
 MASK_ENDINGS = IMAGE_ENDINGS + NIFTI_ENDINGS
 
 
-def score_case(
-    pred: np.ndarray | torch.Tensor,
-    truth: np.ndarray | torch.Tensor,
-    class_names: list[str],
-    spacing: tuple[float, ...] | None = None,
-    with_hd95: bool = True,
-    ignore_index: int | None = None,
-) -> dict[str, float]:
-    """One case: labels (H, W) or (Z, H, W) -> {"dice/<class>", "iou/<class>",
-    "hd95/<class>", and the means over the foreground}. ``spacing``: the size of a voxel
-    along each axis of ``pred`` (HD95 in those units; pixels when None)."""
-    p, t = torch.as_tensor(np.asarray(pred)).long(), torch.as_tensor(np.asarray(truth)).long()
-    if p.shape != t.shape:
-        raise ValueError(f"prediction {tuple(p.shape)} and truth {tuple(t.shape)} differ in size")
-    k = len(class_names)
-    valid = None if ignore_index is None else t != ignore_index
-    if valid is not None:
-        p = torch.where(valid, p, t)
-    keep = None if valid is None else valid[None]
-    tp, fp, fn = (x[0].double() for x in confusion_counts(p[None], t[None], k, keep))
-    scores = {
-        "dice": torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), 1.0),
-        "iou": torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp(min=1), 1.0),
-    }
-    if with_hd95:
-        scores["hd95"] = _hd95(p, t, k, spacing)
-    out: dict[str, float] = {}
-    fg = [i for i in range(k) if i not in {0, ignore_index}] if k > 1 else [0]
-    for metric, values in scores.items():
-        for name, v in zip(class_names, values.tolist(), strict=True):
-            out[f"{metric}/{name}"] = float(v)
-        out[f"{metric}/mean"] = float(values[fg].mean())
-    return out
-
-
-def _hd95(p: torch.Tensor, t: torch.Tensor, k: int, spacing) -> torch.Tensor:
-    """Per class 95th-percentile Hausdorff distance of one case, conventions above."""
-    spacing = tuple(spacing) if spacing is not None else (1.0,) * p.dim()
-    po = torch.nn.functional.one_hot(p, k).movedim(-1, 0)[None].float()
-    to = torch.nn.functional.one_hot(t, k).movedim(-1, 0)[None].float()
-    p_any, t_any = po.flatten(2).any(-1)[0], to.flatten(2).any(-1)[0]
-    out = torch.zeros(k, dtype=torch.float64)
-    both = p_any & t_any
-    if both.any():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            d = compute_hausdorff_distance(
-                po, to, include_background=True, percentile=95, spacing=list(spacing)
-            )[0]
-        out = torch.where(both, torch.nan_to_num(d.double(), nan=0.0), out)
-    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, spacing, strict=True)))
-    return torch.where(p_any ^ t_any, torch.full_like(out, diagonal), out)
-
-
-def summarise(rows: list[dict], worst: int = 5) -> dict:
-    """Mean and std of every score over the cases, and the ``worst`` cases by mean Dice."""
-    keys = [k for k in rows[0] if k != "case"] if rows else []
-    summary = {
-        k: {
-            "mean": float(np.mean([r[k] for r in rows])),
-            "std": float(np.std([r[k] for r in rows])),
-        }
-        for k in keys
-    }
-    order = sorted(rows, key=lambda r: r.get("dice/mean", 0.0))
-    return {
-        "num_cases": len(rows),
-        "metrics": summary,
-        "worst": [{"case": r["case"], "dice/mean": r["dice/mean"]} for r in order[:worst]],
-    }
-
-
 def write_scores(rows: list[dict], summary: dict, json_path: Path) -> tuple[Path, Path]:
-    """``json_path`` (summary and every case) and a CSV beside it, one row per case."""
+    """``json_path`` (the protocol, the summary and every case) and a CSV beside it, one row
+    per case (undefined scores, NaN, as empty cells)."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"summary": summary, "cases": rows}, indent=1))
+    record = {"protocol": summary["protocol"], "summary": summary, "cases": rows}
+    json_path.write_text(json.dumps(without_nan(record), indent=1))
     csv_path = json_path.with_suffix(".csv")
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+        columns = list(dict.fromkeys(k for r in rows for k in r)) or ["case"]
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in rows
+        )
     return json_path, csv_path
+
+
+def without_nan(value):
+    """``value`` with every NaN float (an undefined score) as None: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nan(v) for v in value]
+    return value
 
 
 def format_summary(summary: dict) -> str:
     """Lines for the terminal: mean +- std of the mean scores and of each class, worst cases."""
-    lines = [f"{summary['num_cases']} case(s)"]
+    empty = summary["protocol"]["empty"]
+    lines = [f"{summary['num_cases']} case(s); a class in neither prediction nor truth: {empty}"]
     for key, s in summary["metrics"].items():
-        lines.append(f"{key:28s} {s['mean']:.4f} +- {s['std']:.4f}")
+        lines.append(f"{key:28s} {s['mean']:.4f} +- {s['std']:.4f}  (n={s['n']})")
     if summary["worst"]:
         lines.append("worst cases by mean Dice:")
         lines += [f"  {w['case']:26s} {w['dice/mean']:.4f}" for w in summary["worst"]]
@@ -164,9 +102,11 @@ def evaluate_folder(
     gt_dir: Path | str,
     labels: Path | str | None = None,
     with_hd95: bool = True,
+    empty: str = "exclude",
 ) -> tuple[list[dict], dict]:
     """Score every ground-truth mask of ``gt_dir`` against the prediction of the same name
-    in ``pred_dir`` (PNG/TIFF or NIfTI; HD95 in the NIfTI header's spacing)."""
+    in ``pred_dir`` (PNG/TIFF or NIfTI; HD95 in the NIfTI header's spacing), by the
+    protocol of ``mtlseg.metrics.segmentation`` with the ``empty`` convention."""
     preds, truths = _masks(Path(pred_dir)), _masks(Path(gt_dir))
     missing = [
         f"{p}: no prediction {stem(p)}.* in {pred_dir}" for n, p in truths.items() if n not in preds
@@ -207,10 +147,11 @@ def evaluate_folder(
                 names,
                 spacing,
                 with_hd95,
+                empty=empty,
             )
         )
         rows.append(row)
-    return rows, summarise(rows)
+    return rows, summarise(rows, names, empty=empty)
 
 
 def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

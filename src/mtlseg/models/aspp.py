@@ -5,6 +5,8 @@ torchvision weights, as SegNet), ``unet-aspp`` the UNet encoder, both with the s
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +18,8 @@ from mtlseg.models.registry import register_backbone
 from mtlseg.models.segnet import SegNetConfig, VGGEncoder, _adapt_first_conv
 from mtlseg.models.unet import SkipUNet, unet_encoder
 from mtlseg.models.weights import load_local_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,7 +36,17 @@ class ContextParams:
 
 @dataclass
 class VGGASPPConfig(ContextParams, SegNetConfig):
-    pass
+    # stride of the latent map the context ensemble and ASPP act on (32: VGG's own; 8 or 4:
+    # a dilated encoder, where paper 003's large rates reach image content at CPU sizes)
+    output_stride: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        top = 2 ** len(self.widths)
+        if self.output_stride not in [2**i for i in range(2, len(self.widths) + 1)]:
+            raise ValueError(
+                f"output_stride: expected a power of two from 4 to {top}, got {self.output_stride}"
+            )
 
 
 @dataclass
@@ -78,6 +92,22 @@ class ContextASPPNet(Backbone):
             "decoder2": FeatureInfo(c, low_stride),
         }
 
+    def describe(self, image_size: int) -> list[str]:
+        """Which context rates reach only padding on the latent map at ``image_size`` (a
+        dilated 3x3 conv with rate >= the map's size has every off-centre tap outside it)."""
+        if not isinstance(self.context, ContextEnsemble):
+            return []
+        stride = self.feature_info["bottleneck"].stride
+        size = math.ceil(image_size / stride)
+        beyond = [r for r in self.context.rates if r >= size]
+        if not beyond:
+            return [f"context ensemble: every rate {self.context.rates} acts on the {size}x{size} latent"]
+        return [
+            f"context ensemble on the stride-{stride} latent ({size}x{size} at {image_size} px): "
+            f"rates {beyond} of {self.context.rates} reach only padding (they act as 1x1 "
+            "convolutions); a smaller model.params.output_stride or larger input lets them act"
+        ]
+
     def encode(self, x: torch.Tensor, film=None) -> list[torch.Tensor]:
         raise NotImplementedError
 
@@ -93,14 +123,15 @@ class ContextASPPNet(Backbone):
 class VGGASPP(ContextASPPNet):
     """VGG16-BN encoder (paper 003 section III-D; ``weights``: a local torchvision VGG16-BN
     state_dict, first conv summed over RGB for one-channel input), context ensemble, ASPP.
-    Features ``encoder1..5`` are the pooled blocks (stride 2..32)."""
+    Features ``encoder1..5`` are the blocks' outputs (stride 2..32, or up to
+    ``output_stride`` with a dilated encoder: the "dilated FCN" of PSPNet that paper 003
+    adopts)."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: VGGASPPConfig) -> None:
         super().__init__()
-        self.encoder = VGGEncoder(in_channels, cfg.widths, cfg.convs)
+        self.encoder = VGGEncoder(in_channels, cfg.widths, cfg.convs, cfg.output_stride)
         self.film_channels = cfg.widths[0]
-        strides = [2 ** (i + 1) for i in range(len(cfg.widths))]
-        self._build_decoder(num_classes, cfg, strides, cfg.widths)
+        self._build_decoder(num_classes, cfg, self.encoder.strides, cfg.widths)
         self.weights_report = (
             load_local_weights(self.encoder, cfg.weights, "VGG encoder", _adapt_first_conv)
             if cfg.weights

@@ -43,6 +43,9 @@ class Backbone(nn.Module):
     size_multiple: tuple[int, ...] | None = None  # input sizes must divide by these (3D)
     per_task: bool = False  # built with the task names, one feature branch per task (MTAN)
     shared_feature: str = "bottleneck"  # the deepest feature every task's output depends on
+    # features that are extra segmentation outputs (logits), not features for heads: the
+    # model moves them to its outputs as ``<segmentation>/<name>`` (U2Net's side outputs)
+    output_features: tuple[str, ...] = ()
 
     def task_features(
         self, features: dict[str, torch.Tensor], task: str
@@ -58,6 +61,11 @@ class Backbone(nn.Module):
         gamma, beta = film
         shape = (*gamma.shape, *([1] * (x.dim() - 2)))  # broadcast over 2 or 3 spatial dims
         return x * gamma.view(shape) + beta.view(shape)
+
+    def describe(self, image_size: int) -> list[str]:
+        """Lines worth logging when the network is built for ``image_size`` inputs (e.g.
+        which context rates exceed the latent map)."""
+        return []
 
     def resolve_features(self, spec: str | list[str]) -> list[str]:
         names = [spec] if isinstance(spec, str) else list(spec)

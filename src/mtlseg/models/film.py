@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from mtlseg.config import FiLMConfig
-from mtlseg.data.metadata import field_indices
+from mtlseg.data.metadata import IDENTIFIER_FIELDS, field_indices
+
+log = logging.getLogger(__name__)
 
 
 def _mlp(c_in: int, hidden: int, c_out: int, layers: int) -> nn.Sequential:
@@ -35,6 +39,14 @@ class FiLMGenerator(nn.Module):
         if cfg.layers < 1:
             raise ValueError("model.film.layers must be >= 1")
         self.fields = list(cfg.fields)
+        for name in (f for f in self.fields if f in IDENTIFIER_FIELDS):
+            log.warning(
+                "model.film.fields: %r identifies the case, it does not describe the image: "
+                "the network can recognise the case from it (in ACDC the patient number encodes "
+                "the diagnosis, patients 1-20 DCM, 21-40 HCM, ...), a shortcut for every task "
+                "and a leak for image-level ones",
+                name,
+            )
         self.register_buffer(
             "columns", torch.tensor(field_indices(cfg.fields, "model.film.fields"))
         )

@@ -83,7 +83,7 @@ class PooledHead(nn.Module):
 
 class DeepSupervisionHead(nn.Module):
     """1x1 conv logits on decoder stages below full resolution (nnU-Net's deep supervision,
-    Isensee et al. 2021): {name: feat} -> [(B, K, h_i, w_i)], finest first."""
+    Isensee et al. 2021): {name: feat} -> {"deep<i>": (B, K, h_i, w_i)}, i = 1 the finest."""
 
     def __init__(self, features: dict[str, int], num_classes: int, dims: int = 2) -> None:
         super().__init__()
@@ -92,8 +92,10 @@ class DeepSupervisionHead(nn.Module):
             {name: conv(c, num_classes, kernel_size=1) for name, c in features.items()}
         )
 
-    def forward(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        return [conv(features[name]) for name, conv in self.convs.items()]
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            f"deep{i + 1}": conv(features[name]) for i, (name, conv) in enumerate(self.convs.items())
+        }
 
 
 class DenseHead(nn.Module):

@@ -12,10 +12,12 @@ from mtlseg.models.base import Backbone
 
 
 class MultiTaskModel(nn.Module):
-    """Segmentation logits under ``seg_name`` and one entry per auxiliary head.
+    """Segmentation logits under ``seg_name`` and one entry per auxiliary head: a flat dict of
+    tensors.
 
-    A head registered under ``seg_name`` itself extends the primary output (deep
-    supervision): the entry is then ``[logits, *head(features)]``, full resolution first.
+    Extra outputs of the segmentation are entries ``<seg_name>/<entry>``: the backbone's own
+    (its declared ``output_features``, e.g. U2Net's side outputs) and those of a head
+    registered under ``seg_name`` (deep supervision, which returns named entries).
 
     With a FiLM generator the backbone is conditioned on ``meta`` (B, len(META_FIELDS)),
     the slices' metadata vectors, which every call must then pass. ``input_transform``
@@ -56,9 +58,14 @@ class MultiTaskModel(nn.Module):
         """``(outputs, the backbone's shared features)``: gradient methods read the latter."""
         logits, features = self.backbone(self._input(x), self._film(meta))
         outputs = {self.seg_name: logits}
+        for name in self.backbone.output_features:
+            outputs[f"{self.seg_name}/{name}"] = features.pop(name)
         for name, head in self.heads.items():
             out = head(self.backbone.task_features(features, name))
-            outputs[name] = [logits, *out] if name == self.seg_name else out
+            if name == self.seg_name:  # the primary task's head adds entries to its output
+                outputs.update({f"{name}/{entry}": v for entry, v in out.items()})
+            else:
+                outputs[name] = out
         return outputs, features
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -28,8 +28,8 @@ def build_backbone(
 ):
     """``task_names`` reach backbones with one branch per task (``per_task``, e.g. MTAN)."""
     cls, config_cls = BACKBONES.get(name)
-    cfg = build_dataclass(config_cls, params, "model.params")
     try:
+        cfg = build_dataclass(config_cls, params, "model.params")
         if getattr(cls, "per_task", False):
             return cls(in_channels, num_classes, cfg, list(task_names or []))
         return cls(in_channels, num_classes, cfg)

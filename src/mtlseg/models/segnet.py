@@ -35,8 +35,16 @@ class SegNetConfig:
             raise ValueError(f"every block needs at least one convolution, got {self.convs}")
 
 
-def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+def conv_bn_relu(c_in: int, c_out: int, dilation: int = 1) -> list[nn.Module]:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation)
+    return [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class KeepSize(nn.Module):
+    """Stands where a block's pooling was removed (a dilated encoder): (x, no indices)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x, None
 
 
 def _adapt_first_conv(key: str, saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
@@ -50,20 +58,39 @@ def _adapt_first_conv(key: str, saved: torch.Tensor, own: torch.Tensor) -> torch
 class VGGEncoder(nn.Module):
     """VGG-BN ``features`` with index-keeping pools. ``blocks(x)`` returns, per block, the
     output of its first conv (MTAN's attention input), its last conv (pre-pool), the pooled
-    map, the pooling indices and the pre-pool size."""
+    map, the pooling indices and the pre-pool size.
 
-    def __init__(self, in_channels: int, widths: list[int], convs: list[int]) -> None:
+    ``output_stride`` (a power of two below 2^blocks): the pools that would take the map
+    below it are removed and every later block's convolutions are dilated by the stride
+    they lost (DeepLab's dilated VGG, Chen et al. 2017), so the deepest map stays at that
+    stride with the same receptive field; weights load as before (same shapes)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        widths: list[int],
+        convs: list[int],
+        output_stride: int | None = None,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         self.bounds: list[tuple[int, int, int]] = []  # (start, end of first conv, pool index)
-        c = in_channels
+        self.strides: list[int] = []  # of each block's output
+        c, stride, dilation = in_channels, 1, 1
+        limit = output_stride or 2 ** len(widths)
         for width, n in zip(widths, convs, strict=True):
             start = len(layers)
             for _ in range(n):
-                layers += conv_bn_relu(c, width)
+                layers += conv_bn_relu(c, width, dilation)
                 c = width
-            layers.append(nn.MaxPool2d(2, 2, return_indices=True, ceil_mode=True))
+            if stride * 2 <= limit:
+                layers.append(nn.MaxPool2d(2, 2, return_indices=True, ceil_mode=True))
+                stride *= 2
+            else:
+                layers.append(KeepSize())
+                dilation *= 2
             self.bounds.append((start, start + 3, len(layers) - 1))
+            self.strides.append(stride)
         self.features = nn.Sequential(*layers)
 
     def blocks(self, x: torch.Tensor, film=None, modulate=None) -> list[dict[str, torch.Tensor]]:
@@ -172,9 +199,17 @@ class MTAN(SegNet):
     Per task and encoder block j: mask_j = att_j([first conv of block j, previous attended
     output]) (the first block sees the first conv only), attended_j = pool(conv3x3(mask_j *
     block j's output)), the 3x3 conv shared by the tasks as in Liu et al. Each task reads
-    its own ``encoder1..N``/``bottleneck``; the shared decoder decodes the primary (first)
-    task's attended bottleneck with the shared pooling indices. Task ``t``'s features are
-    stored under ``t/<name>``; ``task_features`` hands each head its own.
+    its own ``encoder1..N``/``bottleneck``; task ``t``'s features are stored under
+    ``t/<name>`` and ``task_features`` hands each head its own.
+
+    The shared SegNet decoder decodes the primary (first) task's attended bottleneck. No
+    tensor is unpooled with another tensor's indices: each attended map is max-pooled with
+    indices of its own, and the decoder's first unpooling puts the primary's attended
+    bottleneck back where its own maxima were (not at the shared map's). The decoder's
+    later unpoolings are SegNet's own (its maps at the encoder's pooling indices). This is
+    one of the two choices that keep values in place; the MTAN authors' code instead
+    upsamples attended maps bilinearly in task-specific decoders, which the paper's
+    encoder-only attention does not have.
     """
 
     per_task = True
@@ -208,25 +243,33 @@ class MTAN(SegNet):
             "shared": FeatureInfo(w[-1], 2 ** (len(w) - 1)),
         }
 
-    def attend(self, task: str, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        out, prev = {}, None
+    def attend(
+        self, task: str, encoded: list[dict[str, torch.Tensor]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(task's features, the pooling indices of its attended bottleneck)."""
+        out, prev, indices = {}, None, None
         for j, (unit, conv, enc) in enumerate(
             zip(self.attention[task], self.block_att, encoded, strict=True)
         ):
             mask = unit(enc["first"] if prev is None else torch.cat([enc["first"], prev], 1))
-            prev = F.max_pool2d(conv(mask * enc["last"]), 2, 2, ceil_mode=True)
+            prev, indices = F.max_pool2d(
+                conv(mask * enc["last"]), 2, 2, ceil_mode=True, return_indices=True
+            )
             out[f"attention{j + 1}"] = mask
             out[f"encoder{j + 1}"] = prev
         out["bottleneck"] = prev
-        return out
+        return out, indices
 
     def forward(self, x: torch.Tensor, film=None):
         encoded = self.encode(x, film)
         features = {}
-        for task in self.task_names:
-            features.update({f"{task}/{k}": v for k, v in self.attend(task, encoded).items()})
+        for i, task in enumerate(self.task_names):
+            own, indices = self.attend(task, encoded)
+            features.update({f"{task}/{k}": v for k, v in own.items()})
+            if i == 0:  # the decoder unpools the primary's bottleneck at its own maxima
+                deepest = {**encoded[-1], "indices": indices}
         primary = features[f"{self.task_names[0]}/bottleneck"]
-        logits, decoded = self.decoder(primary, encoded)
+        logits, decoded = self.decoder(primary, [*encoded[:-1], deepest])
         return logits, {**features, **decoded, "shared": encoded[-1]["last"]}
 
     def task_features(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +13,17 @@ import torch
 from mtlseg.config import apply_override, load_config, load_recipe_dict, parse_override
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
-from mtlseg.engine.inference import evaluate, load_module, predict_volume, segment_slices
+from mtlseg.engine.inference import (
+    evaluate_cases,
+    evaluate_tasks,
+    load_module,
+    predict_volume,
+    segment_slices,
+)
+from mtlseg.engine.precision import resolve_precision
 from mtlseg.engine.train import resume_checkpoint, train
 from mtlseg.errors import ConfigError
+from mtlseg.metrics import protocol
 from mtlseg.report.delta_m import delta_m
 from mtlseg.report.plots import plot_curves, plot_qualitative, plot_weights
 from mtlseg.report.tables import (
@@ -38,6 +47,72 @@ class Variant:
     overrides: tuple[str, ...] = ()
     aux_only: str | None = None  # a single-task run of this auxiliary task (delta-M baseline)
 
+    @property
+    def folder(self) -> str:
+        """The row's run folder name (the grid's values made safe for a path)."""
+        return re.sub(r"[^A-Za-z0-9._=,@+-]", "_", self.name)
+
+
+def grid_points(
+    specs: list[str] | None, pairs: bool = False
+) -> list[tuple[str, ...]]:
+    """``--grid`` -> the list of override sets to run.
+
+    ``KEY=V1,V2,...`` per key (values split at top-level commas, so a quoted list value
+    ``'model.params.channels=[8,16],[16,32]'`` is two values); several keys give their
+    product, or with ``pairs`` their values side by side (every key lists as many). A single
+    spec that is a path to a YAML file holding a list of mappings gives those combinations
+    as they are (``[{tasks.0.weight: 0.1, tasks.hog.weight: 1.0}, ...]``)."""
+    if not specs:
+        return []
+    if len(specs) == 1 and Path(specs[0]).suffix in (".yaml", ".yml") and Path(specs[0]).is_file():
+        import yaml
+
+        combos = yaml.safe_load(Path(specs[0]).read_text())
+        if not isinstance(combos, list) or not all(isinstance(c, dict) and c for c in combos):
+            raise ConfigError(f"{specs[0]}: --grid file must hold a list of KEY: VALUE mappings")
+        return [tuple(f"{k}={_yaml_text(v)}" for k, v in c.items()) for c in combos]
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. tasks.hog.weight=0.1,1)")
+        axes.append([f"{key}={v}" for v in _split_top_level(values)])
+    if pairs:
+        lengths = {len(a) for a in axes}
+        if len(lengths) > 1:
+            raise ConfigError(
+                f"--grid with --pairs: every key needs as many values, got {sorted(lengths)}"
+            )
+        return list(zip(*axes, strict=True))
+    points: list[tuple[str, ...]] = [()]
+    for axis in axes:
+        points = [(*p, v) for p in points for v in axis]
+    return points
+
+
+def _yaml_text(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``a,[b,c],d`` -> ``["a", "[b,c]", "d"]``: commas inside brackets or braces stay."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    if any(not p.strip() for p in parts):
+        raise ConfigError(f"--grid value list {text!r} has an empty value")
+    return [p.strip() for p in parts]
+
 
 def expand(
     recipes: list[str],
@@ -45,21 +120,29 @@ def expand(
     data_path: str,
     weightings: list[str] | None = None,
     single_task: bool = False,
+    grid: list[tuple[str, ...]] | None = None,
 ) -> list[Variant]:
     """The rows to run: each recipe, each multi-task recipe once per weighting kind
     (``<recipe>+<kind>``), and with ``single_task`` each auxiliary task of each multi-task
     recipe trained alone (``<recipe>-only-<task>``: the segmentation loss weighted 0, the
-    other tasks and cross-task terms dropped), the baselines delta-M needs."""
+    other tasks and cross-task terms dropped), the baselines delta-M needs.
+
+    ``grid`` (``grid_points``): every recipe after the first (the baseline, run once as
+    given) runs once per point, as rows ``<recipe>@<key=value,...>``."""
     variants: list[Variant] = []
-    for recipe in recipes:
+    for r, recipe in enumerate(recipes):
         stem = Path(recipe).stem
         cfg = load_config(recipe, [*overrides, f"data.path={data_path}"])
         multi = len(cfg.tasks) > 1
         kinds = weightings if (weightings and multi) else [None]
-        for kind in kinds:
-            name = stem if kind is None else f"{stem}+{kind}"
-            extra = () if kind is None else (f"weighting.kind={kind}",)
-            variants.append(Variant(name, recipe, extra))
+        points = grid if (grid and r > 0) else [()]
+        for point in points:
+            load_config(recipe, [*overrides, *point, f"data.path={data_path}"])  # keys exist
+            for kind in kinds:
+                name = stem if kind is None else f"{stem}+{kind}"
+                name += f"@{','.join(point)}" if point else ""
+                extra = (*point, *(() if kind is None else (f"weighting.kind={kind}",)))
+                variants.append(Variant(name, recipe, extra))
         if not (single_task and multi):
             continue
         raw = load_recipe_dict(recipe)
@@ -79,27 +162,49 @@ def expand(
     return variants
 
 
+CHECKPOINTS = {"last": "last.ckpt", "best": "best.ckpt"}  # the table's headline, then selected
+
+
 def _run_one(
     variant: Variant, seed: int, data_path: str, overrides: list[str], run_dir: Path, shared
-) -> dict:
-    """Train and evaluate one (variant, seed); a finished run is reused, a partial one
-    resumed. A single-task auxiliary run is scored at its last checkpoint (its best one is
-    chosen by a Dice it does not train for)."""
+) -> dict[str, dict]:
+    """Train and evaluate one (variant, seed): ``{"last": scores, "best": scores}``, the
+    last checkpoint (no selection) and the best one by validation Dice. A finished run is
+    reused when its scores were made by the current protocol, re-scored from its
+    checkpoints otherwise; a partial run is resumed."""
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        return json.loads(metrics_file.read_text())
     cfg = load_config(
         variant.recipe,
         [*overrides, *variant.overrides, f"data.path={data_path}", f"train.seed={seed}"],
     )
+    wanted = protocol(cfg.metrics.empty)
+    if metrics_file.is_file():
+        saved = json.loads(metrics_file.read_text())
+        if saved.get("protocol") == wanted:
+            return {k: saved[k] for k in CHECKPOINTS}
+        log.info("%s: scored by another protocol; re-scoring its checkpoints", run_dir)
     # the loaded data is reused when the recipe prepares it the same way; the split always is
     data = shared[1] if cfg.data == shared[0] else prepare_data(cfg.data, split=shared[1].split)
-    # a run stopped by a crash or Ctrl-C before its first validation has only interrupted.ckpt
-    result = train(cfg, run_dir, resume=resume_checkpoint(run_dir) is not None, data=data)
-    ckpt = result.last_checkpoint if variant.aux_only else result.best_checkpoint
-    metrics = evaluate(ckpt, data_path, "val", data=data)
-    metrics_file.write_text(json.dumps(metrics, indent=1))
-    return metrics
+    ckpts = {k: run_dir / "checkpoints" / f for k, f in CHECKPOINTS.items()}
+    if not (metrics_file.is_file() and all(p.is_file() for p in ckpts.values())):
+        # a run stopped by a crash or Ctrl-C before its first validation has only
+        # interrupted.ckpt
+        result = train(cfg, run_dir, resume=resume_checkpoint(run_dir) is not None, data=data)
+        ckpts = {"last": result.last_checkpoint, "best": result.best_checkpoint}
+    scores = {k: score_checkpoint(p, data_path, data) for k, p in ckpts.items()}
+    metrics_file.write_text(json.dumps({"protocol": wanted, **scores}, indent=1))
+    return scores
+
+
+def score_checkpoint(ckpt: Path, data_path: str, data: PreparedData) -> dict[str, float]:
+    """The validation split's scores of a checkpoint: segmentation per case at the data's
+    own resolution (``evaluate_cases``: the means of the summary), the auxiliary tasks'
+    metrics at the training size."""
+    _, summary = evaluate_cases(ckpt, data_path, "val", progress=False)
+    scores = {k: s["mean"] for k, s in summary["metrics"].items()}
+    scores["num_cases"] = summary["num_cases"]
+    scores.update(evaluate_tasks(load_module(ckpt), data.val))
+    return scores
 
 
 def compare(
@@ -111,43 +216,57 @@ def compare(
     grid_samples: int = 6,
     weightings: list[str] | None = None,
     single_task: bool = False,
+    grid: list[tuple[str, ...]] | None = None,
 ) -> dict:
     """Train every recipe with seeds 0..seeds-1 on the same split; write results and figures.
 
     ``weightings``: run each multi-task recipe once per weighting kind; ``single_task``: also
-    train each auxiliary task alone, so that delta-M can be computed (see ``expand``)."""
+    train each auxiliary task alone, so that delta-M can be computed; ``grid``: run the
+    recipes after the first once per point (see ``expand``). Tables report the last
+    checkpoint of every run (no selection), the best-on-validation one beside it; the paired
+    differences and delta-M use the last one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides)
     first = load_config(recipes[0], [*overrides, f"data.path={data_path}"])
+    # one precision for every run of the comparison (``auto`` resolved once, here)
+    precision = resolve_precision(first.train.precision, first.train.accelerator)
+    overrides.append(f"train.precision={precision}")
     data = prepare_data(first.data)
     split = data.split
     (out / "splits.json").write_text(json.dumps({"source": data.split_source, **split}, indent=1))
-    runs: dict[str, list[dict]] = {}
+    scored: dict[str, list[dict[str, dict]]] = {}
     dirs: dict[str, list[Path]] = {}
-    variants = expand(recipes, overrides, data_path, weightings, single_task)
+    variants = expand(recipes, overrides, data_path, weightings, single_task, grid)
     for v in variants:
-        dirs[v.name] = [out / v.name / f"seed{s}" for s in range(seeds)]
-        runs[v.name] = [
+        dirs[v.name] = [out / v.folder / f"seed{s}" for s in range(seeds)]
+        scored[v.name] = [
             _run_one(v, s, data_path, overrides, d, (first.data, data))
             for s, d in enumerate(dirs[v.name])
         ]
+    runs = {name: [r["last"] for r in rs] for name, rs in scored.items()}
+    best_runs = {name: [r["best"] for r in rs] for name, rs in scored.items()}
     aux_only = {v.name for v in variants if v.aux_only}
-    summary = summarise(runs)
+    summary, best = summarise(runs), summarise(best_runs)
     delta = delta_m_table(runs, variants) if aux_only else ""
     main = {k: v for k, v in summary.items() if k not in aux_only}
-    table = markdown_table(main)
+    table = markdown_table(main, selected={k: best[k] for k in main})
     per_class = per_class_table(main, "dice")
-    volume = per_class_table(main, "volume_dice")
+    slices = per_class_table(main, "slice_dice")
     tasks, recall = task_table(summary), task_table(summary, per_class=True)
+    empty = first.metrics.empty
     report = "\n\n".join(
         x
         for x in (
+            f"Validation split, last checkpoint of each run (no selection); per case at the "
+            f"data's own resolution, a class in neither prediction nor truth: {empty} "
+            f"(protocol v{protocol(empty)['version']}). The 'best-on-val' column is the "
+            "checkpoint chosen on this same split: optimistic, for reference only.",
             table,
             delta,
-            "Per-class Dice (slice-wise):\n\n" + per_class if per_class else "",
-            "Per-class Dice (per volume):\n\n" + volume if volume else "",
-            "Auxiliary tasks (validation):\n\n" + tasks if tasks else "",
+            "Per-class Dice (per case):\n\n" + per_class if per_class else "",
+            "Per-class Dice (slice-wise, secondary):\n\n" + slices if slices else "",
+            "Auxiliary tasks (validation, last checkpoint):\n\n" + tasks if tasks else "",
             "Classification recall per class:\n\n" + recall if recall else "",
         )
         if x
@@ -161,8 +280,12 @@ def compare(
                 "data": data_path,
                 "overrides": overrides,
                 "split_source": data.split_source,
-                "runs": runs,
+                "protocol": protocol(empty),
+                "checkpoints": "last: the end of training; best: best validation Dice",
+                "grid": [list(p) for p in grid or []],
+                "runs": scored,
                 "summary": summary,
+                "summary_best": best,
             },
             indent=1,
         )
@@ -205,15 +328,18 @@ def delta_m_table(runs: dict[str, list[dict]], variants: list[Variant]) -> str:
             values.append(value)
         cell = fmt_stat(mean_std(values))
         rows.append(f"| {v.name} | {cell} | {len(used)}: {', '.join(used)} |")
-    return "delta-M vs the single-task runs (Maninis et al. 2019):\n\n" + "\n".join(rows)
+    return (
+        "delta-M vs the single-task runs (Maninis et al. 2019's measure with Navon et al. "
+        "2022's sign: an improvement is negative):\n\n" + "\n".join(rows)
+    )
 
 
 def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: int) -> Path:
-    """Input | each recipe (seed 0, best checkpoint) | ground truth on validation samples with
+    """Input | each recipe (seed 0, last checkpoint) | ground truth on validation samples with
     foreground: slices, or for 3D data the slice with most foreground of each volume, taken
     from the whole-volume prediction. Recipes trained in the other dimensionality than the
     first one are left out of the grid (logged)."""
-    modules = {name: load_module(d[0] / "checkpoints" / "best.ckpt") for name, d in dirs.items()}
+    modules = {name: load_module(d[0] / "checkpoints" / "last.ckpt") for name, d in dirs.items()}
     volumetric = isinstance(data.val, VolumeDataset)
     other = [k for k, m in modules.items() if m.volumetric != volumetric]
     if other:

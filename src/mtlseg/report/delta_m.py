@@ -1,10 +1,12 @@
-"""delta-M (Maninis et al. 2019, eq. 8): the mean relative change of every metric of every
-task against its single-task baseline, in percent, signed so that LOWER is better.
+"""delta-M: the mean relative change of every metric of every task against its single-task
+baseline, in percent, signed so that LOWER is better (Navon et al. 2022, "Multi-task
+learning as a bargaining game", section 6, the sign of Nash-MTL's tables):
 
     delta-M = 100 / |M| sum_{m in M} (-1)^{h_m} (M_m - M_{b,m}) / M_{b,m}
 
 with h_m = 1 when higher is better for metric m (an improvement of it counts negative).
-Papers use both signs; mtlseg's is the one of Maninis et al. and Nash-MTL's tables."""
+The measure is Maninis et al. 2019's (eq. 8 of "Attentive single-tasking of multiple
+tasks"), who sign it the other way: there an improvement is positive."""
 
 from __future__ import annotations
 

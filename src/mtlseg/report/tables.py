@@ -7,11 +7,8 @@ import numpy as np
 HEADLINE = (
     "dice/mean",
     "iou/mean",
-    "f1/mean",
-    "weighted_iou",
     "hd95/mean",
-    "pixel_accuracy",
-    "volume_dice/mean",
+    "slice_dice/mean",
 )
 
 
@@ -57,17 +54,27 @@ def fmt_stat(stat: dict[str, float], signed: bool = False) -> str:
     return f"{stat['mean']:{sign}.4f} ± {stat['std']:.4f}"
 
 
-def markdown_table(summary: dict[str, dict], metrics: tuple[str, ...] | None = None) -> str:
-    """One row per recipe; each metric as mean ± std, then its paired difference vs the first."""
+def markdown_table(
+    summary: dict[str, dict],
+    metrics: tuple[str, ...] | None = None,
+    selected: dict[str, dict] | None = None,
+) -> str:
+    """One row per recipe; each metric as mean ± std, then its paired difference vs the first.
+    ``selected``: the same summary for the checkpoint chosen on validation, whose headline
+    metric is shown beside, labelled ``best-on-val``."""
     names = list(summary)
     first = summary[names[0]]
     metrics = tuple(m for m in (metrics or HEADLINE) if m in first)
     header = ["recipe", "seeds"] + list(metrics) + [f"Δ {m} vs {names[0]}" for m in metrics[:1]]
+    if selected:
+        header.append(f"{metrics[0]} best-on-val")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         entry = summary[name]
         row = [name, str(entry[metrics[0]]["n"])] + [fmt_stat(entry[m]) for m in metrics]
         row.append("—" if name == names[0] else fmt_stat(entry["diff"][metrics[0]], signed=True))
+        if selected:
+            row.append(fmt_stat(selected[name][metrics[0]]) if metrics[0] in selected[name] else "—")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

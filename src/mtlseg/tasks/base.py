@@ -89,10 +89,14 @@ class Task:
         """Names of the entries of a vector-valued metric ``key`` (e.g. per-class recall)."""
         return [key]
 
+    def output(self, outputs: dict[str, torch.Tensor]) -> Any:
+        """What ``loss`` takes from the model's outputs: this task's entry."""
+        return outputs[self.name]
+
     def target(self, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,8 @@ from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.models.heads import DeepSupervisionHead
 from mtlseg.tasks.base import Task, register_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,10 +36,13 @@ class SegmentationTask(Task):
     (background where none is).
 
     With ``deep_supervision: n`` (default 2) a 1x1 conv head adds logits at the n (or as many
-    as the backbone has) decoder stages just
-    below full resolution; the loss is sum_i w_i L(logits_i, mask resized to level i), with
-    w_i proportional to 1/2^i (finest i = 0) and summing to 1, as nnU-Net (its coarsest,
-    unsupervised levels are simply not attached here). Inference uses the full-size logits.
+    as the backbone has) decoder stages just below full resolution (output entries
+    ``<name>/deep<i>``); the loss is sum_i w_i L(logits_i, mask resized to level i), with
+    w_i proportional to 1/2^i (the full-size output i = 0) and summing to 1, as nnU-Net (its
+    coarsest, unsupervised levels are simply not attached here). A backbone with its own
+    extra outputs (``output_features``: U2Net's side outputs, ``<name>/side<k>``) supervises
+    them instead, each with weight 1 as its paper's loss sums them (Qin et al. 2020, eq. 1);
+    the generic deep supervision is then off. Inference uses the full-size logits.
 
     ``ignore_index: k`` leaves the pixels labelled k out of the loss and the metrics (NYUv2's
     unlabelled pixels, class 0 of the nyuv2 format).
@@ -74,26 +80,54 @@ class SegmentationTask(Task):
             self._loss = factory(ignore_index=p.ignore_index)
         else:
             self._loss = factory()
+        self.entry_weights = self._entry_weights()
 
-    @classmethod
-    def output_channels(cls, params: SegmentationParams, num_classes: int) -> int:
-        return max(1, num_classes - 1) if params.mode == "multilabel" else num_classes
-
-    def build_head(self) -> nn.Module | None:
-        n = self.params.deep_supervision
-        if n <= 0:
-            return None
+    def _deep_stages(self) -> list[str]:
+        """The decoder features deep supervision attaches to, finest first."""
+        own = self.ctx.backbone.output_features
+        if self.params.deep_supervision <= 0 or own:
+            if own and self.params.deep_supervision > 0:
+                log.info(
+                    "tasks.%s: the backbone supervises its own outputs (%s); deep supervision off",
+                    self.name,
+                    ", ".join(own),
+                )
+            return []
         info = self.ctx.backbone.feature_info
         stages = sorted(
             (i.stride, name)
             for name, i in info.items()
             if name.startswith("decoder") and i.stride > 1
         )
-        n = min(n, len(stages))  # a shallow (test-sized) network has fewer stages
-        if n == 0:
+        # a shallow (test-sized) network has fewer stages
+        return [name for _, name in stages[: self.params.deep_supervision]]
+
+    def _entry_weights(self) -> dict[str, float]:
+        """Loss weight of each output entry: the full-size logits, then deep supervision's
+        (nnU-Net: 1/2^i, normalised) or the backbone's own extra outputs (weight 1 each)."""
+        own = self.ctx.backbone.output_features
+        if own:
+            return {self.name: 1.0, **{f"{self.name}/{k}": 1.0 for k in own}}
+        n = len(self._deep_stages())
+        total = sum(0.5**i for i in range(n + 1))
+        keys = [self.name, *(f"{self.name}/deep{i}" for i in range(1, n + 1))]
+        return {k: 0.5**i / total for i, k in enumerate(keys)}
+
+    @classmethod
+    def output_channels(cls, params: SegmentationParams, num_classes: int) -> int:
+        return max(1, num_classes - 1) if params.mode == "multilabel" else num_classes
+
+    def build_head(self) -> nn.Module | None:
+        stages = self._deep_stages()
+        if not stages:
             return None
-        channels = {name: info[name].channels for _, name in stages[:n]}
+        info = self.ctx.backbone.feature_info
+        channels = {name: info[name].channels for name in stages}
         return DeepSupervisionHead(channels, self.ctx.out_channels, self.ctx.backbone.spatial_dims)
+
+    def output(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The full-size logits and every extra entry the loss weighs."""
+        return {k: outputs[k] for k in self.entry_weights}
 
     def target(self, batch):
         mask = batch["mask"]
@@ -102,14 +136,11 @@ class SegmentationTask(Task):
         onehot = F.one_hot(mask, self.ctx.num_classes).movedim(-1, 1)
         return onehot[:, 1:].float()
 
-    def loss(self, output, target):
-        if isinstance(output, torch.Tensor):
-            return self._loss(output, target)
-        weights = [0.5**i for i in range(len(output))]
-        total = sum(weights)
+    def loss(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """sum over entries of weight * L(entry's logits, the target at the entry's size)."""
         return sum(
-            w / total * self._loss(logits, _resize_target(target, logits.shape[2:]))
-            for w, logits in zip(weights, output, strict=True)
+            w * self._loss(output[k], _resize_target(target, output[k].shape[2:]))
+            for k, w in self.entry_weights.items()
         )
 
     def foreground_probabilities(self, logits: torch.Tensor) -> torch.Tensor:

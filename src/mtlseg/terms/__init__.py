@@ -2,7 +2,7 @@
 
 A term has no label of its own: it reads the model's outputs of the tasks it names and
 returns a scalar that the weighting combines with the task losses, under the term's name
-and weight. Gradients flow into every branch it reads.
+and weight. Each term says which branches its gradient reaches.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from mtlseg.config import TermConfig, build_dataclass
 from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 from mtlseg.tasks.base import Task
+from mtlseg.tasks.image_level import mask_presence
 
 
 class Term:
@@ -58,17 +60,8 @@ class SyncParams:
     eps: float = 1e-6
 
 
-@TERMS.register("sync")
-class SyncTerm(Term):
-    """Paper 003's sync-regularisation, eq. (3): BCE(P(Y_hat), C_hat) between the presence
-    read off the segmentation and the presence head's prediction.
-
-    P(Y_hat)_k = max over pixels (voxels) of class k's probability: a differentiable form
-    of the paper's "volume > 0". The target C_hat is a prediction too, so the BCE has its
-    entropy subtracted (the Bernoulli KL divergence KL(C_hat || P)): exactly zero where the
-    branches agree, the paper's BCE gradient for the segmentation branch, and a gradient
-    pulling the presence head towards the segmentation. Mean over classes and samples.
-    """
+class _SegmentationPresenceTerm(Term):
+    """A term between a segmentation task and a presence task (``segmentation``, ``presence``)."""
 
     Config = SyncParams
 
@@ -77,9 +70,44 @@ class SyncTerm(Term):
         self.seg = self.task(self.params.segmentation, ("segmentation",))
         self.presence = self.task(self.params.presence, ("presence",))
 
+
+@TERMS.register("sync")
+class SyncTerm(_SegmentationPresenceTerm):
+    """Paper 003's sync-regularisation, eq. (3): L_sync = BCE(P(Y_hat), C_hat).
+
+    P(Y_hat)_k = 1 when at least one pixel (voxel) of the hard predicted segmentation, at
+    the output's full resolution, is class k ("volume greater than 0 is set to 1"), else 0:
+    a target read off the segmentation, detached. C_hat: the presence (class) branch's
+    prediction. So the feedback goes "through the branch for the class task" only: the
+    presence head and, through it, the shared latent space get a gradient, the segmentation
+    output none. Needs no ground truth (it can use images without masks).
+
+    Deviation: the paper sums over the images of the batch; this is the mean over images
+    and foreground classes (a constant factor, folded into the term's weight).
+    """
+
     def __call__(self, outputs, batch):
         logits = outputs[self.seg.name]
-        logits = logits[0] if isinstance(logits, list) else logits  # deep supervision
+        with torch.no_grad():
+            target = mask_presence(self.seg.decode(logits), self.seg.ctx.num_classes)
+        head = outputs[self.presence.name].float()
+        return F.binary_cross_entropy_with_logits(head, target.to(head.dtype))
+
+
+@TERMS.register("sync-bidirectional")
+class BidirectionalSyncTerm(_SegmentationPresenceTerm):
+    """A variant of paper 003's sync-regularisation with gradients into both branches, the
+    "reversible loss" its limitations section calls "a more reasonable way" (not the
+    paper's eq. 3, which is ``sync``).
+
+    P(Y_hat)_k = max over pixels (voxels) of class k's probability (differentiable); the
+    Bernoulli KL divergence KL(C_hat || P) = BCE(P, C_hat) - H(C_hat) between the presence
+    head's probabilities and it: zero where the branches agree; the segmentation's gradient
+    lands on each class's most probable pixel. Mean over classes and samples.
+    """
+
+    def __call__(self, outputs, batch):
+        logits = outputs[self.seg.name]
         seg = self.seg.foreground_probabilities(logits).flatten(2).amax(-1)
         head = self.presence.probabilities(outputs[self.presence.name])
         return bernoulli_kl(head, seg, self.params.eps).mean()

@@ -23,7 +23,8 @@ class AggregatorWeighting(Weighting):
     """Takes over ``backward``: one Jacobian of the (recipe-weighted) losses with respect to
     the shared parameters, by torchjd's ``autojac.backward`` (one vmapped backward pass per
     task at most), is aggregated by ``build_aggregator()`` into ``.grad``; the heads'
-    parameters get the plain gradient of the summed losses (their own task's gradient).
+    parameters get the gradient of ``head_objective`` (torchjd's convention: the plain sum
+    of the losses, i.e. each head its own task's gradient; Nash-MTL overrides it).
 
     The Jacobian is taken through the whole shared network, not at a cut of shared features
     (torchjd's ``mtl_backward``): our backbones hand heads nested features (decoder stages
@@ -83,10 +84,16 @@ class AggregatorWeighting(Weighting):
         from torchjd.autojac import backward as jac_backward
         from torchjd.autojac import jac_to_grad
 
-        names, values = self._backward_heads(losses, ctx)
+        names = tuple(losses)
+        values = self._weighted(losses, ctx)
         self.last = {}
         shared = [p for p in ctx.shared_params if p.requires_grad]
-        jac_backward(values, inputs=shared, parallel_chunk_size=self.cfg.parallel_chunk_size)
+        jac_backward(
+            values,
+            inputs=shared,
+            retain_graph=True,  # the heads' backward follows
+            parallel_chunk_size=self.cfg.parallel_chunk_size,
+        )
         average_over_processes([p.jac for p in shared])
         # parameters no active loss reaches (a task's attention before its stage) get no
         # gradient, as with a plain backward, rather than a zero that Adam would step on
@@ -104,17 +111,24 @@ class AggregatorWeighting(Weighting):
             self.last.update(
                 {f"weight_{n}": float(w) for n, w in zip(names, weights.flatten(), strict=True)}
             )
+        self._backward_heads(values, ctx)
         self.check()
 
-    def _backward_heads(self, losses, ctx) -> tuple[tuple[str, ...], list[torch.Tensor]]:
-        """The recipe-weighted (AMP-scaled) losses; the heads get the plain gradient of their
-        sum (only the paths from the losses to the heads: cheap), the graph is kept."""
-        names = tuple(losses)
-        values = [losses[n] * (self.task_weights[n] * ctx.scale) for n in names]
+    def _weighted(self, losses, ctx) -> list[torch.Tensor]:
+        """The recipe-weighted (AMP-scaled) losses, in the order of ``losses``."""
+        return [losses[n] * (self.task_weights[n] * ctx.scale) for n in losses]
+
+    def head_objective(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """What the heads' gradient is taken of, after the shared update is decided: the sum
+        of the (weighted) losses, so each head gets its own task's gradient."""
+        return sum(values)
+
+    def _backward_heads(self, values: list[torch.Tensor], ctx) -> None:
+        """The heads' gradient of ``head_objective`` (only the paths from the losses to the
+        heads: cheap); the graph is freed."""
         heads = [p for p in ctx.task_params if p.requires_grad]
         if heads:
-            torch.autograd.backward(sum(values), inputs=heads, retain_graph=True)
-        return names, values
+            torch.autograd.backward(self.head_objective(values), inputs=heads)
 
     def check(self) -> None:
         """Raise or count a failure of the aggregator's solver (Nash-MTL)."""
@@ -240,7 +254,11 @@ class NashMTLWeighting(AggregatorWeighting):
 
     Between solves (``update_weights_every`` > 1) the last alpha is reused; such a step
     needs no Jacobian: one backward of sum_i alpha_i L_i gives J^T alpha, then the max-norm
-    clip is applied to it, as torchjd's ``NashMTL`` would (the same gradient, tested)."""
+    clip is applied to it, as torchjd's ``NashMTL`` would (the same gradient, tested).
+
+    The heads, as in the authors' code (``NashMTL.backward`` in AvivNavon/nash-mtl), get the
+    gradient of sum_i alpha_i L_i with the solved alpha, unclipped (the reference clips only
+    the shared parameters' gradient), not the plain sum the other aggregators give them."""
 
     Config = NashMTLParams
     requires = ("cvxpy", "ecos")
@@ -267,14 +285,25 @@ class NashMTLWeighting(AggregatorWeighting):
             return super().backward(losses, total, ctx)
         self._reuse_alpha(losses, ctx, weighting)
 
+    def head_objective(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """sum_i alpha_i L_i with this step's solved (unclipped) alpha."""
+        alpha = self.aggregator.weighting.prvs_alpha
+        return sum(float(a) * v for a, v in zip(alpha, values, strict=True))
+
     def _reuse_alpha(self, losses, ctx, weighting) -> None:
-        """A step between solves: J^T alpha by one backward, clipped to ``max_norm``."""
-        names, values = self._backward_heads(losses, ctx)
+        """A step between solves: J^T alpha by one backward, clipped to ``max_norm`` on the
+        shared parameters; the heads get their part of the same backward, unclipped."""
+        names, values = tuple(losses), self._weighted(losses, ctx)
         shared = [p for p in ctx.shared_params if p.requires_grad]
+        heads = [p for p in ctx.task_params if p.requires_grad]
         alpha = torch.as_tensor(weighting.prvs_alpha, dtype=torch.float32)
-        combined = sum(float(a) * v for a, v in zip(alpha, values, strict=True))
+        combined = self.head_objective(values)
         # this step's J^T alpha alone (.grad may hold gradients accumulated before it)
-        grads = torch.autograd.grad(combined, shared, allow_unused=True)
+        everything = torch.autograd.grad(combined, shared + heads, allow_unused=True)
+        grads, head_grads = everything[: len(shared)], everything[len(shared) :]
+        for p, g in zip(heads, head_grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
         average_over_processes([g for g in grads if g is not None])  # DDP: the whole batch's
         norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
         factor = 1.0

@@ -1,0 +1,142 @@
+"""``train.precision: auto``: the fastest precision that is as accurate, decided per machine.
+
+On a GPU: 16-bit mixed. On a CPU: ``bf16-mixed`` only where the CPU computes bf16 natively
+(AVX512-BF16 or AMX, read from its flags) and a short micro-benchmark of a convolutional
+training step finds it faster than fp32; otherwise fp32. Without native bf16 the CPU
+emulates it, many times slower (measured here: see docs/results.md, "Precision"). The
+micro-benchmark's answer is cached per CPU model, flags, thread count and torch version, so
+a run pays for it once per machine. Whether bf16 is *as accurate* is not decided here but by
+``benchmarks/precision.py`` (Dice after the same steps, 3 seeds each); its finding is stated
+in the docs, and ``auto`` keeps fp32 when it is not met (``BF16_ACCURATE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mtlseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# benchmarks/precision.py's accuracy finding for bf16-mixed against fp32 (docs/results.md)
+BF16_ACCURATE = True
+# bf16 must be at least this much faster per step to be chosen
+MIN_SPEEDUP = 1.15
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def has_native_bf16(flags: set[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def cache_file() -> Path:
+    root = os.environ.get("MTLSEG_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root or Path.home() / ".cache") / "mtlseg" / "precision.json"
+
+
+def machine_key() -> str:
+    """What the micro-benchmark's answer depends on: CPU model, flags, threads, torch."""
+    flags = ",".join(sorted(cpu_flags()))
+    text = f"{cpu_model()}|{hashlib.sha1(flags.encode()).hexdigest()[:12]}|"
+    return text + f"threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def step_time(dtype: torch.dtype | None, size: int = 64, steps: int = 4) -> float:
+    """Median seconds of a small conv net's training step (fwd + bwd + SGD) on random data,
+    under CPU autocast to ``dtype`` (None: fp32)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 2, 1),
+    )
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 1, size, size), torch.randint(0, 2, (8, size, size))
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def bf16_is_faster() -> bool:
+    """The cached (or freshly measured) micro-benchmark: bf16 autocast >= MIN_SPEEDUP x fp32."""
+    path, key = cache_file(), machine_key()
+    cache = {}
+    if path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key not in cache:
+        fp32, bf16 = step_time(None), step_time(torch.bfloat16)
+        cache[key] = {"fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, indent=1))
+        except OSError:  # a read-only home: measure again next time
+            pass
+        log.info("precision: bf16 autocast is %.2fx fp32 on this CPU", fp32 / bf16)
+    return cache[key]["speedup"] >= MIN_SPEEDUP
+
+
+def auto_precision(gpu: bool) -> str:
+    """What ``auto`` resolves to on this machine (a ``train.precision`` value)."""
+    if gpu:
+        return "16-mixed"
+    if BF16_ACCURATE and has_native_bf16() and bf16_is_faster():
+        return "bf16-mixed"
+    return "32"
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """``train.precision`` with ``auto`` resolved; refuses float16 without a GPU."""
+    gpu = torch.cuda.is_available() and accelerator != "cpu"
+    if precision == "auto":
+        return auto_precision(gpu)
+    if precision == "16-mixed" and not gpu:
+        raise ConfigError("train.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
+    return "32" if precision == "32-true" else precision
+
+
+def lightning_precision(precision: str) -> str:
+    """A resolved ``train.precision`` as Lightning's Trainer takes it."""
+    return "32-true" if precision == "32" else precision
