@@ -5,6 +5,7 @@ import json
 import pytest
 
 from mtlseg.cli import main
+from mtlseg.errors import ConfigError
 from tests.conftest import TINY_UNET, power_cut_at
 
 
@@ -41,7 +42,8 @@ def test_train_evaluate_predict_through_the_cli(kvasir_small, tmp_path, capsys):
         == 0
     )
     metrics = json.loads(metrics_file.read_text())
-    assert {"dice/foreground", "iou/mean", "hd95/mean", "pixel_accuracy"} <= set(metrics)
+    assert {"dice/foreground", "iou/mean", "pixel_accuracy", "native/hd95/mean"} <= set(metrics)
+    assert metrics["protocol"]["empty"] == "exclude"
     assert (
         main(
             [
@@ -100,13 +102,20 @@ def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| unet |" in printed and "| unet-hog |" in printed and "Δ dice/mean vs unet" in printed
+    assert "dice/mean best-on-val" in printed and "last checkpoint of each run" in printed
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]["unet"]) == 2 and len(results["runs"]["unet-hog"]) == 2
     runs = results["runs"]
-    expected = (
-        sum(runs["unet-hog"][i]["dice/mean"] - runs["unet"][i]["dice/mean"] for i in range(2)) / 2
-    )
+    last = [[runs[r][i]["last"]["dice/mean"] for i in range(2)] for r in ("unet", "unet-hog")]
+    expected = sum(b - a for a, b in zip(*last, strict=True)) / 2  # paired, on the last ckpt
     assert results["summary"]["unet-hog"]["diff"]["dice/mean"]["mean"] == pytest.approx(expected)
+    assert results["protocol"]["empty"] == "exclude"
+    # the reported scores are the per-case scores of the run's last checkpoint at the data's
+    # own resolution, exactly what evaluate reports for it
+    from mtlseg.engine.inference import evaluate_cases
+
+    _, summary = evaluate_cases(out / "unet" / "seed1" / "checkpoints" / "last.ckpt", str(kvasir_small), "val")
+    assert runs["unet"][1]["last"]["dice/mean"] == pytest.approx(summary["metrics"]["dice/mean"]["mean"])
     # both recipes trained on the same split
     for recipe in ("unet", "unet-hog"):
         for seed in range(2):
@@ -115,9 +124,17 @@ def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys
     for png in ("curves.png", "qualitative.png"):
         assert (out / png).stat().st_size > 5000
     # a finished compare is reused, not retrained
-    mtime = (out / "unet" / "seed0" / "metrics.json").stat().st_mtime_ns
+    scores = out / "unet" / "seed0" / "metrics.json"
+    ckpt = out / "unet" / "seed0" / "checkpoints" / "last.ckpt"
+    mtime, trained = scores.stat().st_mtime_ns, ckpt.stat().st_mtime_ns
     assert main(argv) == 0
-    assert (out / "unet" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
+    assert scores.stat().st_mtime_ns == mtime
+    # scores made by another protocol are re-scored from the checkpoints, not retrained
+    saved = json.loads(scores.read_text())
+    scores.write_text(json.dumps({**saved, "protocol": {**saved["protocol"], "version": 1}}))
+    assert main(argv) == 0
+    assert json.loads(scores.read_text())["protocol"] == saved["protocol"]
+    assert ckpt.stat().st_mtime_ns == trained
 
 
 def test_compare_resumes_a_run_cut_before_its_first_validation(
@@ -136,7 +153,7 @@ def test_compare_resumes_a_run_cut_before_its_first_validation(
     assert (run / "checkpoints" / "interrupted.ckpt").is_file()
     assert main(argv) == 0
     steps = [int(r.split(",")[1]) for r in (run / "logs" / "metrics.csv").read_text().split()[1:]]
-    assert json.loads((run / "metrics.json").read_text())["dice/mean"] >= 0
+    assert set(json.loads((run / "metrics.json").read_text())) == {"protocol", "last", "best"}
     assert max(steps) == 3  # the resumed run finished the 4 steps, not 2 + 4
 
 
@@ -165,3 +182,50 @@ def test_table_shows_no_spread_for_a_single_seed():
     assert "±" not in markdown_table(one) and "| b | 1 | 0.7000 | +0.2000 |" in markdown_table(one)
     assert "| a | 3 | 0.6000 ± 0.1000 |" in markdown_table(three)
     assert three["b"]["diff"]["dice/mean"]["mean"] == pytest.approx(0.1)
+
+
+def test_grid_points_product_pairs_quoted_lists_and_a_yaml_list(tmp_path):
+    from mtlseg.report.compare import grid_points
+
+    assert grid_points(["a=1,2", "b=x,y"]) == [
+        ("a=1", "b=x"),
+        ("a=1", "b=y"),
+        ("a=2", "b=x"),
+        ("a=2", "b=y"),
+    ]
+    # paper 000 Table 4: five explicit (alpha, beta) rows
+    alpha = "tasks.0.weight=0.01,0.1,1,1,1"
+    beta = "tasks.hog.weight=1,1,1,0.1,0.01"
+    rows = grid_points([alpha, beta], pairs=True)
+    assert len(rows) == 5 and rows[3] == ("tasks.0.weight=1", "tasks.hog.weight=0.1")
+    assert grid_points(["model.params.channels=[8,16],[16,32]"]) == [
+        ("model.params.channels=[8,16]",),
+        ("model.params.channels=[16,32]",),
+    ]
+    listed = tmp_path / "grid.yaml"
+    listed.write_text("- {tasks.hog.params.cell: 8, tasks.hog.params.bins: 4}\n- {tasks.hog.params.cell: 32}\n")
+    assert grid_points([str(listed)]) == [
+        ("tasks.hog.params.cell=8", "tasks.hog.params.bins=4"),
+        ("tasks.hog.params.cell=32",),
+    ]
+    with pytest.raises(ConfigError, match="every key needs as many values"):
+        grid_points(["a=1,2", "b=1"], pairs=True)
+    with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
+        grid_points(["a"])
+
+
+def test_the_grid_applies_to_the_recipes_after_the_baseline(kvasir_small):
+    from mtlseg.report.compare import expand, grid_points
+
+    grid = grid_points(["tasks.hog.params.cell=8,32"])
+    variants = expand(["unet", "unet-hog"], list(TINY_UNET), str(kvasir_small), grid=grid)
+    assert [v.name for v in variants] == [
+        "unet",
+        "unet-hog@tasks.hog.params.cell=8",
+        "unet-hog@tasks.hog.params.cell=32",
+    ]
+    assert variants[1].overrides == ("tasks.hog.params.cell=8",)
+    list_valued = expand(["unet", "unet-hog"], [], str(kvasir_small), grid=grid_points(["model.params.channels=[4,8],[8,16]"]))
+    assert list_valued[1].folder == "unet-hog@model.params.channels=_4,8_"
+    with pytest.raises(ConfigError, match="no list item named 'nothing'"):
+        expand(["unet", "unet-hog"], [], str(kvasir_small), grid=grid_points(["tasks.nothing.weight=1"]))

@@ -218,7 +218,8 @@ def test_the_model_gives_every_task_its_output(acdc_labelled):
     cfg, model, tasks = _decomp_model(acdc_labelled)
     out = model(torch.randn(2, 1, 32, 32))
     assert out["presence"].shape == (2, 3) and out["scene"].shape == (2, 5)
-    assert out["segmentation"][0].shape == (2, 4, 32, 32)
+    assert out["segmentation"].shape == (2, 4, 32, 32)
+    assert out["segmentation/deep1"].shape == (2, 4, 8, 8)  # one deep-supervision level
 
 
 # ---------------------------------------------------------------- stages

@@ -11,11 +11,11 @@ import torch
 from mtlseg.config import load_config
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import prepare_data
-from mtlseg.engine.inference import evaluate, predict
+from mtlseg.engine.inference import evaluate, evaluate_cases, load_module, predict
 from mtlseg.engine.module import build_model_and_tasks
 from mtlseg.engine.train import train
 from mtlseg.errors import ConfigError, DataError
-from mtlseg.metrics import SegmentationMetrics
+from mtlseg.metrics import SegmentationMetrics, score_case
 from mtlseg.models import build_backbone
 from mtlseg.models.context import ContextEnsemble
 from mtlseg.tasks.image_level import mask_presence
@@ -94,8 +94,11 @@ def test_volume_metrics_are_3d_dice_per_volume():
             dices.append(2 * tp / ((p == k).sum().item() + (t == k).sum().item()))
         by_hand.append(np.mean(dices))
     assert out["dice/mean"] == pytest.approx(np.mean(by_hand))
-    assert out["volume_dice/mean"] == out["dice/mean"]
-    assert out["hd95/mean"] > 0
+    assert "slice_dice/mean" not in out  # every sample is a whole volume: one per case
+    for i, (p, t) in enumerate(zip(pred, target, strict=True)):  # the per-case entry point
+        row = score_case(p, t, ["bg", "a", "b"])
+        assert row["dice/a"] == pytest.approx(2 * ((p == 1) & (t == 1)).sum().item() / ((p == 1).sum() + (t == 1).sum()).item()), i
+        assert row["hd95/mean"] > 0
 
 
 @pytest.mark.parametrize("recipe", ["unet3d", "unet3d-decomp"])
@@ -109,7 +112,9 @@ def test_3d_train_resume_sliding_window_predict_to_nifti(recipe, acdc_labelled, 
     assert torch.load(result.last_checkpoint, weights_only=True)["global_step"] == 4
     metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "val")
     assert metrics["num_samples"] == metrics["num_cases"] == 4  # one sample per volume
-    assert 0 <= metrics["dice/mean"] <= 1 and metrics["hd95/mean"] >= 0
+    rows, summary = evaluate_cases(result.best_checkpoint, str(acdc_labelled), "val")
+    assert [r["case"] for r in rows] == sorted(load_module(result.best_checkpoint).hparams["split"]["val"])
+    assert summary["metrics"]["hd95/mean"]["n"] == 4  # in the volume's own voxels
     if recipe == "unet3d-decomp":
         assert 0 <= metrics["task/presence/accuracy"] <= 1
         assert "task/scene/recall/DCM" in metrics
@@ -148,7 +153,7 @@ def test_compare_of_3d_recipes_reports_volume_dice_tasks_and_figures(acdc_labell
     sets = [*TINY_3D, "train.max_steps=2", "train.val_every=1", "train.stages=[]"]
     result = compare(["unet3d", "unet3d-decomp"], str(acdc_labelled), 1, tmp_path / "cmp", sets)
     table = result["table"]
-    assert "volume_dice/mean" in table and "| unet3d |" in table
+    assert "dice/mean best-on-val" in table and "| unet3d |" in table
     assert "presence" in table and "scene" in table  # the auxiliary tasks' own metrics
     assert result["qualitative"].stat().st_size > 5000
     assert result["curves"].stat().st_size > 5000
