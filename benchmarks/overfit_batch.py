@@ -51,7 +51,6 @@ def main() -> None:
         if step % args.every == 0:
             with torch.no_grad():
                 logits = module.model(batch["image"])["segmentation"]
-            logits = logits[0] if isinstance(logits, list) else logits  # deep supervision
             counts = confusion_counts(logits.argmax(1), batch["mask"], logits.shape[1])
             dice = pooled_scores(*(c.sum(0) for c in counts))["f1/mean"]  # pooled over the batch
             print(f"step {step}: loss {loss.item():.3f}, foreground Dice {dice:.3f}")

@@ -104,7 +104,9 @@ def quality(recipe: str, overrides: list[str], data_path: str, steps: int, seeds
                 t = time.perf_counter()
                 result = train(load_config(recipe, sets), Path(tmp) / "run")
                 minutes = (time.perf_counter() - t) / 60
-                _, summary = evaluate_cases(result.last_checkpoint, data_path, "val", with_hd95=False)
+                _, summary = evaluate_cases(
+                    result.last_checkpoint, data_path, "val", with_hd95=False
+                )
             dice = summary["metrics"]["dice/mean"]["mean"]
             out.setdefault(mode, []).append(dice)
             print(f"  {mode} seed {seed}: Dice {dice:.4f} ({minutes:.1f} min)", flush=True)

@@ -1,5 +1,6 @@
 """Issue 7: schedules, optimisers, augmentation presets, deep supervision, time budgets."""
 
+import json
 import math
 import time
 
@@ -260,3 +261,55 @@ def test_throughput_monitor_measures_the_data_wait(tmp_path):
     assert fast_wait < slow_wait - 0.5 * injected
     # shares, not their order: on a loaded machine a starved worker makes even "fast" wait
     assert all(0.0 <= r["data_wait_share"] <= 1.0 for r in (fast, slow))
+
+
+# ------------------------------------------------------------------ precision: auto
+def test_auto_precision_follows_the_cpu_and_a_cached_micro_benchmark(monkeypatch, tmp_path):
+    from mtlseg.engine import precision
+
+    monkeypatch.setenv("MTLSEG_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    assert precision.resolve_precision("auto") == "32"  # no native bf16: not even measured
+    assert not precision.cache_file().exists()
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    timings = {None: 1.0, precision.torch.bfloat16: 0.5}
+    calls = []
+
+    def fake_step_time(dtype, size=64, steps=4):
+        calls.append(dtype)
+        return timings[dtype]
+
+    monkeypatch.setattr(precision, "step_time", fake_step_time)
+    assert precision.resolve_precision("auto") == "bf16-mixed"  # native and 2x faster
+    assert precision.resolve_precision("auto") == "bf16-mixed" and len(calls) == 2  # cached
+    cached = json.loads(precision.cache_file().read_text())
+    assert list(cached.values())[0]["speedup"] == pytest.approx(2.0)
+    precision.cache_file().unlink()
+    timings[precision.torch.bfloat16] = 0.95  # native but barely faster: fp32
+    assert precision.resolve_precision("auto") == "32"
+    monkeypatch.setattr(precision, "BF16_ACCURATE", False)
+    timings[precision.torch.bfloat16] = 0.1
+    assert precision.resolve_precision("auto") == "32", "not as accurate: never chosen"
+    assert precision.resolve_precision("bf16-mixed") == "bf16-mixed"  # asked for: kept
+    with pytest.raises(ConfigError, match="16-mixed needs a GPU"):
+        precision.resolve_precision("16-mixed")
+
+
+def test_the_resolved_precision_is_recorded_and_kept_on_resume(acdc_small, tmp_path, monkeypatch):
+    import yaml
+
+    from mtlseg.engine import precision
+    from mtlseg.engine.train import with_resolved_precision
+
+    monkeypatch.setattr(precision, "auto_precision", lambda gpu: "32")
+    cfg = load_config("unet", [*TINY_UNET, f"data.path={acdc_small}", "train.max_steps=1"])
+    out = tmp_path / "run"
+    train(cfg, out)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "32"
+    # a run started in bf16-mixed (another machine's auto) resumes in it, whatever auto says
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["train"]["precision"] = "bf16-mixed"
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert with_resolved_precision(cfg, out, resume=True).train.precision == "bf16-mixed"
+    assert with_resolved_precision(cfg, out, resume=False).train.precision == "32"

@@ -114,8 +114,12 @@ def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys
     # own resolution, exactly what evaluate reports for it
     from mtlseg.engine.inference import evaluate_cases
 
-    _, summary = evaluate_cases(out / "unet" / "seed1" / "checkpoints" / "last.ckpt", str(kvasir_small), "val")
-    assert runs["unet"][1]["last"]["dice/mean"] == pytest.approx(summary["metrics"]["dice/mean"]["mean"])
+    _, summary = evaluate_cases(
+        out / "unet" / "seed1" / "checkpoints" / "last.ckpt", str(kvasir_small), "val"
+    )
+    assert runs["unet"][1]["last"]["dice/mean"] == pytest.approx(
+        summary["metrics"]["dice/mean"]["mean"]
+    )
     # both recipes trained on the same split
     for recipe in ("unet", "unet-hog"):
         for seed in range(2):
@@ -203,7 +207,9 @@ def test_grid_points_product_pairs_quoted_lists_and_a_yaml_list(tmp_path):
         ("model.params.channels=[16,32]",),
     ]
     listed = tmp_path / "grid.yaml"
-    listed.write_text("- {tasks.hog.params.cell: 8, tasks.hog.params.bins: 4}\n- {tasks.hog.params.cell: 32}\n")
+    listed.write_text(
+        "- {tasks.hog.params.cell: 8, tasks.hog.params.bins: 4}\n- {tasks.hog.params.cell: 32}\n"
+    )
     assert grid_points([str(listed)]) == [
         ("tasks.hog.params.cell=8", "tasks.hog.params.bins=4"),
         ("tasks.hog.params.cell=32",),
@@ -225,7 +231,17 @@ def test_the_grid_applies_to_the_recipes_after_the_baseline(kvasir_small):
         "unet-hog@tasks.hog.params.cell=32",
     ]
     assert variants[1].overrides == ("tasks.hog.params.cell=8",)
-    list_valued = expand(["unet", "unet-hog"], [], str(kvasir_small), grid=grid_points(["model.params.channels=[4,8],[8,16]"]))
+    list_valued = expand(
+        ["unet", "unet-hog"],
+        [],
+        str(kvasir_small),
+        grid=grid_points(["model.params.channels=[4,8],[8,16]"]),
+    )
     assert list_valued[1].folder == "unet-hog@model.params.channels=_4,8_"
     with pytest.raises(ConfigError, match="no list item named 'nothing'"):
-        expand(["unet", "unet-hog"], [], str(kvasir_small), grid=grid_points(["tasks.nothing.weight=1"]))
+        expand(
+            ["unet", "unet-hog"],
+            [],
+            str(kvasir_small),
+            grid=grid_points(["tasks.nothing.weight=1"]),
+        )

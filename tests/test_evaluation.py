@@ -200,6 +200,8 @@ def test_evaluate_folder_follows_the_empty_class_convention(tmp_path, empty, two
     cases = json.loads((tmp_path / "scores_cases.json").read_text())
     assert cases["protocol"]["empty"] == empty
     a = next(r for r in cases["cases"] if r["case"] == "a")
+    header, first = (tmp_path / "scores_cases.csv").read_text().splitlines()[:2]
+    assert header.endswith(",protocol,empty") and first.endswith(f",2,{empty}")
     assert a["dice/two"] == {"exclude": None, "one": 1.0, "zero": 0.0}[empty]  # NaN: null
 
 

@@ -80,8 +80,18 @@ def test_slices_of_one_case_are_scored_as_one_volume():
 def test_aggregation_is_nanmean_over_cases_per_class_then_mean_over_classes():
     names = ["background", "a", "b"]
     rows = [
-        {"case": "x", **score_case(np.array([[1, 1], [0, 0]]), np.array([[1, 0], [0, 0]]), names, with_hd95=False)},
-        {"case": "y", **score_case(np.array([[2, 0], [0, 0]]), np.array([[2, 2], [0, 0]]), names, with_hd95=False)},
+        {
+            "case": "x",
+            **score_case(
+                np.array([[1, 1], [0, 0]]), np.array([[1, 0], [0, 0]]), names, with_hd95=False
+            ),
+        },
+        {
+            "case": "y",
+            **score_case(
+                np.array([[2, 0], [0, 0]]), np.array([[2, 2], [0, 0]]), names, with_hd95=False
+            ),
+        },
     ]
     # x: a = 2/3, b undefined; y: a undefined, b = 2/3... per class over the cases where defined
     assert math.isnan(rows[0]["dice/b"]) and math.isnan(rows[1]["dice/a"])
@@ -110,7 +120,10 @@ def test_dice_equals_monai_where_the_truth_is_not_empty():
     torch.manual_seed(0)
     pred = torch.randint(0, 3, (3, 16, 16))
     target = torch.randint(0, 3, (3, 16, 16))
-    ours = [score_case(p, t, ["bg", "a", "b"], with_hd95=False) for p, t in zip(pred, target, strict=True)]
+    ours = [
+        score_case(p, t, ["bg", "a", "b"], with_hd95=False)
+        for p, t in zip(pred, target, strict=True)
+    ]
     onehot = lambda x: torch.nn.functional.one_hot(x, 3).permute(0, 3, 1, 2).float()  # noqa: E731
     monai = DiceMetric(include_background=False, reduction="none")(onehot(pred), onehot(target))
     for i, row in enumerate(ours):

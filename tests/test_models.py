@@ -94,11 +94,21 @@ def test_u2net_at_full_widths_is_the_papers_table_1():
     """Qin et al. 2020, Table 1 (and the authors' U2NET): De_1 is RSU-7(128, 16, 64)."""
     net = build_backbone(
         "u2net",
-        {"out_channels": [64, 128, 256, 512, 512, 512], "mid_channels": [32, 32, 64, 128, 256, 256]},
+        {
+            "out_channels": [64, 128, 256, 512, 512, 512],
+            "mid_channels": [32, 32, 64, 128, 256, 256],
+        },
         3,
         1,
     )
-    encoder = [(3, 32, 64), (64, 32, 128), (128, 64, 256), (256, 128, 512), (512, 256, 512), (512, 256, 512)]
+    encoder = [
+        (3, 32, 64),
+        (64, 32, 128),
+        (128, 64, 256),
+        (256, 128, 512),
+        (512, 256, 512),
+        (512, 256, 512),
+    ]
     decoder = [(128, 16, 64), (256, 32, 64), (512, 64, 128), (1024, 128, 256), (1024, 256, 512)]
     assert [_rsu_widths(b) for b in net.encoder] == encoder
     assert [_rsu_widths(b) for b in net.decoder] == decoder  # De_1 .. De_5
@@ -124,7 +134,9 @@ def test_u2net_side_supervision_is_declared_output_entries_and_its_papers_loss()
     assert "segmentation" not in model.heads
     mask = torch.randint(0, 3, (2, 32, 32))
     seg = tasks[0]
-    expected = sum(torch.nn.functional.cross_entropy(out[k], mask) for k in ["segmentation", *sides])
+    expected = sum(
+        torch.nn.functional.cross_entropy(out[k], mask) for k in ["segmentation", *sides]
+    )
     assert seg.loss(seg.output(out), mask).item() == pytest.approx(expected.item(), rel=1e-5)
     # inference reads the fused output alone
     x = torch.randn(1, 1, 32, 32)

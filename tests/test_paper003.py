@@ -20,7 +20,7 @@ from mtlseg.losses import SEG_LOSSES
 from mtlseg.models import build_backbone
 from mtlseg.models.context import ContextEnsemble
 from mtlseg.tasks.image_level import mask_presence
-from mtlseg.terms import build_terms, bernoulli_kl
+from mtlseg.terms import bernoulli_kl, build_terms
 from mtlseg.weighting import build_weighting
 from tests.conftest import ACDC, TINY_SEGNET, power_cut_at
 
@@ -187,8 +187,10 @@ def test_sync_feedback_goes_through_the_class_branch_only(acdc_labelled):
     (sync,) = build_terms(cfg.terms, tasks)
     outputs = model(torch.randn(2, 1, 64, 64))
     sync(outputs, {}).backward()
+
     def grads(module):
         return [p.grad for p in module.parameters() if p.grad is not None and p.grad.any()]
+
     assert grads(model.heads["presence"]), "the class branch learns from it"
     assert grads(model.backbone.encoder), "and through it the shared latent space"
     assert not grads(model.backbone.decoder), "the segmentation branch gets no feedback"

@@ -97,7 +97,9 @@ def test_volume_metrics_are_3d_dice_per_volume():
     assert "slice_dice/mean" not in out  # every sample is a whole volume: one per case
     for i, (p, t) in enumerate(zip(pred, target, strict=True)):  # the per-case entry point
         row = score_case(p, t, ["bg", "a", "b"])
-        assert row["dice/a"] == pytest.approx(2 * ((p == 1) & (t == 1)).sum().item() / ((p == 1).sum() + (t == 1).sum()).item()), i
+        assert row["dice/a"] == pytest.approx(
+            2 * ((p == 1) & (t == 1)).sum().item() / ((p == 1).sum() + (t == 1).sum()).item()
+        ), i
         assert row["hd95/mean"] > 0
 
 
@@ -113,7 +115,9 @@ def test_3d_train_resume_sliding_window_predict_to_nifti(recipe, acdc_labelled, 
     metrics = evaluate(result.best_checkpoint, str(acdc_labelled), "val")
     assert metrics["num_samples"] == metrics["num_cases"] == 4  # one sample per volume
     rows, summary = evaluate_cases(result.best_checkpoint, str(acdc_labelled), "val")
-    assert [r["case"] for r in rows] == sorted(load_module(result.best_checkpoint).hparams["split"]["val"])
+    assert [r["case"] for r in rows] == sorted(
+        load_module(result.best_checkpoint).hparams["split"]["val"]
+    )
     assert summary["metrics"]["hd95/mean"]["n"] == 4  # in the volume's own voxels
     if recipe == "unet3d-decomp":
         assert 0 <= metrics["task/presence/accuracy"] <= 1

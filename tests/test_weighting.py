@@ -172,7 +172,10 @@ def test_nash_mtl_heads_get_the_alpha_weighted_gradient_unclipped(max_norm):
     theta = torch.zeros(2, requires_grad=True)
     head = torch.tensor(1.5, requires_grad=True)
     w = build_weighting("nash-mtl", {"max_norm": max_norm}, {"t0": 1.0, "t1": 1.0}, "t0")
-    losses = {"t0": torch.tensor([2.0, 0.0]) @ theta + head**2, "t1": torch.tensor([0.0, 1.0]) @ theta}
+    losses = {
+        "t0": torch.tensor([2.0, 0.0]) @ theta + head**2,
+        "t1": torch.tensor([0.0, 1.0]) @ theta,
+    }
     w.backward(losses, w(losses), BackwardContext([theta], [head]))
     alpha = w.aggregator.weighting.prvs_alpha  # the solved alpha, before any clipping
     assert alpha.tolist() == pytest.approx([0.5, 1.0], rel=1e-2)  # G^T G alpha = 1 / alpha
@@ -183,7 +186,10 @@ def test_nash_mtl_heads_get_the_alpha_weighted_gradient_unclipped(max_norm):
     # the other aggregators keep torchjd's convention: the head's own task's gradient
     theta.grad = head.grad = None
     u = build_weighting("upgrad", {}, {"t0": 1.0, "t1": 1.0}, "t0")
-    losses = {"t0": torch.tensor([2.0, 0.0]) @ theta + head**2, "t1": torch.tensor([0.0, 1.0]) @ theta}
+    losses = {
+        "t0": torch.tensor([2.0, 0.0]) @ theta + head**2,
+        "t1": torch.tensor([0.0, 1.0]) @ theta,
+    }
     u.backward(losses, u(losses), BackwardContext([theta], [head]))
     assert head.grad.item() == pytest.approx(3.0)
 

@@ -27,17 +27,19 @@ MASK_ENDINGS = IMAGE_ENDINGS + NIFTI_ENDINGS
 
 def write_scores(rows: list[dict], summary: dict, json_path: Path) -> tuple[Path, Path]:
     """``json_path`` (the protocol, the summary and every case) and a CSV beside it, one row
-    per case (undefined scores, NaN, as empty cells)."""
+    per case (undefined scores, NaN, as empty cells), each row ending with the protocol's
+    version and empty-class convention."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     record = {"protocol": summary["protocol"], "summary": summary, "cases": rows}
     json_path.write_text(json.dumps(without_nan(record), indent=1))
     csv_path = json_path.with_suffix(".csv")
     with csv_path.open("w", newline="") as f:
         columns = list(dict.fromkeys(k for r in rows for k in r)) or ["case"]
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer = csv.DictWriter(f, fieldnames=[*columns, "protocol", "empty"], restval="")
         writer.writeheader()
+        stamp = {"protocol": summary["protocol"]["version"], "empty": summary["protocol"]["empty"]}
         writer.writerows(
-            {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} | stamp
             for r in rows
         )
     return json_path, csv_path

@@ -172,7 +172,9 @@ def score_case(
     for metric, values in overlap_scores(tp, fp, fn, empty).items():
         row.update(_class_row(metric, values, class_names, fg))
     if with_hd95:
-        row.update(_class_row("hd95", hd95(p[None], t[None], k, spacing, empty)[0], class_names, fg))
+        row.update(
+            _class_row("hd95", hd95(p[None], t[None], k, spacing, empty)[0], class_names, fg)
+        )
     if p.dim() == 3 and p.shape[0] > 1:  # a volume: slice-wise Dice as a secondary column
         counts = confusion_counts(p, t, k, valid)
         per_slice = overlap_scores(*counts, empty)["dice"]

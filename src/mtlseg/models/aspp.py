@@ -101,7 +101,9 @@ class ContextASPPNet(Backbone):
         size = math.ceil(image_size / stride)
         beyond = [r for r in self.context.rates if r >= size]
         if not beyond:
-            return [f"context ensemble: every rate {self.context.rates} acts on the {size}x{size} latent"]
+            return [
+                f"context ensemble: every rate {self.context.rates} acts on the {size}x{size} latent"
+            ]
         return [
             f"context ensemble on the stride-{stride} latent ({size}x{size} at {image_size} px): "
             f"rates {beyond} of {self.context.rates} reach only padding (they act as 1x1 "

@@ -94,7 +94,8 @@ class DeepSupervisionHead(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {
-            f"deep{i + 1}": conv(features[name]) for i, (name, conv) in enumerate(self.convs.items())
+            f"deep{i + 1}": conv(features[name])
+            for i, (name, conv) in enumerate(self.convs.items())
         }
 
 

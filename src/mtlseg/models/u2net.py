@@ -159,7 +159,9 @@ class U2Net(Backbone):
         self.fuse = nn.Conv2d(6 * num_classes, num_classes, 1)
         self.film_channels = out[0]
         # side k: De_k's logits (k = 1..5), En_6's (k = 6), as the authors' d1..d6
-        self.output_features = tuple(f"side{k}" for k in range(1, 7)) if cfg.side_supervision else ()
+        self.output_features = (
+            tuple(f"side{k}" for k in range(1, 7)) if cfg.side_supervision else ()
+        )
         self.feature_info = {"bottleneck": FeatureInfo(out[5], 32)}
         for k in range(4, -1, -1):
             self.feature_info[f"decoder{5 - k}"] = FeatureInfo(dec_out[k], 2**k)

@@ -53,9 +53,7 @@ class Variant:
         return re.sub(r"[^A-Za-z0-9._=,@+-]", "_", self.name)
 
 
-def grid_points(
-    specs: list[str] | None, pairs: bool = False
-) -> list[tuple[str, ...]]:
+def grid_points(specs: list[str] | None, pairs: bool = False) -> list[tuple[str, ...]]:
     """``--grid`` -> the list of override sets to run.
 
     ``KEY=V1,V2,...`` per key (values split at top-level commas, so a quoted list value
@@ -76,7 +74,9 @@ def grid_points(
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not key or not values:
-            raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. tasks.hog.weight=0.1,1)")
+            raise ConfigError(
+                f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. tasks.hog.weight=0.1,1)"
+            )
         axes.append([f"{key}={v}" for v in _split_top_level(values)])
     if pairs:
         lengths = {len(a) for a in axes}

@@ -74,7 +74,9 @@ def markdown_table(
         row = [name, str(entry[metrics[0]]["n"])] + [fmt_stat(entry[m]) for m in metrics]
         row.append("—" if name == names[0] else fmt_stat(entry["diff"][metrics[0]], signed=True))
         if selected:
-            row.append(fmt_stat(selected[name][metrics[0]]) if metrics[0] in selected[name] else "—")
+            row.append(
+                fmt_stat(selected[name][metrics[0]]) if metrics[0] in selected[name] else "—"
+            )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
