@@ -273,6 +273,7 @@ def test_auto_precision_follows_the_cpu_and_a_cached_micro_benchmark(monkeypatch
     assert precision.resolve_precision("auto") == "32"  # no native bf16: not even measured
     assert not precision.cache_file().exists()
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(precision, "BF16_ACCURATE", True)  # as benchmarks/precision.py found
     timings = {None: 1.0, precision.torch.bfloat16: 0.5}
     calls = []
 
