@@ -18,7 +18,7 @@ import torch
 
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
-from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.train import build_module
 from mtlseg.metrics.segmentation import confusion_counts, pooled_scores
 
 
@@ -37,17 +37,11 @@ def main() -> None:
     overrides = [f"data.path={args.data}", f"data.image_size={args.size}", "data.augment=none"]
     cfg = load_config(args.recipe, [*overrides, *args.set])
     data = prepare_data(cfg.data)
-    labels = {c: data.annotations.values(c) for c in data.annotations.columns}
-    module = MultiTaskModule(
-        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
-    ).train()
+    module = build_module(cfg, data).train()  # the builder train uses, with its checks
     opt = torch.optim.Adam(module.parameters(), lr=args.lr or cfg.train.lr)
     batch = next(iter(train_loader(data, args.batch, 0, 0, cfg.train.sampler)))
     for step in range(1, args.steps + 1):
-        loss = module.weighting(module.task_losses(batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = module.optimisation_step(batch, opt, step).total
         if step % args.every == 0:
             with torch.no_grad():
                 logits = module.model(batch["image"])["segmentation"]

@@ -51,11 +51,9 @@ def _timed(fn) -> float:
 
 
 def _step(module, batch, opt, dtype: torch.dtype | None):
+    """The public training step, under CPU bf16 autocast for ``bf16``."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        loss = module.weighting(module.task_losses(batch))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+        module.optimisation_step(batch, opt)
 
 
 def speed(cfg, data, mode: str, steps: int, compiled: bool) -> dict:

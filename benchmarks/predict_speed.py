@@ -1,6 +1,5 @@
 """Images/s of ``predict`` and ``evaluate`` against the model's pure forward pass on the same
-images in one process (the issue's goal: predict >= 0.7x of forward-only on CPU), and the
-one-file-at-a-time path for reference.
+images in one process (the issue's goal: predict >= 0.7x of forward-only on CPU).
 
     python benchmarks/predict_speed.py --data ../shared/data/kvasir-seg --n 200
     python benchmarks/predict_speed.py --data ../shared/data/kvasir-seg --recipe unet \
@@ -23,7 +22,7 @@ import torch
 
 from mtlseg.config import load_config
 from mtlseg.engine.batched import InferenceSet, default_readers, file_entries
-from mtlseg.engine.inference import evaluate_cases, load_module, predict, predict_file
+from mtlseg.engine.inference import evaluate_cases, load_module, predict
 from mtlseg.engine.train import train
 
 
@@ -89,8 +88,6 @@ def main() -> None:
             / timed(
                 lambda: evaluate_cases(ckpt, str(data), "all", False, args.batch, args.workers)
             ),
-            "one file at a time": len(files)
-            / timed(lambda: [predict_file(module, f) for f in files]),
         }
     print(
         f"{args.recipe} at {args.size} px, {len(files)} images, batch {args.batch}, "

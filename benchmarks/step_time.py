@@ -25,7 +25,7 @@ import torch
 
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
-from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.train import build_module
 
 
 def _to(batch: dict, device: str) -> dict:
@@ -57,11 +57,7 @@ def time_steps(
     cfg = load_config(
         recipe, [f"data.image_size={size}", f"data.path={data.index.root}", *overrides]
     )
-    ann = data.annotations
-    labels = {c: ann.values(c) for c in ann.columns}
-    module = MultiTaskModule(
-        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
-    ).to(device)
+    module = build_module(cfg, data).to(device)  # the builder train uses, with its checks
     opt = torch.optim.Adam([q for q in module.parameters() if q.requires_grad], lr=2e-4)
     loader = iter(train_loader(data, batch, 0, 0, cfg.train.sampler))
     batches = [_to(next(loader), device) for _ in range(4)]
@@ -72,10 +68,7 @@ def time_steps(
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast(device, dtype=torch.float16, enabled=amp):
-            loss = module.weighting(module.task_losses(b))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            module.optimisation_step(b, opt, i)
         if device == "cuda":
             torch.cuda.synchronize()
         if i >= 5:  # warm-up excluded

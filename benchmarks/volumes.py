@@ -24,6 +24,7 @@ import torch
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.train import build_module
 
 
 def _sync(device: str) -> None:
@@ -37,11 +38,7 @@ def _peak_rss_mb() -> float:
 
 def _module(recipe: str, data, overrides: list[str], device: str) -> MultiTaskModule:
     cfg = load_config(recipe, [f"data.path={data.index.root}", *overrides])
-    ann = data.annotations
-    labels = {c: ann.values(c) for c in ann.columns}
-    return MultiTaskModule(
-        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
-    ).to(device)
+    return build_module(cfg, data).to(device)  # the builder train uses, with its checks
 
 
 def train_step(module, data, batch: int, steps: int, device: str) -> tuple[float, float, float]:
@@ -58,10 +55,7 @@ def train_step(module, data, batch: int, steps: int, device: str) -> tuple[float
     for i in range(steps + 3):
         _sync(device)
         t = time.perf_counter()
-        loss = module.weighting(module.task_losses(batches[i % 3]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        module.optimisation_step(batches[i % 3], opt, i)
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - t)

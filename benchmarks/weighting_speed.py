@@ -34,6 +34,7 @@ import torch
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.train import build_module
 from mtlseg.weighting.aggregators import AggregatorWeighting
 
 KINDS = (
@@ -52,11 +53,7 @@ def build(recipe: str, kind: str, data_path: str, overrides: list[str], data, de
         recipe, [f"data.path={data_path}", *overrides, f"weighting.kind={name}", *extra]
     )
     torch.manual_seed(0)
-    ann = data.annotations
-    labels = {c: ann.values(c) for c in ann.columns} if ann is not None else None
-    module = MultiTaskModule(
-        cfg.to_dict(), data.dataset.in_channels, data.class_names, label_values=labels
-    )
+    module = build_module(cfg, data)  # the builder train uses, with its checks
     module.train()
     module.to(device)
     opt = torch.optim.Adam(module.parameters(), lr=1e-4)
@@ -64,13 +61,9 @@ def build(recipe: str, kind: str, data_path: str, overrides: list[str], data, de
 
 
 def step(module: MultiTaskModule, opt, batch, index: int) -> None:
-    """One training step as Lightning runs it: losses, weighting, the weighting's backward."""
-    losses, features = module._losses_and_features(batch, index)
-    total = module.weighting(losses, index, 0)
-    module._step = (losses, features)
-    module.backward(total)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    """One training step through the public step training uses: losses, the weighting's
+    update (an aggregator's backward included), the optimiser."""
+    module.optimisation_step(batch, opt, index)
 
 
 def main() -> None:

@@ -109,15 +109,10 @@ def _model_device(module: MultiTaskModule) -> torch.device:
 
 
 def _forward(module: MultiTaskModule, x: torch.Tensor, meta, tta: bool) -> torch.Tensor:
-    """Segmentation logits; with ``tta`` the mean of the image's and its horizontal mirror's
-    logits (the mirror's logits mirrored back)."""
+    """The module's one predictor (``segment``), under float16 autocast on a GPU."""
     device = _model_device(module)
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
-    with autocast:
-        logits = module.segment(x, meta).float()
-        if tta:
-            logits = (logits + module.segment(x.flip(-1), meta).float().flip(-1)) / 2
-    return logits
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        return module.segment(x, meta, tta)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,6 +31,15 @@ from mtlseg.weighting import BackwardContext, build_weighting
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepLosses:
+    """What a training step's forward gives its backward."""
+
+    losses: dict[str, torch.Tensor]  # per task and cross-task term, unweighted
+    features: dict[str, torch.Tensor]  # the backbone's (gradient methods read them)
+    total: torch.Tensor  # the weighting's combination of ``losses``
 
 
 def build_model_and_tasks(
@@ -172,7 +182,7 @@ class MultiTaskModule(pl.LightningModule):
             self.tasks[0].name,
             {t.name: t.likelihood for t in [*self.tasks, *self.terms]},
         )
-        self._step: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self._pending: StepLosses | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
         self.val_metrics = SegmentationMetrics(
             self.class_names, self.seg_task.params.ignore_index, self.cfg.metrics.empty
@@ -203,10 +213,20 @@ class MultiTaskModule(pl.LightningModule):
     def volumetric(self) -> bool:
         return self.cfg.data.dims == 3
 
-    def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        """Segmentation logits of whole images (B, C, H, W), or of whole volumes
-        (B, C, H, W, D) by MONAI's sliding-window inference over ``data.patch_size``
-        windows (Gaussian-weighted, 25 % overlap; volumes smaller than a window are padded)."""
+    def segment(
+        self, x: torch.Tensor, meta: torch.Tensor | None = None, tta: bool = False
+    ) -> torch.Tensor:
+        """The one segmentation predictor (validation, ``evaluate``, ``predict``, ``compare``):
+        logits of whole images (B, C, H, W), or of whole volumes (B, C, H, W, D) by MONAI's
+        sliding-window inference over ``data.patch_size`` windows (Gaussian-weighted, 25 %
+        overlap; volumes smaller than a window are padded). ``tta``: the mean with the
+        horizontal mirror's logits, mirrored back."""
+        logits = self._segment_once(x, meta).float()
+        if tta:
+            logits = (logits + self._segment_once(x.flip(-1), meta).float().flip(-1)) / 2
+        return logits
+
+    def _segment_once(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         if not self.volumetric:
             return self.model.segment(x, meta)
         return sliding_window_inference(
@@ -218,9 +238,11 @@ class MultiTaskModule(pl.LightningModule):
             mode="gaussian",
         )
 
-    def predict_labels(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W[, D]) images -> (B, H, W[, D]) class indices."""
-        return self.seg_task.decode(self.segment(x, meta))
+    def predict_labels(
+        self, x: torch.Tensor, meta: torch.Tensor | None = None, tta: bool = False
+    ) -> torch.Tensor:
+        """(B, C, H, W[, D]) images -> (B, H, W[, D]) class indices, by ``segment``."""
+        return self.seg_task.decode(self.segment(x, meta, tta))
 
     def padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` zero-padded at the end of each spatial axis to the backbone's size multiple
@@ -233,15 +255,10 @@ class MultiTaskModule(pl.LightningModule):
             pad += [0, -size % m]
         return F.pad(x, pad) if any(pad) else x
 
-    def task_losses(
-        self, batch: dict[str, Any], step: int | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Losses of the tasks and cross-task terms that train at ``step`` (all when None)."""
-        return self._losses_and_features(batch, step)[0]
-
-    def _losses_and_features(
-        self, batch: dict[str, Any], step: int | None = None
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def compute_losses(self, batch: dict[str, Any], step: int | None = None) -> StepLosses:
+        """The public training step's forward: every task's and cross-task term's loss that
+        trains at ``step`` (all when None), the backbone's features, and the weighting's
+        total (what is logged as ``train/loss``). A non-finite loss is an error naming it."""
         x = batch["image"]
         for task in self.tasks:  # e.g. denoising trains every task on a noisy input
             x = task.training_input(x)
@@ -253,45 +270,62 @@ class MultiTaskModule(pl.LightningModule):
             names = self.stages.active(step, [t.name for t in terms], "terms")
             terms = [t for t in terms if t.name in names]
         losses = {t.name: t.loss(t.output(outputs), t.target(batch)) for t in tasks}
-        return {**losses, **{t.name: t(outputs, batch) for t in terms}}, features
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses, features = self._losses_and_features(batch, self.global_step)
+        losses.update({t.name: t(outputs, batch) for t in terms})
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise TrainingError(
-                    f"step {self.global_step}: loss of task {name!r} is {value.item()} "
+                    f"step {step}: loss of task {name!r} is {value.item()} "
                     "(lower train.lr, or check the data for extreme values)"
                 )
-        total = self.weighting(losses, self.global_step, self.current_epoch)
-        self._step = (losses, features)  # for backward: gradient methods need them
+        total = self.weighting(losses, step or 0, self.current_epoch)
+        return StepLosses(losses, features, total)
+
+    def apply_update(self, step: StepLosses, scale: float = 1.0) -> None:
+        """The public training step's backward: fill every parameter's ``.grad`` as the
+        weighting decides (loss weightings differentiate the total, an aggregator combines
+        the task gradients). ``scale``: the AMP loss scale ``step.total`` already carries."""
+        ctx = BackwardContext(
+            shared_params=self.model.shared_parameters(),
+            task_params=self.model.task_parameters(),
+            features=step.features,
+            scale=scale,
+            shared_feature=self.model.backbone.shared_feature,
+        )
+        self.weighting.backward(step.losses, step.total, ctx)
+        if self.weighting.syncs_gradients:  # DDP's reducer is off for it (on_train_start)
+            average_over_processes([p.grad for p in self.parameters() if p.grad is not None])
+
+    def optimisation_step(
+        self, batch: dict[str, Any], optimizer: torch.optim.Optimizer, step: int = 0
+    ) -> StepLosses:
+        """One whole training step outside Lightning (benchmarks, tools): ``compute_losses``,
+        ``apply_update``, ``optimizer.step()``; no AMP scaling, no gradient clipping."""
+        out = self.compute_losses(batch, step)
+        optimizer.zero_grad(set_to_none=True)
+        self.apply_update(out)
+        optimizer.step()
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.compute_losses(batch, self.global_step)
+        self._pending = out  # for backward: gradient methods need the losses and features
         bs = batch["image"].shape[0]
-        self.log_dict({f"train/loss_{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/loss_{k}": v.detach() for k, v in out.losses.items()}, batch_size=bs)
+        self.log("train/loss", out.total.detach(), prog_bar=True, batch_size=bs)
         if self._trainer is not None:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         if self.cfg.train.stages:
             self.log("train/stage", float(self.stages.index(self.global_step)), batch_size=bs)
-        return total
+        return out.total
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """The weighting makes the backward pass (an aggregator combines task gradients);
-        ``loss`` is the total, already scaled under AMP."""
-        if self._step is None:  # not from training_step (e.g. Lightning's LR finder internals)
+        """Lightning's backward hook: ``apply_update`` with the step's losses; ``loss`` is
+        the total, already scaled under AMP."""
+        if self._pending is None:  # not from training_step (e.g. Lightning's LR finder internals)
             loss.backward(*args, **kwargs)
             return
-        losses, features = self._step
-        self._step = None
-        ctx = BackwardContext(
-            shared_params=self.model.shared_parameters(),
-            task_params=self.model.task_parameters(),
-            features=features,
-            scale=self._loss_scale(),
-            shared_feature=self.model.backbone.shared_feature,
-        )
-        self.weighting.backward(losses, loss, ctx)
-        if self.weighting.syncs_gradients:  # DDP's reducer is off for it (on_train_start)
-            average_over_processes([p.grad for p in self.parameters() if p.grad is not None])
+        step, self._pending = self._pending, None
+        self.apply_update(StepLosses(step.losses, step.features, loss), self._loss_scale())
 
     def _loss_scale(self) -> float:
         """The AMP grad scaler's current factor (1 without one)."""
@@ -335,43 +369,49 @@ class MultiTaskModule(pl.LightningModule):
         """Auxiliary tasks scored on validation batches (pair tasks need paired batches)."""
         return [t for t in self.tasks[1:] if not t.needs_pairs]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        image, meta, bs = batch["image"], batch.get("meta"), batch["image"].shape[0]
-        aux = self.val_aux_tasks
-        if aux:
-            outputs = self.model(self.padded(image), meta)
-            logits = outputs[self.seg_task.name]
-            # 3D: the heads see the whole volume, the segmentation is made window by window
-            pred = (
-                self.predict_labels(image, meta)
-                if self.volumetric
-                else self.seg_task.decode(logits)
-            )
-            for task in aux:
-                target = task.target(batch)
-                loss = task.loss(task.output(outputs), target)
-                self.log(f"val/loss_{task.name}", loss, batch_size=bs, sync_dist=True)
-                if task.name in self.task_metrics:
-                    self.task_metrics[task.name].update(
-                        task.metric_input(outputs[task.name]), task.metric_target(target)
-                    )
-            for term in self.terms:
-                self.log(
-                    f"val/loss_{term.name}", term(outputs, batch), batch_size=bs, sync_dist=True
-                )
-        else:
-            pred = self.predict_labels(image, meta)
+    def score_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Validation's (and ``evaluate``'s) work on one batch: the segmentation by the one
+        predictor (``predict_labels``) into the metric states, each auxiliary task's metrics;
+        returns the auxiliary tasks' and terms' losses. 3D: the heads see the whole
+        (padded) volume, the segmentation is made window by window."""
+        image, meta = batch["image"], batch.get("meta")
         cases = torch.tensor([self.case_index.get(c, 0) for c in batch["case_id"]])
-        self.val_metrics.update(pred, batch["mask"], cases)
+        self.val_metrics.update(self.predict_labels(image, meta), batch["mask"], cases)
+        aux = self.val_aux_tasks
+        if not aux:
+            return {}
+        outputs = self.model(self.padded(image), meta)
+        losses = {}
+        for task in aux:
+            target = task.target(batch)
+            losses[task.name] = task.loss(task.output(outputs), target)
+            if task.name in self.task_metrics:
+                self.task_metrics[task.name].update(
+                    task.metric_input(outputs[task.name]), task.metric_target(target)
+                )
+        losses.update({term.name: term(outputs, batch) for term in self.terms})
+        return losses
 
-    def on_validation_epoch_end(self) -> None:
+    def compute_scores(self) -> dict[str, float]:
+        """The metrics of every batch scored since the last call (``SegmentationMetrics``'
+        keys, the auxiliary tasks' as ``task/<name>/<metric>``), then reset."""
         result = self.val_metrics.compute()
         self.val_metrics.reset()
+        result.update({f"task/{k}": float(v) for k, v in self.compute_task_metrics().items()})
+        return result
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        bs = batch["image"].shape[0]
+        for name, loss in self.score_batch(batch).items():
+            self.log(f"val/loss_{name}", loss, batch_size=bs, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.compute_scores()
         # torchmetrics synced the states already: every process holds the same values, so
-        # sync_dist averages equal numbers (and keeps Lightning from warning under DDP)
+        # sync_dist averages equal numbers (and keeps Lightning from warning under DDP).
+        # val/dice, the per-case mean Dice at the training size, selects best.ckpt
         self.log("val/dice", result["dice/mean"], prog_bar=True, sync_dist=True)
-        rest = {f"val/{k}": v for k, v in result.items() if k != "dice/mean"}
-        rest.update({f"val/{k}": v for k, v in self.compute_task_metrics().items()})
+        rest = {f"val/{k.removeprefix('task/')}": v for k, v in result.items() if k != "dice/mean"}
         self.log_dict(rest, sync_dist=True)
 
     def compute_task_metrics(self) -> dict[str, torch.Tensor]:

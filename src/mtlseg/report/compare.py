@@ -13,13 +13,7 @@ import torch
 from mtlseg.config import apply_override, load_config, load_recipe_dict, parse_override
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
-from mtlseg.engine.inference import (
-    evaluate_cases,
-    evaluate_tasks,
-    load_module,
-    predict_volume,
-    segment_slices,
-)
+from mtlseg.engine.inference import evaluate, evaluate_cases, load_module
 from mtlseg.engine.precision import resolve_precision
 from mtlseg.engine.train import resume_checkpoint, train
 from mtlseg.errors import ConfigError
@@ -199,11 +193,13 @@ def _run_one(
 def score_checkpoint(ckpt: Path, data_path: str, data: PreparedData) -> dict[str, float]:
     """The validation split's scores of a checkpoint: segmentation per case at the data's
     own resolution (``evaluate_cases``: the means of the summary), the auxiliary tasks'
-    metrics at the training size."""
+    metrics and the pooled pixel scores at the training size (``evaluate``)."""
     _, summary = evaluate_cases(ckpt, data_path, "val", progress=False)
     scores = {k: s["mean"] for k, s in summary["metrics"].items()}
     scores["num_cases"] = summary["num_cases"]
-    scores.update(evaluate_tasks(load_module(ckpt), data.val))
+    sized = evaluate(ckpt, data_path, "val", data=data)
+    pooled = ("pixel_accuracy", "f1/mean", "weighted_iou")
+    scores.update({k: v for k, v in sized.items() if k.startswith("task/") or k in pooled})
     return scores
 
 
@@ -352,9 +348,8 @@ def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: 
     chosen = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]
     images, masks = data.val.images[chosen].float(), data.val.masks[chosen]
     meta = data.val.meta_values[chosen]
-    predictions = {
-        name: m.seg_task.decode(segment_slices(m, images, meta)) for name, m in modules.items()
-    }
+    with torch.no_grad():
+        predictions = {name: m.predict_labels(images, meta) for name, m in modules.items()}
     return plot_qualitative(images, masks, predictions, len(data.class_names), out)
 
 
@@ -368,7 +363,8 @@ def _qualitative_volumes(modules: dict, data: PreparedData, out: Path, n: int) -
         images.append(volume[..., z])
         masks.append(mask[..., z])
         for name, m in modules.items():
-            predictions[name].append(predict_volume(m, volume[None])[0][..., z])
+            with torch.no_grad():
+                predictions[name].append(m.predict_labels(volume[None])[0][..., z])
     stacked = {name: torch.stack(p) for name, p in predictions.items()}
     return plot_qualitative(
         torch.stack(images), torch.stack(masks), stacked, len(data.class_names), out
