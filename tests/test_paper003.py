@@ -20,7 +20,8 @@ from mtlseg.losses import SEG_LOSSES
 from mtlseg.models import build_backbone
 from mtlseg.models.context import ContextEnsemble
 from mtlseg.tasks.image_level import mask_presence
-from mtlseg.terms import bernoulli_kl, build_terms
+from mtlseg.terms import build_terms
+from mtlseg.terms.sync import bernoulli_kl
 from mtlseg.weighting import build_weighting
 from tests.conftest import ACDC, TINY_SEGNET, power_cut_at
 

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mtlseg.config import RunConfig, build_dataclass, patch_size
 from mtlseg.distributed import average_over_processes
 from mtlseg.engine.optimizers import build_optimizer
+from mtlseg.engine.requirements import check_requirements
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.engine.stages import StagePlan
 from mtlseg.errors import ConfigError, TrainingError
@@ -29,7 +30,6 @@ from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.terms import TERMS, build_terms
 from mtlseg.weighting import BackwardContext, build_weighting
 
-PAIR_SAMPLERS = ("pairs", "patient-pairs")
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +51,7 @@ def build_model_and_tasks(
     """RunConfig -> (MultiTaskModel, tasks). The first task is the segmentation task.
 
     ``label_values``: the labels file's values per column, for image-level tasks."""
+    check_requirements(cfg)  # what the configuration can give: 2D/3D, pair batches
     model_input = INPUTS.get(cfg.model.input)
     if model_input.needs_channels not in (None, in_channels):
         raise ConfigError(
@@ -98,18 +99,6 @@ def build_model_and_tasks(
     if dims == 3 and cfg.model.film is not None:
         raise ConfigError("model.film: FiLM conditions slices on their metadata; use data.dims=2")
     tasks = [build_task(t, ctx) for t in cfg.tasks]
-    for task in tasks:
-        if dims not in task.dims:
-            raise ConfigError(
-                f"data.dims={dims}: task {task.name!r} ({task.kind}) works on "
-                f"{' and '.join(f'{d}D' for d in task.dims)} data only"
-            )
-    needs_pairs = [t.name for t in tasks if t.needs_pairs]
-    if needs_pairs and cfg.train.sampler not in PAIR_SAMPLERS:
-        raise ConfigError(
-            f"tasks.{needs_pairs[0]}: needs adjacent-slice pairs in every batch; set "
-            f"train.sampler to one of {', '.join(PAIR_SAMPLERS)} (now {cfg.train.sampler!r})"
-        )
     heads = {t.name: head for t in tasks if (head := t.build_head()) is not None}
     film = None
     if cfg.model.film is not None:
@@ -197,14 +186,6 @@ class MultiTaskModule(pl.LightningModule):
     @property
     def seg_task(self):
         return self.tasks[0]
-
-    def required_meta(self) -> dict[str, list[str]]:
-        """Metadata fields that every slice must have, by who needs them."""
-        needed = {f"tasks.{t.name}": list(t.required_meta) for t in self.tasks if t.required_meta}
-        film = self.cfg.model.film
-        if film is not None and film.missing == "error":
-            needed["model.film"] = list(film.fields)
-        return needed
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model(x, meta)
@@ -367,7 +348,7 @@ class MultiTaskModule(pl.LightningModule):
     @property
     def val_aux_tasks(self):
         """Auxiliary tasks scored on validation batches (pair tasks need paired batches)."""
-        return [t for t in self.tasks[1:] if not t.needs_pairs]
+        return [t for t in self.tasks[1:] if not t.needs.pairs]
 
     def score_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Validation's (and ``evaluate``'s) work on one batch: the segmentation by the one

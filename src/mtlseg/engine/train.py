@@ -34,9 +34,9 @@ from mtlseg.engine.data import (
 )
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.precision import lightning_precision, resolve_precision
+from mtlseg.engine.requirements import check_requirements
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
-from mtlseg.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
 
 
 def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
-    """The module for ``cfg``; checks the metadata and labels it needs, sets FiLM's statistics."""
+    """The module for ``cfg``; checks what its tasks need of ``data``
+    (``check_requirements``), sets FiLM's statistics."""
     needs = INPUTS.get(cfg.model.input).needs_channels
     if needs is not None and data.dataset.in_channels != needs:
         raise DataError(
@@ -196,11 +197,8 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
             f"images, this dataset has {data.dataset.in_channels} channel(s) (grey images "
             "cannot be colourised)"
         )
+    check_requirements(cfg, data)  # labels, dense arrays, metadata: before building
     ann = data.annotations
-    cases = [*data.split["train"], *data.split["val"]]
-    for t in cfg.tasks:
-        if (column := TASKS.get(t.kind).label_column(t.params)) is not None:
-            _require_labels(ann, column, cases, t.name, None)
     module = MultiTaskModule(
         cfg.to_dict(),
         data.dataset.in_channels,
@@ -209,33 +207,9 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
         data.split,
         {c: ann.values(c) for c in ann.columns},
     )
-    dense = data.dataset.cases[0].dense
-    for task in module.tasks:
-        if (needed := task.required_labels()) is not None:
-            _require_labels(ann, needed[0], cases, task.name, needed[1])
-        if (array := task.required_dense()) is not None and array not in dense:
-            raise DataError(
-                f"{data.index.root}: tasks.{task.name} ({task.kind}) reads dense {array!r} "
-                f"arrays, the dataset has {', '.join(map(repr, dense)) or 'none'} (the nyuv2 "
-                "format carries depth and normal arrays)"
-            )
-    for who, fields in module.required_meta().items():
-        data.train.require(fields, who, f"{data.index.root} (train split)")
-        if who == "model.film":  # conditioning needs the fields at inference too
-            data.val.require(fields, who, f"{data.index.root} (val split)")
     if module.model.film is not None:
         module.model.film.set_statistics(data.train.meta_values)
     return module
-
-
-def _require_labels(ann, column: str, cases: list[str], task: str, classes) -> None:
-    """``ann.require``, with the way to train the recipe without the task in the error."""
-    try:
-        ann.require(column, cases, f"tasks.{task}", classes)
-    except DataError as err:
-        raise DataError(
-            f"{err}\nto train this recipe without that task: --set tasks.{task}.enabled=false"
-        ) from None
 
 
 def loaders(cfg: RunConfig, data: PreparedData):

@@ -1,15 +1,10 @@
-"""Backbones (by registry name), auxiliary heads and the multi-task model."""
+"""Backbones (by registry name), auxiliary heads and the multi-task model; importing this
+package registers every backbone module in it."""
 
-from mtlseg.models import (  # noqa: F401  (registers them)
-    aspp,
-    big_unet,
-    segnet,
-    small_unet,
-    u2net,
-    unet,
-    unet3d,
-)
 from mtlseg.models.multitask import MultiTaskModel
 from mtlseg.models.registry import BACKBONES, build_backbone
+from mtlseg.registry import import_submodules
+
+import_submodules(__name__)
 
 __all__ = ["BACKBONES", "MultiTaskModel", "build_backbone"]

@@ -6,13 +6,14 @@ from typing import Any
 
 from mtlseg.config import build_dataclass
 from mtlseg.errors import ConfigError
-from mtlseg.registry import Registry
+from mtlseg.registry import Registry, check_config_class
 
 BACKBONES: Registry[tuple[type, type]] = Registry("backbone")
 
 
 def register_backbone(name: str, config_cls: type):
     def decorator(cls: type) -> type:
+        check_config_class("backbone", name, config_cls)
         BACKBONES.register(name)((cls, config_cls))
         return cls
 

@@ -1,13 +1,8 @@
-"""Tasks by registry kind; importing this package registers the shipped ones."""
+"""Tasks by registry kind; importing this package registers every task module in it."""
 
-from mtlseg.tasks import (  # noqa: F401  (registers the tasks)
-    geometry,
-    hog,
-    image_level,
-    segmentation,
-    selfsup,
-    slices,
-)
+from mtlseg.registry import import_submodules
 from mtlseg.tasks.base import TASKS, Task, TaskContext, build_task, register_task
+
+import_submodules(__name__)
 
 __all__ = ["TASKS", "Task", "TaskContext", "build_task", "register_task"]

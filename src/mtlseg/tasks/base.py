@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,15 +29,28 @@ class TaskContext:
     )  # labels file: column -> values
 
 
+@dataclass(frozen=True)
+class Requirements:
+    """What a task (or loss term) needs, declared in one record and checked in one place
+    (``mtlseg.engine.requirements.check_requirements``)."""
+
+    masks: bool = False  # reads the segmentation masks (False: learns from an image alone)
+    labels: str | None = None  # a labels-file column (``case_labels.csv``)
+    classes: tuple[str, ...] | None = None  # the column's classes, when the recipe names them
+    dense: str | None = None  # a dense array of the dataset (the nyuv2 format's depth, normal)
+    meta: tuple[str, ...] = ()  # metadata fields every training slice must have
+    pairs: bool = False  # every batch holds adjacent-slice pairs (a pair sampler)
+    dims: tuple[int, ...] = (2,)  # data.dims it works with: 2D slices/images, 3D patches
+
+
 class Task:
-    """Base class. Subclasses set ``Config`` (a dataclass of their params) and implement
-    ``target`` and ``loss``; ``build_head`` returns None when the backbone's own output is used.
+    """Base class. Subclasses set ``Config`` (a dataclass of their params) and ``requires``
+    (or override ``requirements`` when they depend on the params), and implement ``target``
+    and ``loss``; ``build_head`` returns None when the backbone's own output is used.
     """
 
     Config: type = object
-    required_meta: tuple[str, ...] = ()  # metadata fields every training slice must have
-    needs_pairs: bool = False  # batches must hold adjacent-slice pairs (a pair sampler)
-    dims: tuple[int, ...] = (2,)  # data.dims it works with: 2D slices/images, 3D patches
+    requires: ClassVar[Requirements] = Requirements()
     likelihood: str = "regression"  # or "classification" (a cross-entropy loss): for UW
 
     def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
@@ -46,6 +59,12 @@ class Task:
         self.weight = cfg.weight
         self.params = build_dataclass(self.Config, cfg.params, f"tasks.{self.name}.params")
         self.ctx = ctx
+        self.needs = self.requirements(self.params)
+
+    @classmethod
+    def requirements(cls, params: Any) -> Requirements:
+        """What this task needs with these params (its class's ``requires`` by default)."""
+        return cls.requires
 
     @classmethod
     def output_channels(cls, params: Any, num_classes: int) -> int:
@@ -58,21 +77,6 @@ class Task:
     def training_input(self, x: torch.Tensor) -> torch.Tensor:
         """The training input as this task wants every task to see it (denoising adds noise)."""
         return x
-
-    @classmethod
-    def label_column(cls, params: dict[str, Any]) -> str | None:
-        """The labels-file column this task reads, from its raw params (checked before the
-        model is built, so a missing column is reported against the file)."""
-        return None
-
-    def required_labels(self) -> tuple[str, list[str]] | None:
-        """(column, class names) this task reads from the labels file, checked for every case."""
-        return None
-
-    def required_dense(self) -> str | None:
-        """The dataset's dense target array this task reads (e.g. ``depth``), checked before
-        training starts."""
-        return None
 
     def metrics(self) -> Metric | MetricCollection | None:
         """Validation metrics, updated with ``(metric_input(output), metric_target(target))``."""
@@ -100,7 +104,7 @@ class Task:
         raise NotImplementedError
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", needs_config=True)
 register_task = TASKS.register
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mtlseg.errors import ConfigError
 from mtlseg.metrics.geometry import DepthMetrics, NormalMetrics
 from mtlseg.targets.geometry import boundary_normals, signed_distance, truncated
-from mtlseg.tasks.base import register_task
+from mtlseg.tasks.base import Requirements, register_task
 from mtlseg.tasks.selfsup import DenseParams, DenseTask
 
 DISTANCE_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
@@ -61,6 +61,7 @@ class DistanceTask(GeometryTask):
     scaled distance (rel over pixels at least one pixel from a boundary)."""
 
     Config = DistanceParams
+    requires = Requirements(masks=True)
 
     def out_dim(self) -> int:
         return self.ctx.num_classes - 1
@@ -101,8 +102,9 @@ class DepthTask(GeometryTask):
     def out_dim(self) -> int:
         return 1
 
-    def required_dense(self) -> str | None:
-        return self.params.array
+    @classmethod
+    def requirements(cls, params) -> Requirements:
+        return Requirements(dense=params.array)
 
     def target(self, batch):
         depth = self.dense_array(batch, self.params.array)
@@ -157,8 +159,11 @@ class NormalsTask(GeometryTask):
         groups, components = self._shape
         return groups * components
 
-    def required_dense(self) -> str | None:
-        return self.params.array if self.params.source == "file" else None
+    @classmethod
+    def requirements(cls, params) -> Requirements:
+        if params.source == "file":  # paper 004's own normals, from the data's arrays
+            return Requirements(dense=params.array)
+        return Requirements(masks=True)  # made from the mask's signed distance
 
     def target(self, batch):
         if self.params.source == "file":

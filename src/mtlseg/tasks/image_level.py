@@ -14,7 +14,7 @@ from mtlseg.errors import ConfigError
 from mtlseg.metrics.boxes import BoxMetrics
 from mtlseg.metrics.classification import ClassificationMetrics
 from mtlseg.models.heads import PooledHead
-from mtlseg.tasks.base import Task, register_task
+from mtlseg.tasks.base import Requirements, Task, register_task
 
 
 @dataclass
@@ -39,7 +39,6 @@ class ClassificationTask(Task):
 
     Config = ClassificationParams
     likelihood = "classification"
-    dims = (2, 3)
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -53,11 +52,9 @@ class ClassificationTask(Task):
         self.index = {c: i for i, c in enumerate(self.classes)}
 
     @classmethod
-    def label_column(cls, params):
-        return params.get("column") or None
-
-    def required_labels(self) -> tuple[str, list[str]]:
-        return self.params.column, self.classes
+    def requirements(cls, params: ClassificationParams) -> Requirements:
+        classes = tuple(params.classes) if params.classes else None
+        return Requirements(labels=params.column, classes=classes, dims=(2, 3))
 
     def build_head(self):
         p = self.params
@@ -109,8 +106,8 @@ class PresenceTask(Task):
     the fly: a 2D slice or a 3D patch. Output (B, K-1) logits, target (B, K-1) in {0, 1}."""
 
     Config = PresenceParams
+    requires = Requirements(masks=True, dims=(2, 3))
     likelihood = "classification"
-    dims = (2, 3)
 
     def build_head(self):
         p = self.params
@@ -166,6 +163,7 @@ class BoxTask(Task):
     """
 
     Config = BoxParams
+    requires = Requirements(masks=True)  # a box file's boxes when there is one, else the mask's
 
     def build_head(self):
         p = self.params

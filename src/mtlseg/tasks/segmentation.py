@@ -12,7 +12,7 @@ from torch import nn
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.models.heads import DeepSupervisionHead
-from mtlseg.tasks.base import Task, register_task
+from mtlseg.tasks.base import Requirements, Task, register_task
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ class SegmentationTask(Task):
     """
 
     Config = SegmentationParams
+    requires = Requirements(masks=True, dims=(2, 3))
     likelihood = "classification"
     MODES = ("softmax", "multilabel")
-    dims = (2, 3)
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mtlseg.errors import TrainingError
 from mtlseg.models.heads import PooledHead
-from mtlseg.tasks.base import Task, register_task
+from mtlseg.tasks.base import Requirements, Task, register_task
 
 
 @dataclass
@@ -24,7 +24,7 @@ class PositionTask(Task):
     (paper 001 eq. 4). Output (B,), target ``batch["position"]``."""
 
     Config = PositionParams
-    required_meta = ("position",)
+    requires = Requirements(meta=("position",))
 
     def build_head(self):
         p = self.params
@@ -56,8 +56,8 @@ class ContrastiveTask(Task):
     """
 
     Config = ContrastiveParams
+    requires = Requirements(pairs=True)
     likelihood = "classification"
-    needs_pairs = True
 
     def build_head(self):
         p = self.params

@@ -1,6 +1,6 @@
 """Loss weightings and gradient aggregators by registry name (``weighting.kind``)."""
 
-from mtlseg.weighting import aggregators, gradnorm, history, learned, static  # noqa: F401  (register)
+from mtlseg.registry import import_submodules
 from mtlseg.weighting.base import (
     LIKELIHOODS,
     WEIGHTINGS,
@@ -8,6 +8,8 @@ from mtlseg.weighting.base import (
     Weighting,
     build_weighting,
 )
+
+import_submodules(__name__)  # every weighting module registers itself
 
 __all__ = [
     "LIKELIHOODS",

@@ -17,7 +17,7 @@ from mtlseg.config import build_dataclass
 from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 
-WEIGHTINGS: Registry[type] = Registry("weighting")
+WEIGHTINGS: Registry[type] = Registry("weighting", needs_config=True)
 
 LIKELIHOODS = ("regression", "classification")
 

@@ -1,0 +1,72 @@
+"""The one check of what a recipe's tasks, terms and FiLM need (``Requirements`` records)
+against the configuration and, when given, the data: one clear error naming who needs what."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mtlseg.config import RunConfig, build_dataclass
+from mtlseg.errors import ConfigError, DataError
+from mtlseg.tasks import TASKS
+from mtlseg.tasks.base import Requirements
+from mtlseg.terms import TERMS
+
+if TYPE_CHECKING:
+    from mtlseg.engine.data import PreparedData
+
+PAIR_SAMPLERS = ("pairs", "patient-pairs")
+
+
+def requirements(cfg: RunConfig) -> dict[str, tuple[str, Requirements]]:
+    """``{"tasks.<name>" | "terms.<name>": (kind, its record)}`` for every enabled task and
+    term."""
+    out = {}
+    for key, registry, items in (("tasks", TASKS, cfg.tasks), ("terms", TERMS, cfg.terms)):
+        for item in items:
+            cls = registry.get(item.kind)
+            params = build_dataclass(cls.Config, item.params, f"{key}.{item.name}.params")
+            out[f"{key}.{item.name}"] = (item.kind, cls.requirements(params))
+    return out
+
+
+def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None:
+    """Raise ``ConfigError`` for what the configuration cannot give (2D/3D, pair batches),
+    and with ``data`` ``DataError`` for what the data lacks (a labels column or its classes,
+    a dense array, metadata fields), naming the file, the task and the way out."""
+    needs = requirements(cfg)
+    for who, (kind, req) in needs.items():
+        if who.startswith("tasks.") and cfg.data.dims not in req.dims:
+            raise ConfigError(
+                f"data.dims={cfg.data.dims}: task {who.removeprefix('tasks.')!r} ({kind}) works "
+                f"on {' and '.join(f'{d}D' for d in req.dims)} data only"
+            )
+        if req.pairs and cfg.train.sampler not in PAIR_SAMPLERS:
+            raise ConfigError(
+                f"{who}: needs adjacent-slice pairs in every batch; set train.sampler to one "
+                f"of {', '.join(PAIR_SAMPLERS)} (now {cfg.train.sampler!r})"
+            )
+    if data is None:
+        return
+    ann = data.annotations
+    cases = [*data.split["train"], *data.split["val"]]
+    dense = data.dataset.cases[0].dense
+    for who, (kind, req) in needs.items():
+        if req.labels is not None:
+            try:
+                ann.require(req.labels, cases, who, list(req.classes) if req.classes else None)
+            except DataError as err:
+                raise DataError(
+                    f"{err}\nto train this recipe without it: --set {who}.enabled=false"
+                ) from None
+        if req.dense is not None and req.dense not in dense:
+            raise DataError(
+                f"{data.index.root}: {who} ({kind}) reads dense {req.dense!r} arrays, the dataset has "
+                f"{', '.join(map(repr, dense)) or 'none'} (the nyuv2 format carries depth and "
+                "normal arrays)"
+            )
+        if req.meta:
+            data.train.require(list(req.meta), who, f"{data.index.root} (train split)")
+    film = cfg.model.film
+    if film is not None and film.missing == "error":  # conditioning needs them at inference too
+        data.train.require(list(film.fields), "model.film", f"{data.index.root} (train split)")
+        data.val.require(list(film.fields), "model.film", f"{data.index.root} (val split)")
