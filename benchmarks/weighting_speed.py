@@ -35,7 +35,7 @@ from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.train import build_module
-from mtlseg.weighting.aggregators import AggregatorWeighting
+from mtlseg.weighting.aggregator import AggregatorWeighting
 
 KINDS = (
     "equal uw dwa gradnorm rlw famo nash-mtl pcgrad cagrad mgda imtl-g aligned-mtl upgrad"

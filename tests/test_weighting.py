@@ -221,7 +221,7 @@ def test_nash_mtl_state_survives_a_checkpoint():
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.5])
 def test_nash_mtl_between_solves_gives_torchjds_gradient_without_a_jacobian(max_norm):
-    from mtlseg.weighting.aggregators import AggregatorWeighting
+    from mtlseg.weighting.aggregator import AggregatorWeighting
 
     def step(weighting, fast: bool, g):
         theta, head = torch.zeros(2, requires_grad=True), torch.ones(1, requires_grad=True)

@@ -1,0 +1,17 @@
+"""PCGrad (Yu et al. 2020): gradient surgery."""
+
+from __future__ import annotations
+
+from mtlseg.weighting.aggregator import AggregatorWeighting
+from mtlseg.weighting.base import WEIGHTINGS
+
+
+@WEIGHTINGS.register("pcgrad")
+class PCGradWeighting(AggregatorWeighting):
+    """PCGrad (Yu et al. 2020, Algorithm 1): project each gradient off the ones it conflicts
+    with, then sum."""
+
+    def build_aggregator(self, n_tasks):
+        from torchjd.aggregation import PCGrad
+
+        return PCGrad()

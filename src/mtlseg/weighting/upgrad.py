@@ -1,0 +1,17 @@
+"""UPGrad (Quinton & Rey 2024): unconflicting projection of gradients."""
+
+from __future__ import annotations
+
+from mtlseg.weighting.aggregator import AggregatorWeighting
+from mtlseg.weighting.base import WEIGHTINGS
+
+
+@WEIGHTINGS.register("upgrad")
+class UPGradWeighting(AggregatorWeighting):
+    """UPGrad (Quinton & Rey 2024, eq. 5): project each gradient onto the dual cone of all
+    of them, then average."""
+
+    def build_aggregator(self, n_tasks):
+        from torchjd.aggregation import UPGrad
+
+        return UPGrad()
