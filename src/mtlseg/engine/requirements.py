@@ -40,6 +40,11 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
                 f"data.dims={cfg.data.dims}: task {who.removeprefix('tasks.')!r} ({kind}) works "
                 f"on {' and '.join(f'{d}D' for d in req.dims)} data only"
             )
+        if req.model_input is not None and cfg.model.input != req.model_input:
+            raise ConfigError(
+                f"{who} ({kind}): the network must see {req.model_input!r}; set model.input: "
+                f"{req.model_input} (now {cfg.model.input!r})"
+            )
         if req.pairs and cfg.train.sampler not in PAIR_SAMPLERS:
             raise ConfigError(
                 f"{who}: needs adjacent-slice pairs in every batch; set train.sampler to one "

@@ -58,7 +58,7 @@ class UNetASPPConfig(ContextParams):
 class ContextASPPNet(Backbone):
     """Encoder -> context ensemble (``bottleneck``: the shared latent space) -> ASPP decoder.
 
-    Subclasses build ``self.encoder`` and implement ``encode(x, film) -> [features]``, one
+    Subclasses build ``self.encoder`` and implement ``encode(x) -> [features]``, one
     per stride 2^i (i = 1.. for VGG, 0.. for UNet), named in ``encoder_names``.
     """
 
@@ -110,18 +110,22 @@ class ContextASPPNet(Backbone):
             "convolutions); a smaller model.params.output_stride or larger input lets them act"
         ]
 
-    def encode(self, x: torch.Tensor, film=None) -> list[torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, film=None):
-        encoded = self.encode(x, film)
+    def forward(self, x: torch.Tensor):
+        encoded = self.encode(x)
         latent = self.context(encoded[-1])
         logits, decoded = self.decoder(latent, encoded[self.low_index], x.shape[2:])
         features = {f"encoder{i + 1}": e for i, e in enumerate(encoded)}
         return logits, {**features, "bottleneck": latent, **decoded}
 
 
-@register_backbone("vgg-aspp", VGGASPPConfig)
+@register_backbone(
+    "vgg-aspp",
+    VGGASPPConfig,
+    tiny={"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1], "decoder_channels": 8},
+)
 class VGGASPP(ContextASPPNet):
     """VGG16-BN encoder (paper 003 section III-D; ``weights``: a local torchvision VGG16-BN
     state_dict, first conv summed over RGB for one-channel input), context ensemble, ASPP.
@@ -133,6 +137,7 @@ class VGGASPP(ContextASPPNet):
         super().__init__()
         self.encoder = VGGEncoder(in_channels, cfg.widths, cfg.convs, cfg.output_stride)
         self.film_channels = cfg.widths[0]
+        self.film_module = "encoder.features.2"  # the first conv-BN-ReLU, as SegNet's
         self._build_decoder(num_classes, cfg, self.encoder.strides, cfg.widths)
         self.weights_report = (
             load_local_weights(self.encoder, cfg.weights, "VGG encoder", _adapt_first_conv)
@@ -140,11 +145,13 @@ class VGGASPP(ContextASPPNet):
             else None
         )
 
-    def encode(self, x, film=None):
-        return [b["pooled"] for b in self.encoder.blocks(x, film, self.modulate)]
+    def encode(self, x):
+        return [b["pooled"] for b in self.encoder.blocks(x)]
 
 
-@register_backbone("unet-aspp", UNetASPPConfig)
+@register_backbone(
+    "unet-aspp", UNetASPPConfig, tiny={"channels": [4, 8, 16, 16], "decoder_channels": 8}
+)
 class UNetASPP(ContextASPPNet):
     """The UNet encoder (``unet``'s levels, stride 1..2^(N-1)) with the context ensemble
     and ASPP decoder in place of the skip-connected decoder."""

@@ -33,12 +33,14 @@ class Backbone(nn.Module):
     ``feature_info`` names every feature; ``"bottleneck"`` is the deepest one and
     ``"decoder"`` expands to every decoder stage, deepest first.
 
-    ``film``: optional per-sample (scale, shift), each (B, film_channels), applied by
-    ``modulate`` to the output of the first convolution block (paper 001, section 4.3).
+    FiLM (paper 001, section 4.3) is applied by the model, not by the backbone: a backbone
+    declares the submodule whose output is conditioned (``film_module``, a dotted path; the
+    first convolution block) and that output's channels (``film_channels``).
     """
 
     feature_info: dict[str, FeatureInfo]
     film_channels: int
+    film_module: str = "encoder.0"
     spatial_dims: int = 2  # 2: (B, C, H, W) images | 3: (B, C, H, W, D) volumes (data.dims)
     size_multiple: tuple[int, ...] | None = None  # input sizes must divide by these (3D)
     per_task: bool = False  # built with the task names, one feature branch per task (MTAN)
@@ -53,14 +55,15 @@ class Backbone(nn.Module):
         """The features task ``task``'s head reads: the shared ones unless overridden."""
         return features
 
-    @staticmethod
-    def modulate(x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """FiLM (Perez et al. 2018): gamma * x + beta, per sample and channel."""
-        if film is None:
-            return x
-        gamma, beta = film
-        shape = (*gamma.shape, *([1] * (x.dim() - 2)))  # broadcast over 2 or 3 spatial dims
-        return x * gamma.view(shape) + beta.view(shape)
+    def conditioned_module(self) -> nn.Module:
+        """The submodule whose output FiLM conditions (``film_module``)."""
+        try:
+            return self.get_submodule(self.film_module)
+        except AttributeError:
+            raise ConfigError(
+                f"model.film: {type(self).__name__} declares film_module={self.film_module!r}, "
+                "which it does not have"
+            ) from None
 
     def describe(self, image_size: int) -> list[str]:
         """Lines worth logging when the network is built for ``image_size`` inputs (e.g.
@@ -79,7 +82,5 @@ class Backbone(nn.Module):
             )
         return names
 
-    def forward(
-        self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

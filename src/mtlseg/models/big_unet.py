@@ -35,7 +35,7 @@ class ResNetUNetConfig(BigUNetConfig):
     pyramid: list[int] = field(default_factory=lambda: [1, 2, 3, 6])  # PSPNet's bins
 
 
-@register_backbone("big-unet", BigUNetConfig)
+@register_backbone("big-unet", BigUNetConfig, tiny={"layers": [1, 1, 1], "width": 4})
 class BigUNet(Backbone):
     """ResNet stages give skips at strides 2 (stem), 4, 8 and a 16w-channel bottleneck
     (1024 for ResNet-50) at stride 16; four up-blocks return to full size, the last one
@@ -65,6 +65,7 @@ class BigUNet(Backbone):
         )
         self.out = UnetOutBlock(2, dec[-1], num_classes)
         self.film_channels = enc[0]
+        self.film_module = "encoder.relu"  # the stem's output: conv1, bn1, relu
         n = len(enc) - 1
         self.feature_info = {"bottleneck": FeatureInfo(enc[-1], 2 ** (n + 1))}
         for i, c in enumerate(dec):
@@ -77,10 +78,10 @@ class BigUNet(Backbone):
             module.eval()
         return self
 
-    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.replicate:
             x = x.expand(-1, 3, -1, -1)
-        stem = self.modulate(self.encoder.stem(x), film)
+        stem = self.encoder.stem(x)
         skips = [x, stem, *self.encoder.stages(stem)]
         h = skips.pop()
         if self.pyramid is not None:
@@ -93,7 +94,7 @@ class BigUNet(Backbone):
         return self.out(h), features
 
 
-@register_backbone("resnet-unet", ResNetUNetConfig)
+@register_backbone("resnet-unet", ResNetUNetConfig, tiny={"layers": [1, 1, 1, 1], "width": 4})
 class ResNetUNet(BigUNet):
     """Paper 004's model: a whole ResNet-50 encoder (bottleneck at stride 32), PSPNet's
     pyramid pooling on the bottleneck, a UNet decoder concatenating the encoder's outputs,

@@ -38,13 +38,30 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.seg_name = seg_name
         self.film = film
+        self._conditioning: tuple[torch.Tensor, torch.Tensor] | None = None
+        if film is not None:  # validated once: the declared submodule must exist
+            backbone.conditioned_module().register_forward_hook(self._condition)
 
-    def _film(self, meta: torch.Tensor | None):
+    def _condition(self, module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        """FiLM (Perez et al. 2018) on the conditioned submodule's output: gamma * x + beta,
+        per sample and channel (2 or 3 spatial dims)."""
+        if self._conditioning is None:
+            return output
+        gamma, beta = self._conditioning
+        shape = (*gamma.shape, *([1] * (output.dim() - 2)))
+        return output * gamma.view(shape) + beta.view(shape)
+
+    def _backbone(self, x: torch.Tensor, meta: torch.Tensor | None):
+        """The backbone's forward, conditioned on ``meta`` when the model has FiLM."""
         if self.film is None:
-            return None
+            return self.backbone(self._input(x))
         if meta is None:
             raise ConfigError("this model is conditioned on slice metadata (FiLM): pass meta")
-        return self.film(meta)
+        self._conditioning = self.film(meta)
+        try:
+            return self.backbone(self._input(x))
+        finally:
+            self._conditioning = None
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_transform is None else self.input_transform(x)
@@ -56,7 +73,7 @@ class MultiTaskModel(nn.Module):
         self, x: torch.Tensor, meta: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(outputs, the backbone's shared features)``: gradient methods read the latter."""
-        logits, features = self.backbone(self._input(x), self._film(meta))
+        logits, features = self._backbone(x, meta)
         outputs = {self.seg_name: logits}
         for name in self.backbone.output_features:
             outputs[f"{self.seg_name}/{name}"] = features.pop(name)
@@ -79,4 +96,4 @@ class MultiTaskModel(nn.Module):
 
     def segment(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Segmentation logits only, skipping the auxiliary heads (inference)."""
-        return self.backbone(self._input(x), self._film(meta))[0]
+        return self._backbone(x, meta)[0]

@@ -11,10 +11,19 @@ from mtlseg.registry import Registry, check_config_class
 BACKBONES: Registry[tuple[type, type]] = Registry("backbone")
 
 
-def register_backbone(name: str, config_cls: type):
+# the params of a small instance of each backbone, declared where it is registered: contract
+# tests (tests/test_contracts.py) build every registered backbone from them
+TINY_PARAMS: dict[str, dict[str, Any]] = {}
+
+
+def register_backbone(name: str, config_cls: type, tiny: dict[str, Any] | None = None):
+    """Register a backbone class under ``name`` with its params dataclass and the params of
+    a small instance (``tiny``: a few channels, for tests and quick checks)."""
+
     def decorator(cls: type) -> type:
         check_config_class("backbone", name, config_cls)
         BACKBONES.register(name)((cls, config_cls))
+        TINY_PARAMS[name] = dict(tiny or {})
         return cls
 
     return decorator

@@ -93,12 +93,10 @@ class VGGEncoder(nn.Module):
             self.strides.append(stride)
         self.features = nn.Sequential(*layers)
 
-    def blocks(self, x: torch.Tensor, film=None, modulate=None) -> list[dict[str, torch.Tensor]]:
+    def blocks(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         out = []
-        for j, (start, first_end, pool) in enumerate(self.bounds):
+        for start, first_end, pool in self.bounds:
             first = self.features[start:first_end](x)
-            if j == 0 and modulate is not None:
-                first = modulate(first, film)
             last = self.features[first_end:pool](first)
             pooled, indices = self.features[pool](last)
             out.append({"first": first, "last": last, "pooled": pooled, "indices": indices})
@@ -143,11 +141,13 @@ def segnet_feature_info(widths: list[int]) -> dict[str, FeatureInfo]:
     return info
 
 
-@register_backbone("segnet", SegNetConfig)
+@register_backbone(
+    "segnet", SegNetConfig, tiny={"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]}
+)
 class SegNet(Backbone):
     """SegNet: hard parameter sharing, every auxiliary head reads the shared features.
 
-    FiLM acts on the first convolution's output. Input sizes need not be multiples of 32
+    FiLM acts on the first convolution's output (``encoder.features.2``, its ReLU). Input sizes need not be multiples of 32
     (ceil-mode pooling, unpooling to the recorded sizes).
     """
 
@@ -156,6 +156,7 @@ class SegNet(Backbone):
         self.encoder = VGGEncoder(in_channels, cfg.widths, cfg.convs)
         self.decoder = SegNetDecoder(cfg.widths, cfg.convs, num_classes)
         self.film_channels = cfg.widths[0]
+        self.film_module = "encoder.features.2"
         self.feature_info = segnet_feature_info(cfg.widths)
         self.weights_report = (
             load_local_weights(self.encoder, cfg.weights, "VGG encoder", _adapt_first_conv)
@@ -163,11 +164,11 @@ class SegNet(Backbone):
             else None
         )
 
-    def encode(self, x: torch.Tensor, film=None) -> list[dict[str, torch.Tensor]]:
-        return self.encoder.blocks(x, film, self.modulate)
+    def encode(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.encoder.blocks(x)
 
-    def forward(self, x: torch.Tensor, film=None):
-        encoded = self.encode(x, film)
+    def forward(self, x: torch.Tensor):
+        encoded = self.encode(x)
         features = {f"encoder{j + 1}": e["pooled"] for j, e in enumerate(encoded)}
         features["bottleneck"] = encoded[-1]["pooled"]
         logits, decoded = self.decoder(encoded[-1]["pooled"], encoded)
@@ -192,7 +193,9 @@ class AttentionUnit(nn.Module):
         return self.net(x)
 
 
-@register_backbone("mtan", SegNetConfig)
+@register_backbone(
+    "mtan", SegNetConfig, tiny={"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]}
+)
 class MTAN(SegNet):
     """MTAN with attention on the encoder only (paper 002, section 2.2).
 
@@ -260,8 +263,8 @@ class MTAN(SegNet):
         out["bottleneck"] = prev
         return out, indices
 
-    def forward(self, x: torch.Tensor, film=None):
-        encoded = self.encode(x, film)
+    def forward(self, x: torch.Tensor):
+        encoded = self.encode(x)
         features = {}
         for i, task in enumerate(self.task_names):
             own, indices = self.attend(task, encoded)

@@ -21,7 +21,7 @@ class SmallUNetConfig:
     norm: str = "batch"
 
 
-@register_backbone("small-unet", SmallUNetConfig)
+@register_backbone("small-unet", SmallUNetConfig, tiny={"channels": [4, 8, 16]})
 class SmallUNet(Backbone):
     """Per level: [max-pool 2] + two conv-norm-LeakyReLU; decoder: transposed conv + two
     convs, with or without skip connections. FiLM acts on the first level's output.
@@ -47,11 +47,10 @@ class SmallUNet(Backbone):
         self.film_channels = ch[0]
         self.feature_info = level_feature_info(ch)
 
-    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(self.pool(x) if i > 0 else x)
-            x = self.modulate(x, film) if i == 0 else x
             skips.append(x)
         features = {"bottleneck": x}
         for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):

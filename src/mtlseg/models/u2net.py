@@ -129,7 +129,7 @@ class U2NetConfig:
             raise ValueError("u2net decoder_mid_channels: five widths, De_1..De_5")
 
 
-@register_backbone("u2net", U2NetConfig)
+@register_backbone("u2net", U2NetConfig, tiny={"out_channels": [4] * 6, "mid_channels": [2] * 6})
 class U2Net(Backbone):
     """Six RSU encoder stages, five RSU decoder stages, fused side outputs.
 
@@ -166,11 +166,10 @@ class U2Net(Backbone):
         for k in range(4, -1, -1):
             self.feature_info[f"decoder{5 - k}"] = FeatureInfo(dec_out[k], 2**k)
 
-    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         skips, h = [], x
         for k, stage in enumerate(self.encoder):
             h = stage(F.max_pool2d(h, 2, ceil_mode=True) if k > 0 else h)
-            h = self.modulate(h, film) if k == 0 else h
             skips.append(h)
         features = {"bottleneck": h}
         decoded: list[torch.Tensor] = [h]  # stage 6 output, then decoder 5..1

@@ -28,23 +28,23 @@ def unet_encoder(in_channels: int, channels: list[int], norm: str) -> nn.ModuleL
 
 
 class SkipUNet(Backbone):
-    """The UNet forward pass shared by the 2D and 3D UNets: ``encoder`` levels (FiLM after
-    the first), then ``decoder`` up-blocks with skip connections and the ``out`` block."""
+    """The UNet forward pass shared by the 2D and 3D UNets: ``encoder`` levels (FiLM
+    conditions the first, ``encoder.0``), then ``decoder`` up-blocks with skip connections and the ``out`` block."""
 
     encoder: nn.ModuleList
     decoder: nn.ModuleList
     out: nn.Module
 
-    def encode(self, x: torch.Tensor, film=None) -> list[torch.Tensor]:
-        """Every level's output, FiLM applied after the first (also ``unet-aspp``'s encoder)."""
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every level's output (also ``unet-aspp``'s encoder)."""
         levels = []
-        for i, block in enumerate(self.encoder):
+        for block in self.encoder:
             x = block(x)
-            levels.append(self.modulate(x, film) if i == 0 else x)
+            levels.append(x)
         return levels
 
-    def forward(self, x: torch.Tensor, film=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        skips = self.encode(x, film)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        skips = self.encode(x)
         x = skips[-1]
         features = {"bottleneck": x}
         for i, (block, skip) in enumerate(zip(self.decoder, skips[-2::-1], strict=True)):
@@ -53,7 +53,7 @@ class SkipUNet(Backbone):
         return self.out(x), features
 
 
-@register_backbone("unet", UNetConfig)
+@register_backbone("unet", UNetConfig, tiny={"channels": [4, 8, 16]})
 class UNet(SkipUNet):
     """Encoder of two 3x3 conv blocks per level with stride-2 downsampling, transposed-conv
     decoder with skip connections. Features: ``bottleneck`` and ``decoder1..N`` (deepest first).

@@ -48,7 +48,7 @@ class UNet3DConfig:
         return 2 ** sum(self.stride(i)[2] == 2 for i in range(len(self.channels)))
 
 
-@register_backbone("unet3d", UNet3DConfig)
+@register_backbone("unet3d", UNet3DConfig, tiny={"channels": [4, 8, 16]})
 class UNet3D(SkipUNet):
     """Encoder of two conv blocks per level, transposed-conv decoder with skip connections,
     in 3D, with the 2D UNet's forward. FiLM acts on the first level's output."""

@@ -41,6 +41,9 @@ class Requirements:
     meta: tuple[str, ...] = ()  # metadata fields every training slice must have
     pairs: bool = False  # every batch holds adjacent-slice pairs (a pair sampler)
     dims: tuple[int, ...] = (2,)  # data.dims it works with: 2D slices/images, 3D patches
+    model_input: str | None = None  # what the network must see (``model.input``)
+    channels: int | None = None  # input channels the data must have (3: RGB)
+    dense_channels: int = 1  # channels of the ``dense`` array
 
 
 class Task:
@@ -52,6 +55,8 @@ class Task:
     Config: type = object
     requires: ClassVar[Requirements] = Requirements()
     likelihood: str = "regression"  # or "classification" (a cross-entropy loss): for UW
+    # params of a small example instance, where the defaults do not make one (contract tests)
+    example: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
         self.name: str = cfg.name or cfg.kind

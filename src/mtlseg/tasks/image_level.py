@@ -39,6 +39,7 @@ class ClassificationTask(Task):
 
     Config = ClassificationParams
     likelihood = "classification"
+    example = {"column": "grade"}
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mtlseg.errors import ConfigError
 from mtlseg.models.heads import DenseHead
 from mtlseg.targets.image import canny_edges, lab
-from mtlseg.tasks.base import Task, register_task
+from mtlseg.tasks.base import Requirements, Task, register_task
 
 
 @dataclass
@@ -113,15 +112,7 @@ class ColouriseTask(DenseTask):
     """Paper 002, 2.4.3: the network sees the L channel of CIE LAB only (``model.input:
     lightness``, for every task) and predicts a and b (MSE, each scaled to about [-1, 1])."""
 
-    needs_input = "lightness"
-
-    def __init__(self, cfg, ctx) -> None:
-        super().__init__(cfg, ctx)
-        if ctx.model_input != self.needs_input:
-            raise ConfigError(
-                f"tasks.{self.name}: colourisation predicts colour from lightness; set "
-                f"model.input: lightness (now {ctx.model_input!r})"
-            )
+    requires = Requirements(model_input="lightness", channels=3)
 
     def out_dim(self) -> int:
         return 2

@@ -23,6 +23,9 @@ class Term:
     Config: type = object
     requires: Requirements = Requirements()  # a term reads outputs: masks only if it says so
     likelihood: str = "classification"  # the form uncertainty weighting gives it
+    # kinds of the tasks its default params name (each task named as its kind): an example
+    # recipe for the contract tests
+    example_tasks: tuple[str, ...] = ()
 
     @classmethod
     def requirements(cls, params: Any) -> Requirements:

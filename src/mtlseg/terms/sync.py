@@ -22,6 +22,7 @@ class _SegmentationPresenceTerm(Term):
     """A term between a segmentation task and a presence task (``segmentation``, ``presence``)."""
 
     Config = SyncParams
+    example_tasks = ("segmentation", "presence")
 
     def __init__(self, cfg, tasks) -> None:
         super().__init__(cfg, tasks)

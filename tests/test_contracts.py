@@ -1,0 +1,206 @@
+"""Contract tests generated from the registries (as timm tests every registered model):
+every registered task, weighting and term, and where FiLM conditions every backbone (the
+backbones' own contract test is in test_models.py), as a tiny instance on a small synthetic
+batch. A new registration is covered without editing this file, from what the component
+declares (a backbone's ``tiny`` params, a task's ``example`` params and ``Requirements``, a
+term's ``example_tasks``). Nothing here reads ../shared/data, so nothing skips."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtlseg.config import FiLMConfig, RunConfig, build_dataclass
+from mtlseg.data.metadata import META_FIELDS
+from mtlseg.engine.module import MultiTaskModule
+from mtlseg.models import BACKBONES, MultiTaskModel, build_backbone
+from mtlseg.models.film import FiLMGenerator
+from mtlseg.models.registry import TINY_PARAMS
+from mtlseg.tasks import TASKS
+from mtlseg.tasks.base import Requirements
+from mtlseg.terms import TERMS
+from mtlseg.weighting import WEIGHTINGS
+
+SIZE, BATCH = 32, 4
+CLASSES = ["background", "a", "b"]
+LABELS = {"grade": ["low", "high"]}  # the example labels column (classification, scene)
+
+
+def _config(tasks: list[dict], **parts) -> dict:
+    """A resolved config dict of the tiny ``unet`` (or ``parts['backbone']``) recipe."""
+    backbone = parts.pop("backbone", "unet")
+    raw = {
+        "model": {
+            "backbone": backbone,
+            "params": TINY_PARAMS[backbone],
+            "input": parts.pop("model_input", "image"),
+        },
+        "tasks": tasks,
+        "terms": parts.pop("terms", []),
+        "weighting": {"kind": parts.pop("weighting", "fixed")},
+        "data": {"image_size": SIZE},
+        "train": {"sampler": parts.pop("sampler", "shuffle")},
+    }
+    assert not parts, parts
+    return build_dataclass(RunConfig, raw).to_dict()
+
+
+def _requirements(kind: str) -> Requirements:
+    cls = TASKS.get(kind)
+    return cls.requirements(build_dataclass(cls.Config, cls.example))
+
+
+def _module(tasks: list[dict], channels: int = 1, **parts) -> MultiTaskModule:
+    torch.manual_seed(0)
+    cfg = _config(tasks, **parts)
+    return MultiTaskModule(cfg, channels, CLASSES, label_values=LABELS).train()
+
+
+def _batch(channels: int = 1, dense: dict[str, int] | None = None) -> dict:
+    """Four 32 px images in two cases of two adjacent slices each (so pair tasks find their
+    partners), masks with class a, b, both and neither, every field a task may read."""
+    g = torch.Generator().manual_seed(1)
+    mask = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.long)
+    mask[0, 4:12, 4:12] = 1
+    mask[1, 16:28, 10:20] = 2
+    mask[2, 2:10, 20:30], mask[2, 18:26, 2:14] = 1, 2
+    meta = torch.full((BATCH, len(META_FIELDS)), float("nan"))
+    for name, values in {
+        "position": [0.0, 1.0, 0.0, 1.0],
+        "slice_index": [0, 1, 0, 1],
+        "num_slices": [2, 2, 2, 2],
+        "phase": [1, 1, 2, 2],
+        "height": [32, 32, 40, 40],
+        "width": [32, 32, 36, 36],
+    }.items():
+        meta[:, META_FIELDS.index(name)] = torch.tensor(values, dtype=torch.float)
+    return {
+        "image": torch.rand(BATCH, channels, SIZE, SIZE, generator=g),
+        "mask": mask,
+        "case_id": ["c0", "c0", "c1", "c1"],
+        "patient_id": ["p0", "p0", "p1", "p1"],
+        "slice_index": torch.tensor([0, 1, 0, 1]),
+        "position": torch.tensor([0.0, 1.0, 0.0, 1.0]),
+        "meta": meta,
+        "labels": {"grade": ["low", "high", "low", "high"]},
+        "dense": {
+            n: torch.rand(BATCH, c, SIZE, SIZE, generator=g) for n, c in (dense or {}).items()
+        },
+    }
+
+
+def _grads(params) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None and p.grad.abs().sum() > 0]
+
+
+# ---------------------------------------------------------------- backbones
+@pytest.mark.parametrize("name", [n for n in BACKBONES.names() if n != "unet3d"])
+def test_every_2d_backbone_declares_where_film_conditions_it(name):
+    """The model applies FiLM at the submodule the backbone names: the output then follows
+    the metadata, and a model without FiLM ignores it."""
+    torch.manual_seed(0)
+    net = build_backbone(name, TINY_PARAMS[name], 1, 3, task_names=["segmentation"])
+    film = FiLMGenerator(FiLMConfig(fields=["position"], hidden=8, layers=2), net.film_channels)
+    model = MultiTaskModel(net, {}, film=film).eval()
+    x, meta = torch.randn(2, 1, SIZE, SIZE), torch.zeros(2, len(META_FIELDS))
+    moved = meta.clone()
+    moved[:, META_FIELDS.index("position")] = 3.0
+    with torch.no_grad():
+        assert not torch.allclose(model.segment(x, meta), model.segment(x, moved))
+        plain = MultiTaskModel(net, {}).eval()
+        assert torch.equal(plain.segment(x, meta), plain.segment(x, moved))
+
+
+# ---------------------------------------------------------------- tasks
+def _task_setup(kind: str):
+    req = _requirements(kind)
+    cls = TASKS.get(kind)
+    tasks = [{"kind": "segmentation"}]
+    if kind != "segmentation":
+        tasks.append({"kind": kind, "params": dict(cls.example)})
+    channels = req.channels or 1
+    parts = {"sampler": "pairs"} if req.pairs else {}
+    if req.model_input:
+        parts["model_input"] = req.model_input
+    dense = {req.dense: req.dense_channels} if req.dense else None
+    return _module(tasks, channels, **parts), _batch(channels, dense)
+
+
+@pytest.mark.parametrize("kind", TASKS.names())
+def test_every_task_trains_its_own_head_and_the_backbone(kind):
+    module, batch = _task_setup(kind)
+    out = module.compute_losses(batch)
+    assert all(torch.isfinite(v) for v in out.losses.values()), out.losses
+    assert out.losses[kind] > 0
+    out.losses[kind].backward()  # this task's loss alone
+    assert _grads(module.model.backbone.parameters()), "the shared network learns from it"
+    for name, head in module.model.heads.items():
+        reached = _grads(head.parameters())
+        if name == kind:
+            assert len(reached) == len(list(head.parameters())), "its whole head learns"
+        elif kind != "segmentation":
+            assert not reached, f"the {name} head learns from the {kind} loss"
+
+
+@pytest.mark.parametrize("kind", TASKS.names())
+def test_every_task_scores_and_survives_a_checkpoint(kind):
+    module, batch = _task_setup(kind)
+    module.apply_update(module.compute_losses(batch))
+    module.eval()
+    with torch.no_grad():
+        module.score_batch(batch)
+    scores = module.compute_scores()
+    assert 0.0 <= scores["pixel_accuracy"] <= 1.0 and not math.isnan(scores["dice/mean"])
+    assert all(math.isfinite(v) for k, v in scores.items() if k.startswith("task/")), scores
+    fresh = MultiTaskModule(**module.hparams)
+    fresh.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        a, b = (
+            module.model(batch["image"], batch["meta"]),
+            fresh.eval().model(batch["image"], batch["meta"]),
+        )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- weightings
+@pytest.mark.parametrize("kind", WEIGHTINGS.names())
+def test_every_weighting_updates_every_network_part_and_keeps_its_state(kind):
+    tasks = [{"kind": "segmentation"}, {"kind": "presence", "params": {"hidden": 8}}]
+    module = _module(tasks, weighting=kind)
+    opt = torch.optim.SGD(module.parameters(), lr=0.01)
+    batch = _batch()
+    for step in range(3):
+        torch.manual_seed(step)  # random weightings (RLW) draw the same in both
+        module.optimisation_step(batch, opt, step)
+    for part in (module.model.backbone, module.model.heads["presence"]):
+        grads = _grads(part.parameters())
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    clone = MultiTaskModule(**module.hparams)
+    clone.load_state_dict(module.state_dict())
+    clone.train()
+    for m in (module, clone):
+        torch.manual_seed(3)
+        m.zero_grad(set_to_none=True)
+        m.apply_update(m.compute_losses(batch, 3))
+    for (name, p), q in zip(module.named_parameters(), clone.parameters(), strict=True):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+    assert module.weighting.logs() == pytest.approx(clone.weighting.logs())
+
+
+# ---------------------------------------------------------------- terms
+@pytest.mark.parametrize("kind", TERMS.names())
+def test_every_term_gives_a_finite_loss_and_declares_its_needs(kind):
+    cls = TERMS.get(kind)
+    tasks = [{"kind": k} for k in cls.example_tasks] or [{"kind": "segmentation"}]
+    module = _module(tasks, terms=[{"kind": kind}])
+    batch = _batch()
+    out = module.compute_losses(batch)
+    assert torch.isfinite(out.losses[kind])
+    (term,) = module.terms
+    if not cls.requires.masks:  # a term that needs no mask runs on an image without one
+        outputs = module.model(batch["image"])
+        unlabelled = {k: v for k, v in batch.items() if k != "mask"}
+        assert torch.isfinite(term(outputs, unlabelled))
