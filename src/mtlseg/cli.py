@@ -86,7 +86,7 @@ def cmd_train(args) -> None:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     result = train(load_config(args.recipe, overrides), Path(args.out), resume=args.resume)
-    if rank_zero_only.rank != 0:  # DDP: every process runs this; the first one reports
+    if getattr(rank_zero_only, "rank", 0) != 0:  # DDP: every process runs this; the first reports
         return
     score = f"{result.best_val_dice:.4f}" if result.best_val_dice is not None else "n/a"
     print(
@@ -238,6 +238,7 @@ def cmd_check_data(args) -> None:
     from mtlseg.data.splits import resolve_split
 
     cfg = load_config("unet", [*args.set, f"data.path={args.data}"]).data
+    dataset, source = None, ""
     try:
         index = discover(cfg.path, cfg.format)
     except MtlsegError as err:
@@ -253,7 +254,7 @@ def cmd_check_data(args) -> None:
                 problems.append(str(err))
     for line in problems:
         print(line)
-    if problems:
+    if problems or index is None or dataset is None:
         raise SystemExit(f"{len(problems)} problem(s) found in {args.data}")
     n_slices = sum(c.image.shape[0] for c in dataset.cases)
     print(

@@ -290,7 +290,7 @@ class RunConfig:
                 if unknown:
                     raise ConfigError(
                         f"train.stages.{i}.{key}: unknown {key[:-1]} {unknown[0]!r}; this "
-                        f"recipe's {key}: {', '.join(valid) or '(none)'}"
+                        f"recipe's {key}: {', '.join(map(str, valid)) or '(none)'}"
                     )
         steps = [s.steps for s in self.train.stages[:-1] if s.steps]
         if steps and 0 < self.train.max_steps <= sum(steps):
@@ -330,7 +330,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, key)
     if origin is list:
         if not isinstance(value, list | tuple):

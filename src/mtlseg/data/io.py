@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        image: Any = nib.load(str(path))  # a Nifti1Image: dataobj, affine
         array = np.asanyarray(image.dataobj)
     except Exception as err:
         raise DataError(f"{path}: unreadable or corrupt NIfTI ({_first_line(err)})") from None

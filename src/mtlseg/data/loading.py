@@ -85,7 +85,8 @@ class LoadedDataset:
 
 def read_case(record: CaseRecord) -> RawCase:
     """Read and stack the channel files of a case and its label; check sizes and finiteness."""
-    parts, affine = [], None
+    parts: list[np.ndarray] = []
+    affine = None
     for path in record.image_files:
         array, affine_i = read_volume(path)
         check_finite(array, path)
@@ -138,6 +139,7 @@ class MaskDecoder:
     def __init__(self, index: DatasetIndex, cfg: DataConfig, raw_labels: dict[str, np.ndarray]):
         self.index, self.cfg = index, cfg
         self.values: np.ndarray | None = None  # raw value of each class, where not 0..K-1
+        self.allowed: set[int] | None = None  # the label values a mask may hold (None: any)
         if index.label_values is not None:  # the format decides (nnU-Net: dataset.json)
             self.mode, self.allowed = "labels", set(index.label_values)
             self.class_names = list(index.class_names or [])
@@ -170,10 +172,11 @@ class MaskDecoder:
         if self.mode == "binary":
             return (raw > self.cfg.mask_threshold).astype(np.int64)
         present = set(np.unique(raw).tolist())
-        bad = sorted(present - self.allowed)
+        allowed = self.allowed if self.allowed is not None else present
+        bad = sorted(present - allowed)
         if bad:
             raise DataError(
-                f"{path}: label value(s) {bad[:5]} not in the dataset's labels {sorted(self.allowed)}"
+                f"{path}: label value(s) {bad[:5]} not in the dataset's labels {sorted(allowed)}"
             )
         if self.values is not None:  # e.g. NYUv2: -1..12 -> classes 0..13
             return np.searchsorted(self.values, raw).astype(np.int64)
@@ -203,9 +206,12 @@ def load_dataset(
         return None, problems + [str(err)]
     channels = raws[0].image.shape[-1]
     expected = cfg.channels if cfg.channels is not None else channels
-    cases = []
-    for i, raw in enumerate(raws):
-        raws[i] = None  # release each raw array once it is converted
+    cases: list[LoadedCase] = []
+    pending: list[RawCase | None] = list(raws)
+    raws.clear()
+    for i, raw in enumerate(pending):
+        assert raw is not None
+        pending[i] = None  # release each raw array once it is converted
         first = raw.record.image_files[0]
         if raw.image.shape[-1] != expected:
             why = "the recipe expects" if cfg.channels is not None else "the first case has"

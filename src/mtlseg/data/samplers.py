@@ -62,7 +62,7 @@ class AdjacentPairBatchSampler(Sampler[list[int]]):
             del self.volumes[c]
         if not self.volumes:
             raise DataError("pair sampler: no case has two or more slices, so there are no pairs")
-        pairs = defaultdict(int)
+        pairs: defaultdict[str, int] = defaultdict(int)
         for c, v in self.volumes.items():
             pairs[self.patient_of[c] if single_patient else ""] += len(v) // 2
         short = sorted(p for p, n in pairs.items() if n < self.pairs_per_batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mtlseg.data.io import IMAGE_ENDINGS, LOSSY_ENDINGS, NIFTI_ENDINGS, file_ending, stem
 from mtlseg.errors import DataError
@@ -40,7 +41,7 @@ class DatasetIndex:
     dense_kinds: dict[str, str] = field(default_factory=dict)
 
 
-FORMATS: Registry[type] = Registry("data format")
+FORMATS: Registry[Any] = Registry("data format")  # classes with detect() and discover()
 
 
 def _supported(path: Path) -> bool:
@@ -210,7 +211,7 @@ class NYUv2Format:
                     f"{name}_{i}",
                     [found["image"][i]],
                     found["label"].get(i, folders["label"] / f"{i}.npy"),
-                    {"depth": found["depth"].get(i), "normal": found["normal"].get(i)},
+                    {k: found[k].get(i, folders[k] / f"{i}.npy") for k in ("depth", "normal")},
                 )
                 for i in ids
             ]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ class InferenceSet(Dataset):
         }
 
 
-def _as_is(item: dict) -> dict:
+def _as_is(item: Any) -> Any:
     """Items go through the DataLoader unbatched (files differ in size and slice count)."""
     return item
 
@@ -100,8 +101,11 @@ def default_readers() -> int:
     reader process competes with the forward pass for the cores (benchmarks/predict_speed.py
     on 2 cores: 0.65x of forward-only with none, 0.43-0.52x with one), else half the cores,
     at most 4."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 0 if (cores or 1) <= 2 else min(4, cores // 2)
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def _model_device(module: MultiTaskModule) -> torch.device:

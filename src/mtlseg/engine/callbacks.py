@@ -19,8 +19,8 @@ class ThroughputMonitor(pl.Callback):
     def __init__(self, every: int = 10) -> None:
         self.every = every
         self.wait = self.busy = 0.0
-        self.images = 0
-        self._window = [0.0, 0.0, 0]  # wait, busy, images since the last log
+        self.images = 0.0
+        self._window = [0.0, 0.0, 0.0]  # wait, busy, images since the last log
         self._ended: float | None = None
         self._started = 0.0
 
@@ -48,7 +48,7 @@ class ThroughputMonitor(pl.Callback):
     def _flush(self, pl_module) -> None:
         wait, busy, images = self._window
         self.wait, self.busy, self.images = self.wait + wait, self.busy + busy, self.images + images
-        self._window = [0.0, 0.0, 0]
+        self._window = [0.0, 0.0, 0.0]
         if wait + busy > 0:
             pl_module.log("time/images_per_s", images / (wait + busy))
             pl_module.log("time/data_wait_share", wait / (wait + busy))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
@@ -57,6 +58,8 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     ann = load_annotations(
         index.root, cfg.labels, cfg.boxes, [c.case_id for c in dataset.cases], dataset.is_volume
     )
+    train: SliceDataset | VolumeDataset
+    val: SliceDataset | VolumeDataset
     if cfg.dims == 3:
         if not dataset.is_volume:
             raise DataError(
@@ -66,7 +69,7 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
         train = VolumeDataset(train_cases, cfg.image_size, patch, cfg.augment != "none", ann)
         val = VolumeDataset(val_cases, cfg.image_size, annotations=ann)
     else:
-        augment = build_augmentation(cfg.augment, index.dense_kinds)
+        augment = build_augmentation(str(cfg.augment), index.dense_kinds)
         train = SliceDataset(train_cases, cfg.image_size, augment, ann)
         val = SliceDataset(val_cases, cfg.image_size, annotations=ann)
     for name, ds in (("train", train), ("val", val)):
@@ -106,7 +109,7 @@ class ResumableBatches(Sampler[list[int]]):
     iteration from its start, so a run resumed mid-epoch skips the batches it had trained
     on and sees exactly the rest of the epoch, as an uninterrupted run does."""
 
-    def __init__(self, inner: Sampler[list[int]]) -> None:
+    def __init__(self, inner: Any) -> None:  # a batch sampler with __len__ (and set_epoch)
         self.inner, self._skip = inner, 0
 
     def skip_next(self, batches: int) -> None:
@@ -114,8 +117,9 @@ class ResumableBatches(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
         for s in (self.inner, getattr(self.inner, "sampler", None)):
-            if callable(getattr(s, "set_epoch", None)):
-                s.set_epoch(epoch)
+            set_epoch = getattr(s, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
 
     @staticmethod
     def _world() -> tuple[int, int]:

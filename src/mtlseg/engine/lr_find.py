@@ -6,13 +6,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.tuner import Tuner
 
 from mtlseg.config import RunConfig
 from mtlseg.engine.data import PreparedData, prepare_data
-from mtlseg.engine.train import _precision, build_module, loaders
+from mtlseg.engine.precision import trainer_precision
+from mtlseg.engine.train import build_module, loaders
 from mtlseg.errors import TrainingError
 
 
@@ -47,7 +49,7 @@ def find_lr(
         default_root_dir=out,
         accelerator=cfg.train.accelerator,
         devices=1,
-        precision=_precision(cfg),
+        precision=trainer_precision(cfg.train.precision, cfg.train.accelerator),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -65,14 +67,15 @@ def find_lr(
         update_attr=False,
     )
     suggestion = finder.suggestion() if finder is not None else None
-    if suggestion is None or not math.isfinite(suggestion):
+    if finder is None or suggestion is None or not math.isfinite(suggestion):
         raise TrainingError(
             f"learning-rate finder: no suggestion after {num_steps} steps (the loss did not "
             "fall; try more steps or another range)"
         )
     lrs, losses = finder.results["lr"], finder.results["loss"]
     plot = out / "lr_find.png"
-    finder.plot(suggest=True).savefig(plot, dpi=100)
+    figure: Any = finder.plot(suggest=True)  # a matplotlib Figure
+    figure.savefig(plot, dpi=100)
     record = out / "lr_find.json"
     record.write_text(json.dumps({"suggestion": suggestion, "lr": lrs, "loss": losses}))
     return LRFindResult(float(suggestion), list(lrs), list(losses), plot, record)

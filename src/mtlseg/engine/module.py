@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 from monai.inferers import sliding_window_inference
 from torch.nn.parallel import DistributedDataParallel
+from torchmetrics import Metric
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size
 from mtlseg.distributed import average_over_processes
@@ -130,7 +131,7 @@ def with_resolved_task_params(config: dict[str, Any]) -> dict[str, Any]:
 def parameter_counts(cfg: RunConfig, in_channels: int, num_classes: int) -> dict[str, int]:
     """Parameters of the backbone, of the task heads, and in total, without data: image-level
     tasks are counted with two classes per labels column."""
-    columns = [t.params.get("column") for t in cfg.tasks if t.params.get("column")]
+    columns = [str(t.params["column"]) for t in cfg.tasks if t.params.get("column")]
     model, _ = build_model_and_tasks(
         cfg, in_channels, num_classes, {c: ["a", "b"] for c in columns}
     )
@@ -210,7 +211,7 @@ class MultiTaskModule(pl.LightningModule):
     def _segment_once(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         if not self.volumetric:
             return self.model.segment(x, meta)
-        return sliding_window_inference(
+        logits = sliding_window_inference(
             x,
             roi_size=patch_size(self.cfg.data),
             sw_batch_size=4,
@@ -218,6 +219,7 @@ class MultiTaskModule(pl.LightningModule):
             overlap=0.25,
             mode="gaussian",
         )
+        return cast(torch.Tensor, logits)  # one predictor output: a tensor
 
     def predict_labels(
         self, x: torch.Tensor, meta: torch.Tensor | None = None, tta: bool = False
@@ -367,7 +369,7 @@ class MultiTaskModule(pl.LightningModule):
             target = task.target(batch)
             losses[task.name] = task.loss(task.output(outputs), target)
             if task.name in self.task_metrics:
-                self.task_metrics[task.name].update(
+                cast(Metric, self.task_metrics[task.name]).update(
                     task.metric_input(outputs[task.name]), task.metric_target(target)
                 )
         losses.update({term.name: term(outputs, batch) for term in self.terms})
@@ -399,7 +401,8 @@ class MultiTaskModule(pl.LightningModule):
         """``{task/metric: value}`` of the auxiliary tasks' metrics, then reset them."""
         out = {}
         by_name = {t.name: t for t in self.tasks}
-        for name, metric in self.task_metrics.items():
+        for name, module in self.task_metrics.items():
+            metric = cast(Metric, module)
             for key, value in metric.compute().items():
                 value = value.float().flatten()
                 for label, v in zip(by_name[name].metric_names(key), value, strict=False):
@@ -431,13 +434,18 @@ class MultiTaskModule(pl.LightningModule):
         if self._trainer is None:
             return RunProgress(1)
         total = self.trainer.estimated_stepping_batches
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        timer = next((c for c in trainer_callbacks(self.trainer) if isinstance(c, Timer)), None)
         minutes = self.cfg.train.max_minutes
         return RunProgress(
             int(total) if math.isfinite(total) else 10**9,
             budget_s=60.0 * minutes if minutes and timer is not None else None,
             elapsed=(lambda: timer.time_elapsed("train")) if timer is not None else None,
         )
+
+
+def trainer_callbacks(trainer: Any) -> list[Any]:
+    """A Trainer's callbacks (an attribute Lightning's callback connector sets at run time)."""
+    return list(trainer.callbacks)
 
 
 def _steps_per_epoch(trainer) -> int:

@@ -19,6 +19,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -128,8 +129,9 @@ def auto_precision(gpu: bool) -> str:
     return "32"
 
 
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
     """``train.precision`` with ``auto`` resolved; refuses float16 without a GPU."""
+    precision = str(precision)
     gpu = torch.cuda.is_available() and accelerator != "cpu"
     if precision == "auto":
         return auto_precision(gpu)
@@ -138,6 +140,7 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return "32" if precision == "32-true" else precision
 
 
-def lightning_precision(precision: str) -> str:
-    """A resolved ``train.precision`` as Lightning's Trainer takes it."""
-    return "32-true" if precision == "32" else precision
+def trainer_precision(precision: str | int, accelerator: str = "auto") -> Any:
+    """``train.precision``, resolved, as Lightning's Trainer takes it (one of its literals)."""
+    resolved = resolve_precision(precision, accelerator)
+    return "32-true" if resolved == "32" else resolved

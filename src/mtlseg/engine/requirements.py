@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mtlseg.config import RunConfig, build_dataclass
+from mtlseg.data.dataset import SliceDataset
+from mtlseg.data.volumes import VolumeDataset
 from mtlseg.errors import ConfigError, DataError
 from mtlseg.tasks import TASKS
 from mtlseg.tasks.base import Requirements
@@ -70,8 +72,16 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
                 "normal arrays)"
             )
         if req.meta:
-            data.train.require(list(req.meta), who, f"{data.index.root} (train split)")
+            _slices(data.train).require(list(req.meta), who, f"{data.index.root} (train split)")
     film = cfg.model.film
     if film is not None and film.missing == "error":  # conditioning needs them at inference too
-        data.train.require(list(film.fields), "model.film", f"{data.index.root} (train split)")
-        data.val.require(list(film.fields), "model.film", f"{data.index.root} (val split)")
+        fields = list(film.fields)
+        _slices(data.train).require(fields, "model.film", f"{data.index.root} (train split)")
+        _slices(data.val).require(fields, "model.film", f"{data.index.root} (val split)")
+
+
+def _slices(dataset: SliceDataset | VolumeDataset) -> SliceDataset:
+    """Metadata fields are per slice: a task or FiLM reading them trains on 2D slices."""
+    if not isinstance(dataset, SliceDataset):
+        raise ConfigError("slice metadata (a task's or FiLM's fields) needs data.dims=2")
+    return dataset

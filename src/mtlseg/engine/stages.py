@@ -34,7 +34,7 @@ class StagePlan:
         unit = next((s.unit for s in self.stages if s.unit), "steps")
         self.unit = unit
         scale = max(1, steps_per_epoch) if unit == "epochs" else 1
-        lengths = [s.length * scale for s in self.stages[:-1]]
+        lengths = [(s.length or 0) * scale for s in self.stages[:-1]]  # config checked: set
         self.ends = list(itertools.accumulate(lengths))  # where stages 0..n-2 end
 
     def index(self, step: int) -> int:

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -23,17 +24,19 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from mtlseg.config import RunConfig
+from mtlseg.data.dataset import SliceDataset
 from mtlseg.engine.callbacks import ResumeAtLastFinishedStep, ThroughputMonitor
 from mtlseg.engine.checkpoint import AtomicCheckpointIO, writable_dir
 from mtlseg.engine.data import (
     PreparedData,
+    ResumableBatches,
     prepare_data,
     train_loader,
     val_loader,
     write_split_file,
 )
-from mtlseg.engine.module import MultiTaskModule
-from mtlseg.engine.precision import lightning_precision, resolve_precision
+from mtlseg.engine.module import MultiTaskModule, trainer_callbacks
+from mtlseg.engine.precision import resolve_precision, trainer_precision
 from mtlseg.engine.requirements import check_requirements
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
@@ -49,11 +52,6 @@ class TrainResult:
     best_val_dice: float | None
     throughput: dict[str, float]  # images/s and data-wait share (ThroughputMonitor.totals)
     steps: int  # optimiser steps done
-
-
-def _precision(cfg: RunConfig) -> str:
-    """Lightning's precision for ``cfg`` (``auto`` resolved: ``mtlseg.engine.precision``)."""
-    return lightning_precision(resolve_precision(cfg.train.precision, cfg.train.accelerator))
 
 
 def with_resolved_precision(cfg: RunConfig, out: Path, resume: bool) -> RunConfig:
@@ -123,7 +121,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         devices=t.devices,
         strategy=_strategy(t),
         use_distributed_sampler=False,  # ResumableBatches shares the batches out itself
-        precision=_precision(cfg),
+        precision=trainer_precision(t.precision, t.accelerator),
         gradient_clip_val=t.grad_clip,
         gradient_clip_algorithm="norm",
         callbacks=callbacks,
@@ -207,7 +205,7 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
         data.split,
         {c: ann.values(c) for c in ann.columns},
     )
-    if module.model.film is not None:
+    if module.model.film is not None and isinstance(data.train, SliceDataset):  # FiLM: 2D only
         module.model.film.set_statistics(data.train.meta_values)
     return module
 
@@ -238,7 +236,7 @@ def train(
     if resume:
         check_resumable(cfg, out)
     # under DDP every process runs this function; only the first one writes files
-    first = rank_zero_only.rank == 0
+    first = cast(Any, rank_zero_only).rank == 0  # Lightning sets rank at import
     if first:
         writable_dir(out)  # before the data is read and the model built: fail in seconds
     cfg = with_resolved_precision(cfg, out, resume)
@@ -251,11 +249,14 @@ def train(
     module = build_module(cfg, data)
     trainer = build_trainer(cfg, out)
     train_dl, val_dl = loaders(cfg, data)
-    if resume:
-        train_dl.batch_sampler.skip_next(_batches_done_in_epoch(resume_from, len(train_dl)))
+    if resume_from is not None and resume:
+        cast(ResumableBatches, train_dl.batch_sampler).skip_next(
+            _batches_done_in_epoch(resume_from, len(train_dl))
+        )
     metrics_log = out / "logs" / "metrics.csv"
     # Lightning's CSV logger starts the file afresh: keep what the run logged before
-    earlier = _earlier_rows(metrics_log, _saved_step(resume_from)) if resume and first else []
+    resumed_at = _saved_step(resume_from) if resume_from is not None else None
+    earlier = _earlier_rows(metrics_log, resumed_at) if resume and first else []
     try:
         trainer.fit(
             module,
@@ -269,10 +270,11 @@ def train(
             _kept_rows(metrics_log).unlink(missing_ok=True)
     if _saved_step(last) != trainer.global_step:  # steps after the last validation
         trainer.save_checkpoint(last)
-    ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
+    callbacks = trainer_callbacks(trainer)
+    ckpt_cb = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     score = ckpt_cb.best_model_score
-    monitor = next(c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
+    monitor = next(c for c in callbacks if isinstance(c, ThroughputMonitor))
     return TrainResult(
         out,
         best,

@@ -9,6 +9,8 @@ the Dice/IoU term (NYUv2's unlabelled pixels), as ``ignore_index`` does in torch
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +18,27 @@ from monai.losses import DiceCELoss, DiceLoss, MaskedDiceLoss
 
 from mtlseg.registry import Registry
 
-SEG_LOSSES: Registry[Callable[[], Callable]] = Registry("segmentation loss")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _loss(name: str, mode: str):
-    def decorator(factory: Callable) -> Callable:
-        factory.mode = mode
-        return SEG_LOSSES.register(name)(factory)
+@dataclass(frozen=True)
+class SegLoss:
+    """A registered loss: its ``mode`` and the factory that makes it (``loss(**options)``)."""
+
+    mode: str  # softmax: class indices | multilabel: one binary map per foreground class
+    make: Callable[..., LossFn]
+
+    def __call__(self, **options: Any) -> LossFn:
+        return self.make(**options)
+
+
+SEG_LOSSES: Registry[SegLoss] = Registry("segmentation loss")
+
+
+def _loss(name: str, mode: str) -> Callable[[Callable[..., LossFn]], Callable[..., LossFn]]:
+    def decorator(factory: Callable[..., LossFn]) -> Callable[..., LossFn]:
+        SEG_LOSSES.register(name)(SegLoss(mode, factory))
+        return factory
 
     return decorator
 

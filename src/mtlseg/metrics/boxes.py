@@ -21,6 +21,9 @@ class BoxMetrics(Metric):
     pixels of a ``size`` x ``size`` input; "iou": mean box IoU; "count"}."""
 
     full_state_update = False
+    l2: torch.Tensor
+    iou: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, size: int) -> None:
         super().__init__()

@@ -92,10 +92,10 @@ def folder_classes(
         if values != list(range(len(values))):
             raise DataError(f"{labels}: label values must be 0..N-1, got {values}")
         return names, False
-    values = set().union(*(np.unique(t).tolist() for t in truths.values()))
-    if lossy or values <= {0, 255}:
+    found: set[int] = set().union(*(np.unique(t).tolist() for t in truths.values()))
+    if lossy or found <= {0, 255}:
         return ["background", "foreground"], True
-    top = int(max(values))
+    top = int(max(found))
     return ["background"] + [f"class{i}" for i in range(1, max(top, 1) + 1)], False
 
 
@@ -141,7 +141,7 @@ def evaluate_folder(
                 raise DataError(f"{path}: label value(s) {bad[:5]} not in the classes {names}")
         volume = truth.shape[0] > 1
         spacing = voxel_spacing(affine, 3 if volume else 2)
-        row = {"case": name}
+        row: dict[str, str | float] = {"case": name}
         row.update(
             score_case(
                 pred if volume else pred[0],

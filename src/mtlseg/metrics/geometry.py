@@ -14,6 +14,10 @@ class DepthMetrics(Metric):
     "rel_err": mean |p - t| / |t| over pixels with |t| >= ``min_target``}."""
 
     full_state_update = False
+    abs_sum: torch.Tensor
+    rel_sum: torch.Tensor
+    count: torch.Tensor
+    rel_count: torch.Tensor
 
     def __init__(self, min_target: float = 1e-3) -> None:
         super().__init__()
@@ -47,6 +51,7 @@ class NormalMetrics(Metric):
 
     full_state_update = False
     THRESHOLDS = (11.25, 22.5, 30.0)
+    angles: list[torch.Tensor]
 
     def __init__(self) -> None:
         super().__init__()

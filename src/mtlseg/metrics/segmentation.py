@@ -239,6 +239,12 @@ class SegmentationMetrics(Metric):
     """
 
     full_state_update = False
+    tp: list[torch.Tensor]
+    fp: list[torch.Tensor]
+    fn: list[torch.Tensor]
+    case: list[torch.Tensor]
+    correct: list[torch.Tensor]
+    pixels: list[torch.Tensor]
 
     def __init__(
         self, class_names: list[str], ignore_index: int | None = None, empty: str = "exclude"
@@ -255,7 +261,9 @@ class SegmentationMetrics(Metric):
         if valid is not None:
             pred = torch.where(valid, pred, target)
         tp, fp, fn = confusion_counts(pred, target, k, valid)
-        self.tp.append(tp), self.fp.append(fp), self.fn.append(fn)
+        self.tp.append(tp)
+        self.fp.append(fp)
+        self.fn.append(fn)
         self.case.append(case_index.to(tp.device).long())
         counted = torch.ones_like(target, dtype=torch.bool) if valid is None else valid
         self.correct.append(((pred == target) & counted).flatten(1).sum(1))
@@ -275,7 +283,7 @@ class SegmentationMetrics(Metric):
             for x in (tp, fp, fn)
         ]
         result: dict[str, float] = {}
-        for metric, per_case in overlap_scores(*sums, self.empty).items():
+        for metric, per_case in overlap_scores(sums[0], sums[1], sums[2], self.empty).items():
             result.update(_class_row(metric, _nanmean(per_case), self.class_names, fg))
         if len(cases) < len(case):  # several slices per case: the slice-wise column
             per_slice = overlap_scores(tp, fp, fn, self.empty)["dice"]

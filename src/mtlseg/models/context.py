@@ -24,11 +24,12 @@ def dilated_conv(
 ) -> nn.Sequential:
     """3x3(x3) conv with ``dilation`` (in-plane only, kernel 3x3x1, when ``anisotropic``),
     padded to keep the size, then batch norm and ReLU."""
+    conv: nn.Module
     if dims == 3 and anisotropic:
-        kernel, dil, pad = (3, 3, 1), (dilation, dilation, 1), (dilation, dilation, 0)
+        d = dilation
+        conv = nn.Conv3d(c_in, c_out, (3, 3, 1), padding=(d, d, 0), dilation=(d, d, 1), bias=False)
     else:
-        kernel, dil, pad = 3, dilation, dilation
-    conv = CONV[dims](c_in, c_out, kernel, padding=pad, dilation=dil, bias=False)
+        conv = CONV[dims](c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False)
     return nn.Sequential(conv, NORM[dims](c_out), nn.ReLU(inplace=True))
 
 

@@ -32,6 +32,10 @@ class FiLMGenerator(nn.Module):
     With ``missing: zero`` an unknown (NaN) field becomes 0 after standardisation: the mean.
     """
 
+    columns: torch.Tensor  # the fields' positions in the metadata vector
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, cfg: FiLMConfig, channels: int) -> None:
         super().__init__()
         if not cfg.fields:

@@ -58,7 +58,7 @@ def regression_heads(
     max_grid: int,
 ) -> FeatureHeads:
     """A RegressionUnit on each feature named by ``spec`` (``bottleneck``, ``decoder``, ...)."""
-    heads = {}
+    heads: dict[str, nn.Module] = {}
     for name in backbone.resolve_features(spec):
         info = backbone.feature_info[name]
         size = max(1, -(-image_size // info.stride))

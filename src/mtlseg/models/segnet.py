@@ -9,6 +9,7 @@ back where they were taken (max-unpool) before its convolutions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +123,9 @@ class SegNetDecoder(nn.Module):
     def forward(self, x: torch.Tensor, encoded: list[dict[str, torch.Tensor]]):
         features = {}
         for i, (block, enc) in enumerate(zip(self.blocks, reversed(encoded), strict=True)):
-            x = F.max_unpool2d(x, enc["indices"], 2, 2, output_size=enc["last"].shape[-2:])
+            x = F.max_unpool2d(
+                x, enc["indices"], (2, 2), (2, 2), output_size=enc["last"].shape[-2:]
+            )
             x = block(x)
             features[f"decoder{i + 1}"] = x
         return self.out(x), features
@@ -250,17 +253,18 @@ class MTAN(SegNet):
         self, task: str, encoded: list[dict[str, torch.Tensor]]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(task's features, the pooling indices of its attended bottleneck)."""
-        out, prev, indices = {}, None, None
-        for j, (unit, conv, enc) in enumerate(
-            zip(self.attention[task], self.block_att, encoded, strict=True)
-        ):
+        out: dict[str, torch.Tensor] = {}
+        prev: torch.Tensor | None = None
+        indices = torch.empty(0)
+        units = cast(nn.ModuleList, self.attention[task])
+        for j, (unit, conv, enc) in enumerate(zip(units, self.block_att, encoded, strict=True)):
             mask = unit(enc["first"] if prev is None else torch.cat([enc["first"], prev], 1))
             prev, indices = F.max_pool2d(
                 conv(mask * enc["last"]), 2, 2, ceil_mode=True, return_indices=True
             )
             out[f"attention{j + 1}"] = mask
             out[f"encoder{j + 1}"] = prev
-        out["bottleneck"] = prev
+        out["bottleneck"] = out[f"encoder{len(units)}"]
         return out, indices
 
     def forward(self, x: torch.Tensor):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from mtlseg.config import apply_override, load_config, load_recipe_dict, parse_override
+from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import evaluate, evaluate_cases, load_module
@@ -291,13 +292,13 @@ def compare(
         {k: d for k, d in dirs.items() if k not in aux_only}, out / "weights.png"
     )
     main_dirs = {k: d for k, d in dirs.items() if k not in aux_only}
-    grid = _qualitative(main_dirs, data, out / "qualitative.png", grid_samples)
+    qualitative = _qualitative(main_dirs, data, out / "qualitative.png", grid_samples)
     return {
         "table": report,
         "results": out / "results.json",
         "curves": curves,
         "weights": weights,
-        "qualitative": grid,
+        "qualitative": qualitative,
     }
 
 
@@ -311,7 +312,8 @@ def delta_m_table(runs: dict[str, list[dict]], variants: list[Variant]) -> str:
             continue
         stem = Path(v.recipe).stem
         only = {w.aux_only: w.name for w in variants if w.aux_only and Path(w.recipe).stem == stem}
-        values, used = [], []
+        values: list[float] = []
+        used: list[str] = []
         for seed, run in enumerate(runs[v.name]):
             baseline = {k: x for k, x in runs[first][seed].items() if not k.startswith("task/")}
             for task, name in only.items():
@@ -341,7 +343,7 @@ def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: 
     if other:
         log.info("qualitative grid: %s trained in another data.dims, left out", other)
     modules = {k: m for k, m in modules.items() if k not in other}
-    if volumetric:
+    if not isinstance(data.val, SliceDataset):
         return _qualitative_volumes(modules, data, out, n)
     has_fg = (data.val.masks.flatten(1) > 0).any(1).nonzero()[:, 0]
     pool = has_fg if len(has_fg) >= n else torch.arange(len(data.val))
@@ -356,7 +358,9 @@ def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: 
 def _qualitative_volumes(modules: dict, data: PreparedData, out: Path, n: int) -> Path:
     count = min(n, len(data.val))
     chosen = torch.linspace(0, len(data.val) - 1, count).long().tolist()
-    images, masks, predictions = [], [], {name: [] for name in modules}
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    predictions: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
     for i in chosen:
         volume, mask = data.val.images[i].float(), data.val.masks[i]
         z = int((mask > 0).flatten(0, 1).sum(0).argmax())  # the slice with most foreground

@@ -32,7 +32,7 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
     summary = {}
     for name in names:
         metrics = sorted(set().union(*(r.keys() for r in runs[name])))
-        entry = {
+        entry: dict[str, dict] = {
             m: mean_std([r[m] for r in runs[name]])
             for m in metrics
             if all(m in r for r in runs[name])

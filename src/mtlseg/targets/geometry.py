@@ -18,8 +18,8 @@ def signed_distance(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     b = mask.shape[0]
     classes = torch.arange(1, num_classes, device=mask.device)
     inside = (mask[:, None] == classes[None, :, None, None]).reshape(-1, *mask.shape[1:])
-    d_in = distance_transform_edt(inside.float())
-    d_out = distance_transform_edt((~inside).float())
+    d_in = torch.as_tensor(distance_transform_edt(inside.float()))
+    d_out = torch.as_tensor(distance_transform_edt((~inside).float()))
     sdf = torch.where(inside, 0.5 - d_in, d_out - 0.5).float()
     present = inside.flatten(1).any(1)
     full = inside.flatten(1).all(1)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -138,9 +140,12 @@ class SegmentationTask(Task):
 
     def loss(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """sum over entries of weight * L(entry's logits, the target at the entry's size)."""
-        return sum(
-            w * self._loss(output[k], _resize_target(target, output[k].shape[2:]))
-            for k, w in self.entry_weights.items()
+        return reduce(
+            operator.add,
+            (
+                w * self._loss(output[k], _resize_target(target, output[k].shape[2:]))
+                for k, w in self.entry_weights.items()
+            ),
         )
 
     def foreground_probabilities(self, logits: torch.Tensor) -> torch.Tensor:

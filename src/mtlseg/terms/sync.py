@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
-from mtlseg.tasks.image_level import mask_presence
+from mtlseg.tasks.image_level import PresenceTask, mask_presence
+from mtlseg.tasks.segmentation import SegmentationTask
 from mtlseg.terms.base import TERMS, Term
 
 
@@ -26,8 +28,8 @@ class _SegmentationPresenceTerm(Term):
 
     def __init__(self, cfg, tasks) -> None:
         super().__init__(cfg, tasks)
-        self.seg = self.task(self.params.segmentation, ("segmentation",))
-        self.presence = self.task(self.params.presence, ("presence",))
+        self.seg = cast(SegmentationTask, self.task(self.params.segmentation, ("segmentation",)))
+        self.presence = cast(PresenceTask, self.task(self.params.presence, ("presence",)))
 
 
 @TERMS.register("sync")

@@ -5,7 +5,9 @@ gradient. Each method is a subclass in a file of its own (``pcgrad.py``, ``nash_
 from __future__ import annotations
 
 import importlib.util
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import torch
 
@@ -40,12 +42,12 @@ class AggregatorWeighting(Weighting):
 
     Config = AggregatorParams
     syncs_gradients = True
-    requires: tuple[str, ...] = ()  # optional modules, installed with mtlseg's extras
+    optional_modules: tuple[str, ...] = ()  # installed with mtlseg's extras
     extra: str = ""  # the pip extra that installs them
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.optional_modules if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigError(
                 f"weighting: {type(self).__name__} needs {', '.join(missing)}, which are not "
@@ -64,9 +66,9 @@ class AggregatorWeighting(Weighting):
     def _aggregator(self, names: tuple[str, ...]):
         if self.aggregator is None or names != self.aggregated:
             # a new set of losses (a stage change) starts a stateful method afresh
-            self.aggregator = self.build_aggregator(len(names))
-            self.aggregated = names
-            self.aggregator.register_forward_pre_hook(self._observe)
+            aggregator = self.build_aggregator(len(names))
+            aggregator.register_forward_pre_hook(self._observe)
+            self.aggregator, self.aggregated = aggregator, names
         return self.aggregator
 
     def _observe(self, module, args) -> None:
@@ -121,7 +123,7 @@ class AggregatorWeighting(Weighting):
     def head_objective(self, values: list[torch.Tensor]) -> torch.Tensor:
         """What the heads' gradient is taken of, after the shared update is decided: the sum
         of the (weighted) losses, so each head gets its own task's gradient."""
-        return sum(values)
+        return reduce(operator.add, values)
 
     def _backward_heads(self, values: list[torch.Tensor], ctx) -> None:
         """The heads' gradient of ``head_objective`` (only the paths from the losses to the

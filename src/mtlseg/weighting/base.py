@@ -7,7 +7,9 @@ and let autograd do the rest. Gradient methods (``nash-mtl``, ``pcgrad``, ...) a
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 import torch
@@ -17,7 +19,7 @@ from mtlseg.config import build_dataclass
 from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 
-WEIGHTINGS: Registry[type] = Registry("weighting", needs_config=True)
+WEIGHTINGS: Registry[Any] = Registry("weighting", needs_config=True)  # Weighting classes
 
 LIKELIHOODS = ("regression", "classification")
 
@@ -75,7 +77,7 @@ class Weighting(nn.Module):
     ) -> torch.Tensor:
         weights = self.weights(losses, step, epoch)
         self.last = {f"weight_{n}": float(w) for n, w in weights.items()}
-        return sum(weights[name] * loss for name, loss in losses.items())
+        return reduce(operator.add, (weights[name] * loss for name, loss in losses.items()))
 
     def backward(
         self, losses: dict[str, torch.Tensor], total: torch.Tensor, ctx: BackwardContext

@@ -19,7 +19,7 @@ class CAGradWeighting(AggregatorWeighting):
     improvement within a ball of radius c ||g_0|| around the mean gradient g_0."""
 
     Config = CAGradParams
-    requires = ("cvxpy",)
+    optional_modules = ("cvxpy",)
     extra = "nash-mtl"
 
     def build_aggregator(self, n_tasks):

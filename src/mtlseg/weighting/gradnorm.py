@@ -37,6 +37,7 @@ class GradNormWeighting(Weighting):
 
     Config = GradNormParams
     syncs_gradients = True
+    initial: torch.Tensor  # each loss at the first step (the inverse training rate's reference)
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)

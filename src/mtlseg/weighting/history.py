@@ -34,6 +34,12 @@ class LossHistoryWeighting(Weighting):
     are averaged over the processes first, so every process keeps the same history.
     """
 
+    history: torch.Tensor  # (2, K) the two last periods' mean losses
+    running: torch.Tensor  # (K,) the current period's sums
+    count: torch.Tensor
+    period: torch.Tensor
+    active: torch.Tensor  # (K,) bool: the losses being weighted now
+
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         k = len(task_weights)

@@ -88,6 +88,7 @@ class FAMOWeighting(Weighting):
     extra forward. The logits and their Adam state are saved with the checkpoint."""
 
     Config = FAMOParams
+    prev: torch.Tensor  # the last step's losses
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from functools import reduce
+from typing import Any
 
 import torch
 
@@ -46,13 +49,14 @@ class NashMTLWeighting(AggregatorWeighting):
     the shared parameters' gradient), not the plain sum the other aggregators give them."""
 
     Config = NashMTLParams
-    requires = ("cvxpy", "ecos")
+    failures: torch.Tensor  # solves that raised or were not optimal
+    optional_modules = ("cvxpy", "ecos")
     extra = "nash-mtl"
 
     def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         self.register_buffer("failures", torch.zeros((), dtype=torch.long))
-        self._pending_state = None
+        self._pending_state: dict[str, Any] | None = None
         self._watch: SolveWatch | None = None
 
     def build_aggregator(self, n_tasks: int):
@@ -73,8 +77,9 @@ class NashMTLWeighting(AggregatorWeighting):
 
     def head_objective(self, values: list[torch.Tensor]) -> torch.Tensor:
         """sum_i alpha_i L_i with this step's solved (unclipped) alpha."""
+        assert self.aggregator is not None  # built by the step's _aggregator
         alpha = self.aggregator.weighting.prvs_alpha
-        return sum(float(a) * v for a, v in zip(alpha, values, strict=True))
+        return reduce(operator.add, (float(a) * v for a, v in zip(alpha, values, strict=True)))
 
     def _reuse_alpha(self, losses, ctx, weighting) -> None:
         """A step between solves: J^T alpha by one backward, clipped to ``max_norm`` on the
@@ -91,7 +96,8 @@ class NashMTLWeighting(AggregatorWeighting):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
         average_over_processes([g for g in grads if g is not None])  # DDP: the whole batch's
-        norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+        squares = [(g.float() ** 2).sum() for g in grads if g is not None]
+        norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
         factor = 1.0
         if self.cfg.max_norm > 0 and norm / ctx.scale > self.cfg.max_norm:
             factor = self.cfg.max_norm / (norm / ctx.scale)

@@ -47,8 +47,7 @@ class ConstantWeighting(Weighting):
 
 
 @dataclass
-class DecayParams:
-    c: float = 0.1
+class DecayParams(ConstantParams):
     unit: str = "epoch"  # t counts epochs or optimiser steps, from 1
 
     def __post_init__(self) -> None:
