@@ -56,7 +56,7 @@ def find_data_root(explicit: str | None = None) -> Path:
     )
 
 
-def cmd_recipes(args) -> None:
+def cmd_recipes(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config, recipe_names
 
     for name in recipe_names():
@@ -72,7 +72,7 @@ def cmd_recipes(args) -> None:
             )
 
 
-def cmd_train(args) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config
     from mtlseg.engine.train import train
 
@@ -94,7 +94,7 @@ def cmd_train(args) -> None:
     )
 
 
-def cmd_lr_find(args) -> None:
+def cmd_lr_find(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config
     from mtlseg.engine.lr_find import find_lr
 
@@ -131,7 +131,7 @@ def _empty_arg(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def _inference_kwargs(args) -> dict:
+def _inference_kwargs(args: argparse.Namespace) -> dict:
     """The options ``_inference_args`` adds, as keyword arguments of predict/evaluate_cases."""
     return {
         "batch_size": args.batch_size,
@@ -160,7 +160,7 @@ def _write_case_scores(out: str | None, metrics: dict, rows: list[dict], summary
     print(f"metrics written to {path}; per case: {cases_csv}")
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(args: argparse.Namespace) -> None:
     from mtlseg.engine.inference import evaluate, evaluate_cases
     from mtlseg.metrics.cases import format_summary
 
@@ -185,7 +185,7 @@ def cmd_evaluate(args) -> None:
     _write_case_scores(args.out, metrics, rows, summary)
 
 
-def cmd_evaluate_folder(args) -> None:
+def cmd_evaluate_folder(args: argparse.Namespace) -> None:
     from mtlseg.metrics.cases import evaluate_folder, format_summary
 
     rows, summary = evaluate_folder(
@@ -196,7 +196,7 @@ def cmd_evaluate_folder(args) -> None:
     _write_case_scores(args.out, {**flat, "num_cases": summary["num_cases"]}, rows, summary)
 
 
-def cmd_predict(args) -> None:
+def cmd_predict(args: argparse.Namespace) -> None:
     from mtlseg.engine.inference import predict
 
     written = predict(
@@ -208,7 +208,7 @@ def cmd_predict(args) -> None:
     print(f"{len(written)} mask(s) written to {args.out}")
 
 
-def cmd_compare(args) -> None:
+def cmd_compare(args: argparse.Namespace) -> None:
     from mtlseg.report.compare import compare, grid_points
 
     if args.pairs and not args.grid:
@@ -231,7 +231,7 @@ def cmd_compare(args) -> None:
     )
 
 
-def cmd_check_data(args) -> None:
+def cmd_check_data(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config
     from mtlseg.data.loading import load_dataset
     from mtlseg.data.sources import discover
@@ -263,7 +263,7 @@ def cmd_check_data(args) -> None:
     )
 
 
-def cmd_demo(args) -> None:
+def cmd_demo(args: argparse.Namespace) -> None:
     """unet vs unet-hog on Kvasir-SEG, short enough for ~10 minutes on 2 CPU cores."""
     from mtlseg.report.compare import compare
 
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_set(p):
+    def with_set(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
             "--set",
             action="append",

@@ -17,15 +17,19 @@ from mtlseg.data.metadata import META_FIELDS, require_fields
 POSITION = META_FIELDS.index("position")
 
 
-def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int):
-    """(Z, H, W, C) image, (Z, H, W) label -> (Z, C, S, S) float, (Z, S, S) uint8."""
+def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """(Z, H, W, C) image -> (Z, C, S, S) float, antialiased bilinear."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if label is None:
-        return x, None
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_slices(
+    image: np.ndarray, label: np.ndarray, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Z, H, W, C) image, (Z, H, W) label -> (Z, C, S, S) float, (Z, S, S) uint8 (nearest)."""
     y = torch.from_numpy(label.astype(np.float32))[:, None]
     y = F.interpolate(y, size=(size, size), mode="nearest")[:, 0].to(torch.uint8)
-    return x, y
+    return resize_image(image, size), y
 
 
 def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
@@ -38,7 +42,7 @@ def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
     offset, scale = (
         torch.from_numpy(v).float().view(1, -1, 1, 1) for v in NORMALIZATIONS.get(method)(image)
     )
-    x, _ = resize_slices(image, None, size)
+    x = resize_image(image, size)
     return (x - offset) / scale
 
 
@@ -66,7 +70,10 @@ class SliceDataset(Dataset):
         augment: Callable | None = None,
         annotations: Annotations | None = None,
     ) -> None:
-        images, masks, vectors, self.meta = [], [], [], []
+        images: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        vectors: list[np.ndarray] = []
+        self.meta: list[dict[str, Any]] = []
         dense: dict[str, list[torch.Tensor]] = {k: [] for k in (cases[0].dense if cases else {})}
         ann = annotations or Annotations()
         columns = ann.columns

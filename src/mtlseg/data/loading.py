@@ -7,6 +7,7 @@ can list every one, and training refuses to start with the same list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -136,7 +137,9 @@ class MaskDecoder:
     too many distinct values is an error that suggests binary mode.
     """
 
-    def __init__(self, index: DatasetIndex, cfg: DataConfig, raw_labels: dict[str, np.ndarray]):
+    def __init__(
+        self, index: DatasetIndex, cfg: DataConfig, raw_labels: dict[str, np.ndarray]
+    ) -> None:
         self.index, self.cfg = index, cfg
         self.values: np.ndarray | None = None  # raw value of each class, where not 0..K-1
         self.allowed: set[int] | None = None  # the label values a mask may hold (None: any)
@@ -168,7 +171,7 @@ class MaskDecoder:
         self.class_names = ["background"] + [f"class{i}" for i in range(1, max(n, 2))]
         self.allowed = set(range(len(self.class_names)))
 
-    def decode(self, raw: np.ndarray, path) -> np.ndarray:
+    def decode(self, raw: np.ndarray, path: Path | str) -> np.ndarray:
         if self.mode == "binary":
             return (raw > self.cfg.mask_threshold).astype(np.int64)
         present = set(np.unique(raw).tolist())
@@ -243,7 +246,9 @@ def load_dataset(
     return LoadedDataset(cases, decoder.class_names, expected, is_volume), problems
 
 
-def load_dataset_or_raise(index: DatasetIndex, cfg: DataConfig, case_ids=None) -> LoadedDataset:
+def load_dataset_or_raise(
+    index: DatasetIndex, cfg: DataConfig, case_ids: list[str] | None = None
+) -> LoadedDataset:
     dataset, problems = load_dataset(index, cfg, case_ids)
     if problems or dataset is None:
         shown = problems[:20] + (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -92,7 +93,7 @@ class AdjacentPairBatchSampler(Sampler[list[int]]):
             groups[key] += [(idx[z], idx[z + 1]) for z in range(offset, n - 1, 2)]
         return groups
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         batches = []
         for _, pairs in sorted(self._pairs(g).items()):

@@ -71,7 +71,9 @@ def seeded_patient_split(
     }
 
 
-def _seen_patients(patients: dict[str, str], val_fraction: float, seed: int):
+def _seen_patients(
+    patients: dict[str, str], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
     """Paper 001's patient-day split, generalised: for ``val_fraction`` of the patients that
     have two or more scans, one seeded scan goes to val; every other scan trains."""
     scans: dict[str, list[str]] = {}

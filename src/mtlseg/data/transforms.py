@@ -11,6 +11,7 @@ rescaled to [0, 1] per image and are mapped back to the image's own range afterw
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -34,7 +35,7 @@ DENSE_KINDS = {
 }
 
 
-def _affine(scale: float | tuple[float, float], degrees: float, shift: float, p: float):
+def _affine(scale: float | tuple[float, float], degrees: float, shift: float, p: float) -> A.Affine:
     """Random scale (1 +- scale, or a range), rotation and shift; zeros outside the image."""
     return A.Affine(
         scale=(1 - scale, 1 + scale) if isinstance(scale, float) else scale,
@@ -125,7 +126,13 @@ class Augment2D:
         )
         self.intensity = A.Compose(intensity) if intensity else None
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor, box=None, dense=None):
+    def __call__(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        box: torch.Tensor | None = None,
+        dense: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[Any, ...]:
         seed = int(torch.randint(2**31 - 1, ()))
         self.spatial.set_random_seed(seed)
         dense = dense or {}
@@ -154,7 +161,7 @@ class Augment2D:
         moved = {k: self._follow(k, np.atleast_3d(out[f"dense_{k}"]), applied) for k in dense}
         return (*result, moved)
 
-    def _follow(self, name: str, array: np.ndarray, applied) -> torch.Tensor:
+    def _follow(self, name: str, array: np.ndarray, applied: Any) -> torch.Tensor:
         """(H, W, C) resampled dense array -> (C, H, W) with its values transformed too."""
         t = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
         kind = self.dense_kinds.get(name, "scalar")

@@ -49,7 +49,9 @@ class VolumeDataset(Dataset):
             if ann.labels_file
             else None
         )
-        self.images, self.masks, self.meta = [], [], []
+        self.images: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+        self.meta: list[dict[str, Any]] = []
         for case in cases:
             x, y = resize_slices(case.image, case.label, image_size)  # (Z, C, S, S), (Z, S, S)
             self.images.append(x.permute(1, 2, 3, 0).half().contiguous())
@@ -99,6 +101,6 @@ class VolumeDataset(Dataset):
         return [m["case_id"] for m in self.meta]
 
 
-def _tensor(x) -> torch.Tensor:
+def _tensor(x: Any) -> torch.Tensor:
     """A plain tensor from MONAI's MetaTensor (collation and pickling stay cheap)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)

@@ -40,7 +40,9 @@ class InferenceSet(Dataset):
     """Entries -> normalised slices at the model's input size, with what is needed to put
     the prediction back: the original (H, W), affine, and the decoded label if any."""
 
-    def __init__(self, module: MultiTaskModule, entries: list[Entry], decoder: MaskDecoder | None):
+    def __init__(
+        self, module: MultiTaskModule, entries: list[Entry], decoder: MaskDecoder | None
+    ) -> None:
         self.entries, self.decoder = entries, decoder
         self.cfg = module.cfg.data
         self.channels = int(module.hparams["in_channels"])
@@ -50,7 +52,7 @@ class InferenceSet(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _read(self, entry: Entry):
+    def _read(self, entry: Entry) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         if entry.label_file is not None:
             raw = read_case(CaseRecord(entry.name, entry.image_files, entry.label_file))
             label = self.decoder.decode(raw.label, entry.label_file) if self.decoder else raw.label
@@ -112,7 +114,9 @@ def _model_device(module: MultiTaskModule) -> torch.device:
     return next(module.parameters()).device
 
 
-def _forward(module: MultiTaskModule, x: torch.Tensor, meta, tta: bool) -> torch.Tensor:
+def _forward(
+    module: MultiTaskModule, x: torch.Tensor, meta: torch.Tensor | None, tta: bool
+) -> torch.Tensor:
     """The module's one predictor (``segment``), under float16 autocast on a GPU."""
     device = _model_device(module)
     with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
@@ -158,7 +162,14 @@ def predictions(
         bar.close()
 
 
-def _flush(module, items: list[dict], batch_size: int, tta: bool, device, bar):
+def _flush(
+    module: MultiTaskModule,
+    items: list[dict],
+    batch_size: int,
+    tta: bool,
+    device: torch.device,
+    bar: Any,
+) -> Iterator[tuple[dict, np.ndarray]]:
     if not items:
         return
     if module.volumetric:
@@ -193,7 +204,7 @@ def _flush(module, items: list[dict], batch_size: int, tta: bool, device, bar):
         yield item, module.seg_task.decode(lg).to(torch.uint8).numpy()
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool) -> Any:  # a tqdm bar, or None
     if not enabled:
         return None
     from tqdm import tqdm
@@ -203,7 +214,7 @@ def _progress(total: int, enabled: bool):
     return bar
 
 
-def _tick(bar, files: int, images: int) -> None:
+def _tick(bar: Any, files: int, images: int) -> None:
     if bar is None:
         return
     bar.images += images

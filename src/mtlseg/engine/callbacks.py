@@ -4,6 +4,7 @@ and resuming a crash checkpoint at its last finished step."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -24,28 +25,32 @@ class ThroughputMonitor(pl.Callback):
         self._ended: float | None = None
         self._started = 0.0
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._ended = time.perf_counter()  # the epoch's first fetch counts as waiting
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._started = time.perf_counter()
         if self._ended is not None:
             self._window[0] += self._started - self._ended
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._ended = time.perf_counter()
         self._window[1] += self._ended - self._started
         self._window[2] += batch["image"].shape[0]
         if trainer.global_step % self.every == 0:
             self._flush(pl_module)
 
-    def on_validation_start(self, trainer, pl_module) -> None:
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._ended = None
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self._ended = time.perf_counter() if trainer.training else None
 
-    def _flush(self, pl_module) -> None:
+    def _flush(self, pl_module: Any) -> None:
         wait, busy, images = self._window
         self.wait, self.busy, self.images = self.wait + wait, self.busy + busy, self.images + images
         self._window = [0.0, 0.0, 0.0]
@@ -75,14 +80,16 @@ class ResumeAtLastFinishedStep(pl.Callback):
     step (equal under automatic optimisation without gradient accumulation, as here).
     """
 
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
         self._restarted = True
         progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
         if progress and progress["total"]["processed"] == progress["total"]["completed"]:
             for counts in (progress["total"], progress["current"]):
                 counts["ready"] = counts["started"] = counts["completed"]
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         if getattr(self, "_restarted", False):  # after the epoch loop's restart bookkeeping
             trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
             self._restarted = False

@@ -13,10 +13,14 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 class AtomicCheckpointIO(TorchCheckpointIO):
     """A crash while saving never leaves a truncated checkpoint behind."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         save_atomic(checkpoint, Path(path))
 
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return load_checkpoint(Path(path), map_location)
 
 
@@ -30,7 +34,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, map_location=None) -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: Any = None) -> dict[str, Any]:
     from mtlseg.errors import MtlsegError
 
     if not path.is_file():

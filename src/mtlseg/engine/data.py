@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ class EpochShuffleSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
         self.epoch = epoch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
@@ -125,7 +126,7 @@ class ResumableBatches(Sampler[list[int]]):
     def _world() -> tuple[int, int]:
         return rank_and_world()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0
         rank, world = self._world()
         mine = (b for i, b in enumerate(self.inner) if i % world == rank and i < len(self) * world)
@@ -138,7 +139,7 @@ class ResumableBatches(Sampler[list[int]]):
         return len(self.inner) // self._world()[1]
 
 
-def _loader(dataset, batches: Sampler[list[int]], num_workers: int) -> DataLoader:
+def _loader(dataset: Any, batches: Sampler[list[int]], num_workers: int) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=ResumableBatches(batches),
@@ -160,7 +161,7 @@ def shuffle_loader(data: PreparedData, batch_size: int, seed: int, num_workers: 
     return _loader(data.train, batches, num_workers)
 
 
-def _pair_loader(single_patient: bool):
+def _pair_loader(single_patient: bool) -> Callable[..., DataLoader]:
     def loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
         sampler = AdjacentPairBatchSampler(data.train.meta, batch_size, seed, single_patient)
         return _loader(data.train, sampler, num_workers)

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mtlseg.config import DataConfig
 from mtlseg.data.io import IMAGE_ENDINGS, NIFTI_ENDINGS, file_ending, read_volume, voxel_spacing
 from mtlseg.data.loading import MaskDecoder
-from mtlseg.data.sources import discover
+from mtlseg.data.sources import CaseRecord, DatasetIndex, discover
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.batched import Entry, file_entries, predictions
 from mtlseg.engine.checkpoint import load_checkpoint, writable_dir
@@ -97,7 +98,14 @@ def _input_files(path: Path) -> list[Path]:
     raise DataError(f"{path}: input does not exist")
 
 
-def write_mask(labels: np.ndarray, source: Path, name: str, affine, out_dir: Path, binary: bool):
+def write_mask(
+    labels: np.ndarray,
+    source: Path,
+    name: str,
+    affine: np.ndarray | None,
+    out_dir: Path,
+    binary: bool,
+) -> Path:
     """Labels (Z, H, W) -> ``name.png`` (binary as 0/255, otherwise class indices) for 2D
     sources, ``name.nii.gz`` with the source's affine for NIfTI volumes."""
     import nibabel as nib
@@ -228,7 +236,7 @@ def evaluate_cases(
     return rows, summarise(rows, module.class_names, ignore, empty)
 
 
-def mask_decoder(index, cfg, records) -> MaskDecoder:
+def mask_decoder(index: DatasetIndex, cfg: DataConfig, records: list[CaseRecord]) -> MaskDecoder:
     """The mask decoder of the data; reads the masks first only when it must infer the mode
     or the number of classes from their values."""
     needs_values = index.label_values is None and not (

@@ -28,7 +28,9 @@ from mtlseg.models import MultiTaskModel, build_backbone
 from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
-from mtlseg.terms import TERMS, build_terms
+from mtlseg.tasks.base import Task
+from mtlseg.tasks.segmentation import SegmentationTask
+from mtlseg.terms import TERMS, Term, build_terms
 from mtlseg.weighting import BackwardContext, build_weighting
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def build_model_and_tasks(
     in_channels: int,
     num_classes: int,
     label_values: dict[str, list[str]] | None = None,
-):
+) -> tuple[MultiTaskModel, list[Task]]:
     """RunConfig -> (MultiTaskModel, tasks). The first task is the segmentation task.
 
     ``label_values``: the labels file's values per column, for image-level tasks."""
@@ -165,12 +167,13 @@ class MultiTaskModule(pl.LightningModule):
             self.cfg, in_channels, len(class_names), label_values
         )
         self.terms = build_terms(self.cfg.terms, self.tasks)
+        weighed: list[Task | Term] = [*self.tasks, *self.terms]
         self.weighting = build_weighting(
             self.cfg.weighting.kind,
             self.cfg.weighting.params,
-            {t.name: t.weight for t in [*self.tasks, *self.terms]},
+            {t.name: t.weight for t in weighed},
             self.tasks[0].name,
-            {t.name: t.likelihood for t in [*self.tasks, *self.terms]},
+            {t.name: t.likelihood for t in weighed},
         )
         self._pending: StepLosses | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
@@ -185,8 +188,8 @@ class MultiTaskModule(pl.LightningModule):
         self.lr = self.cfg.train.lr  # Lightning's LR finder reads and writes this attribute
 
     @property
-    def seg_task(self):
-        return self.tasks[0]
+    def seg_task(self) -> SegmentationTask:
+        return cast(SegmentationTask, self.tasks[0])
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model(x, meta)
@@ -348,7 +351,7 @@ class MultiTaskModule(pl.LightningModule):
             self.log_dict({f"train/{k}": v for k, v in logs.items()})
 
     @property
-    def val_aux_tasks(self):
+    def val_aux_tasks(self) -> list[Task]:
         """Auxiliary tasks scored on validation batches (pair tasks need paired batches)."""
         return [t for t in self.tasks[1:] if not t.needs.pairs]
 
@@ -410,7 +413,7 @@ class MultiTaskModule(pl.LightningModule):
             metric.reset()
         return out
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> Any:  # Lightning's optimizer + scheduler config
         # FAMO's logits do not require grad: it steps them itself
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train, self.lr)
@@ -448,6 +451,6 @@ def trainer_callbacks(trainer: Any) -> list[Any]:
     return list(trainer.callbacks)
 
 
-def _steps_per_epoch(trainer) -> int:
+def _steps_per_epoch(trainer: Any) -> int:
     batches = trainer.num_training_batches
     return int(batches) if math.isfinite(batches) and batches > 0 else 1

@@ -66,10 +66,10 @@ class RunProgress:
 
 def build_scheduler(
     cfg: TrainConfig,
-    optimizer,
+    optimizer: torch.optim.Optimizer,
     progress: RunProgress,
     stage_factor: Callable[[int], float] | None = None,
-):
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR of the named schedule, with ``cfg.warmup`` of linear warm-up in front;
     ``stage_factor(step)`` scales it by the current stage's learning rate (train.stages)."""
     factor = SCHEDULERS.get(cfg.scheduler)(cfg)

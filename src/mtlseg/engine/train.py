@@ -22,8 +22,9 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
 
-from mtlseg.config import RunConfig
+from mtlseg.config import RunConfig, TrainConfig
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.engine.callbacks import ResumeAtLastFinishedStep, ThroughputMonitor
 from mtlseg.engine.checkpoint import AtomicCheckpointIO, writable_dir
@@ -66,7 +67,7 @@ def with_resolved_precision(cfg: RunConfig, out: Path, resume: bool) -> RunConfi
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
-def _strategy(t) -> str | DDPStrategy:
+def _strategy(t: TrainConfig) -> str | DDPStrategy:
     """``train.strategy``; ``auto`` with several devices is DDP, which looks for parameters a
     step leaves unused only when stages switch tasks (and their heads) off."""
     if t.strategy != "auto" or t.devices <= 1:
@@ -137,7 +138,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
     )
 
 
-def _validation_schedule(t) -> dict:
+def _validation_schedule(t: TrainConfig) -> dict:
     """``val_every`` steps (across epoch boundaries), or once per epoch when it is 0."""
     if t.val_every == 0:
         return {"val_check_interval": 1.0, "check_val_every_n_epoch": 1}
@@ -210,7 +211,7 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
     return module
 
 
-def loaders(cfg: RunConfig, data: PreparedData):
+def loaders(cfg: RunConfig, data: PreparedData) -> tuple[DataLoader, DataLoader]:
     t, nw = cfg.train, cfg.data.num_workers
     return (
         train_loader(data, t.batch_size, t.seed, nw, t.sampler),

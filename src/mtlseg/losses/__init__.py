@@ -63,13 +63,13 @@ def _soft_overlap(
 
 
 @_loss("ce", "softmax")
-def cross_entropy(ignore_index: int | None = None):
+def cross_entropy(ignore_index: int | None = None) -> LossFn:
     """Categorical cross-entropy, the primary loss of paper 000 (eq. 1, L_ce)."""
     return _ce(ignore_index)
 
 
 @_loss("dice-ce", "softmax")
-def dice_cross_entropy(ignore_index: int | None = None):
+def dice_cross_entropy(ignore_index: int | None = None) -> LossFn:
     """MONAI's soft Dice + cross-entropy on softmax outputs."""
     if ignore_index is None:
         loss = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -79,7 +79,7 @@ def dice_cross_entropy(ignore_index: int | None = None):
 
 
 @_loss("ce-iou", "softmax")
-def cross_entropy_iou(ignore_index: int | None = None):
+def cross_entropy_iou(ignore_index: int | None = None) -> LossFn:
     """Paper 003 eq. (1): CE + (1 - soft IoU), the IoU term MONAI's Jaccard form of the
     soft Dice loss on softmax probabilities (per sample and class, then averaged)."""
     ce, iou = _ce(ignore_index), _soft_overlap(ignore_index, jaccard=True)

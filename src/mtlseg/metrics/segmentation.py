@@ -270,7 +270,7 @@ class SegmentationMetrics(Metric):
         self.pixels.append(counted.flatten(1).sum(1))
 
     @staticmethod
-    def _cat(state) -> torch.Tensor:
+    def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         return torch.cat(state) if isinstance(state, list) else state
 
     def compute(self) -> dict[str, float]:

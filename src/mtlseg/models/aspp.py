@@ -145,7 +145,7 @@ class VGGASPP(ContextASPPNet):
             else None
         )
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [b["pooled"] for b in self.encoder.blocks(x)]
 
 

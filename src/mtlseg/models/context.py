@@ -11,6 +11,8 @@ dilation acts in-plane only, for volumes with few thick slices (paper 003, BRATS
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,12 +147,14 @@ class ASPPDecoder(nn.Module):
         self.out = CONV[dims](channels, num_classes, 1)
         self.mode = "bilinear" if dims == 2 else "trilinear"
 
-    def _resize(self, x: torch.Tensor, size) -> torch.Tensor:
+    def _resize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if tuple(x.shape[2:]) == tuple(size):
             return x
         return F.interpolate(x, size=tuple(size), mode=self.mode, align_corners=False)
 
-    def forward(self, latent: torch.Tensor, low: torch.Tensor, out_size):
+    def forward(
+        self, latent: torch.Tensor, low: torch.Tensor, out_size: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         context = self.aspp(latent)
         fused = self.fuse(torch.cat([self._resize(context, low.shape[2:]), self.reduce(low)], 1))
         logits = self._resize(self.out(fused), out_size)

@@ -19,7 +19,9 @@ class RegressionUnit(nn.Module):
     layer stays small; at the bottleneck this never triggers.
     """
 
-    def __init__(self, c_in: int, in_size: int, out_dim: int, hidden: int = 32, max_grid: int = 8):
+    def __init__(
+        self, c_in: int, in_size: int, out_dim: int, hidden: int = 32, max_grid: int = 8
+    ) -> None:
         super().__init__()
         self.convs = nn.Sequential(
             nn.Conv2d(c_in, hidden, 3, padding=1),

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mtlseg.errors import ConfigError
 from mtlseg.models.base import Backbone
+
+if TYPE_CHECKING:
+    from mtlseg.models.film import FiLMGenerator
 
 
 class MultiTaskModel(nn.Module):
@@ -29,9 +33,9 @@ class MultiTaskModel(nn.Module):
         backbone: Backbone,
         heads: dict[str, nn.Module],
         seg_name: str = "segmentation",
-        film: nn.Module | None = None,
+        film: FiLMGenerator | None = None,
         input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.input_transform = input_transform
         self.backbone = backbone
@@ -51,7 +55,9 @@ class MultiTaskModel(nn.Module):
         shape = (*gamma.shape, *([1] * (output.dim() - 2)))
         return output * gamma.view(shape) + beta.view(shape)
 
-    def _backbone(self, x: torch.Tensor, meta: torch.Tensor | None):
+    def _backbone(
+        self, x: torch.Tensor, meta: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The backbone's forward, conditioned on ``meta`` when the model has FiLM."""
         if self.film is None:
             return self.backbone(self._input(x))

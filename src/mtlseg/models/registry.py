@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mtlseg.config import build_dataclass
@@ -16,7 +17,9 @@ BACKBONES: Registry[tuple[type, type]] = Registry("backbone")
 TINY_PARAMS: dict[str, dict[str, Any]] = {}
 
 
-def register_backbone(name: str, config_cls: type, tiny: dict[str, Any] | None = None):
+def register_backbone(
+    name: str, config_cls: type, tiny: dict[str, Any] | None = None
+) -> Callable[[type], type]:
     """Register a backbone class under ``name`` with its params dataclass and the params of
     a small instance (``tiny``: a few channels, for tests and quick checks)."""
 
@@ -35,7 +38,7 @@ def build_backbone(
     in_channels: int,
     num_classes: int,
     task_names: list[str] | None = None,
-):
+) -> Any:  # a Backbone
     """``task_names`` reach backbones with one branch per task (``per_task``, e.g. MTAN)."""
     cls, config_cls = BACKBONES.get(name)
     try:

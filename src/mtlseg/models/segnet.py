@@ -120,7 +120,9 @@ class SegNetDecoder(nn.Module):
             self.blocks.append(nn.Sequential(*layers))
         self.out = nn.Conv2d(widths[0], num_classes, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, encoded: list[dict[str, torch.Tensor]]):
+    def forward(
+        self, x: torch.Tensor, encoded: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = {}
         for i, (block, enc) in enumerate(zip(self.blocks, reversed(encoded), strict=True)):
             x = F.max_unpool2d(
@@ -170,7 +172,7 @@ class SegNet(Backbone):
     def encode(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return self.encoder.blocks(x)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         encoded = self.encode(x)
         features = {f"encoder{j + 1}": e["pooled"] for j, e in enumerate(encoded)}
         features["bottleneck"] = encoded[-1]["pooled"]
@@ -267,7 +269,7 @@ class MTAN(SegNet):
         out["bottleneck"] = out[f"encoder{len(units)}"]
         return out, indices
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         encoded = self.encode(x)
         features = {}
         for i, task in enumerate(self.task_names):

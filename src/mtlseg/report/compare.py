@@ -7,6 +7,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -161,7 +162,12 @@ CHECKPOINTS = {"last": "last.ckpt", "best": "best.ckpt"}  # the table's headline
 
 
 def _run_one(
-    variant: Variant, seed: int, data_path: str, overrides: list[str], run_dir: Path, shared
+    variant: Variant,
+    seed: int,
+    data_path: str,
+    overrides: list[str],
+    run_dir: Path,
+    shared: tuple[Any, PreparedData],
 ) -> dict[str, dict]:
     """Train and evaluate one (variant, seed): ``{"last": scores, "best": scores}``, the
     last checkpoint (no selection) and the best one by validation Dice. A finished run is

@@ -6,9 +6,11 @@ MTAN authors preprocess it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric
 
 from mtlseg.errors import ConfigError
 from mtlseg.metrics.geometry import DepthMetrics, NormalMetrics
@@ -42,7 +44,7 @@ class GeometryTask(DenseTask):
     def distance_px(self) -> float:
         return self.params.truncate * self.ctx.image_size
 
-    def dense_array(self, batch, name: str) -> torch.Tensor:
+    def dense_array(self, batch: dict[str, Any], name: str) -> torch.Tensor:
         """The batch's dense target array ``name`` (B, C, H, W)."""
         dense = batch.get("dense") or {}
         if name not in dense:
@@ -66,17 +68,17 @@ class DistanceTask(GeometryTask):
     def out_dim(self) -> int:
         return self.ctx.num_classes - 1
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         sdf = signed_distance(batch["mask"], self.ctx.num_classes)
         return truncated(sdf, self.distance_px())
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return DISTANCE_LOSSES[self.params.loss](output.float(), target)
 
-    def metrics(self):
+    def metrics(self) -> Metric:
         return DepthMetrics(min_target=0.5 / self.distance_px())
 
-    def metric_target(self, target):
+    def metric_target(self, target: Any) -> Any:
         return target, torch.ones_like(target, dtype=torch.bool)
 
 
@@ -103,20 +105,20 @@ class DepthTask(GeometryTask):
         return 1
 
     @classmethod
-    def requirements(cls, params) -> Requirements:
+    def requirements(cls, params: Any) -> Requirements:
         return Requirements(dense=params.array)
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         depth = self.dense_array(batch, self.params.array)
         return depth, depth != 0
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         depth, valid = target
         if not valid.any():
             return output.float().sum() * 0  # no reading in the batch: nothing to learn
         return DISTANCE_LOSSES[self.params.loss](output.float()[valid], depth[valid])
 
-    def metrics(self):
+    def metrics(self) -> Metric:
         return DepthMetrics(min_target=1e-3)
 
 
@@ -160,12 +162,12 @@ class NormalsTask(GeometryTask):
         return groups * components
 
     @classmethod
-    def requirements(cls, params) -> Requirements:
+    def requirements(cls, params: Any) -> Requirements:
         if params.source == "file":  # paper 004's own normals, from the data's arrays
             return Requirements(dense=params.array)
         return Requirements(masks=True)  # made from the mask's signed distance
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         if self.params.source == "file":
             normals = self.dense_array(batch, self.params.array)[:, None]  # (B, 1, 3, H, W)
             return normals, normals.abs().sum(2) > 0
@@ -177,7 +179,7 @@ class NormalsTask(GeometryTask):
         b, _, *spatial = output.shape
         return output.float().reshape(b, *self._shape, *spatial)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         normals, valid = target
         pred = F.normalize(self._vectors(output), dim=2)
         cos = (pred * normals).sum(2)
@@ -185,11 +187,11 @@ class NormalsTask(GeometryTask):
             return (pred * 0).sum()  # no boundary in the batch: nothing to learn
         return (1 - cos[valid]).mean()
 
-    def metrics(self):
+    def metrics(self) -> Metric:
         return NormalMetrics()
 
-    def metric_input(self, output):
+    def metric_input(self, output: Any) -> torch.Tensor:
         return self._vectors(output)
 
-    def metric_target(self, target):
+    def metric_target(self, target: Any) -> Any:
         return target

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtlseg.models.heads import regression_heads
 from mtlseg.targets.hog import HOGConfig, hog_descriptor, hog_dim
@@ -28,14 +31,14 @@ class HOGTask(Task):
 
     Config = HOGParams
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         p = self.params
         return regression_heads(
             self.ctx.backbone, p.features, self.ctx.image_size, hog_dim(p), p.hidden, p.max_grid
         )
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         return hog_descriptor(batch["image"], self.params)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.mse_loss(output.float(), target.expand_as(output))

@@ -4,17 +4,20 @@ scene and the classes present (paper 003)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
+from mtlseg.config import TaskConfig
 from mtlseg.errors import ConfigError
 from mtlseg.metrics.boxes import BoxMetrics
 from mtlseg.metrics.classification import ClassificationMetrics
 from mtlseg.models.heads import PooledHead
-from mtlseg.tasks.base import Requirements, Task, register_task
+from mtlseg.tasks.base import Requirements, Task, TaskContext, register_task
 
 
 @dataclass
@@ -41,7 +44,7 @@ class ClassificationTask(Task):
     likelihood = "classification"
     example = {"column": "grade"}
 
-    def __init__(self, cfg, ctx) -> None:
+    def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
         super().__init__(cfg, ctx)
         p = self.params
         self.classes = list(p.classes) if p.classes else ctx.label_values.get(p.column, [])
@@ -57,16 +60,16 @@ class ClassificationTask(Task):
         classes = tuple(params.classes) if params.classes else None
         return Requirements(labels=params.column, classes=classes, dims=(2, 3))
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         p = self.params
         info = self.ctx.backbone.feature_info[p.features]
         return PooledHead(p.features, info.channels, p.hidden, len(self.classes))
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         values = batch["labels"][self.params.column]
         return torch.tensor([self.index[v] for v in values], device=batch["image"].device)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         if self.params.loss == "bce":
             onehot = F.one_hot(target, len(self.classes)).float()
             return F.binary_cross_entropy_with_logits(output.float(), onehot)
@@ -110,15 +113,15 @@ class PresenceTask(Task):
     requires = Requirements(masks=True, dims=(2, 3))
     likelihood = "classification"
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         p = self.params
         info = self.ctx.backbone.feature_info[p.features]
         return PooledHead(p.features, info.channels, p.hidden, self.ctx.num_classes - 1)
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         return mask_presence(batch["mask"], self.ctx.num_classes)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output.float(), target.float())
 
     def metrics(self) -> MetricCollection:
@@ -166,19 +169,19 @@ class BoxTask(Task):
     Config = BoxParams
     requires = Requirements(masks=True)  # a box file's boxes when there is one, else the mask's
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         p = self.params
         info = self.ctx.backbone.feature_info[p.features]
         return PooledHead(p.features, info.channels, p.hidden, 4)
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         if "box" in batch:
             valid, box = batch["has_box"].float(), batch["box"].float()
         else:
             valid, box = mask_boxes(batch["mask"])
         return torch.cat([valid[:, None], box], dim=1).to(batch["image"].device)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         valid, box = target[:, 0] > 0, target[:, 1:]
         pred = torch.sigmoid(output.float())
         if not valid.any():

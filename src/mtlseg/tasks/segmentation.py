@@ -6,15 +6,17 @@ import logging
 import operator
 from dataclasses import dataclass
 from functools import reduce
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlseg.config import TaskConfig
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.models.heads import DeepSupervisionHead
-from mtlseg.tasks.base import Requirements, Task, register_task
+from mtlseg.tasks.base import Requirements, Task, TaskContext, register_task
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class SegmentationTask(Task):
     likelihood = "classification"
     MODES = ("softmax", "multilabel")
 
-    def __init__(self, cfg, ctx) -> None:
+    def __init__(self, cfg: TaskConfig, ctx: TaskContext) -> None:
         super().__init__(cfg, ctx)
         p = self.params
         if p.mode not in self.MODES:
@@ -131,7 +133,7 @@ class SegmentationTask(Task):
         """The full-size logits and every extra entry the loss weighs."""
         return {k: outputs[k] for k in self.entry_weights}
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         mask = batch["mask"]
         if self.params.mode == "softmax":
             return mask

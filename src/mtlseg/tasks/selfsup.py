@@ -4,9 +4,11 @@ colourisation. Targets are made from the batch on its device every step."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtlseg.models.heads import DenseHead
 from mtlseg.targets.image import canny_edges, lab
@@ -31,7 +33,7 @@ class DenseTask(Task):
         """The backbone feature the head starts from (``decoder``: the deepest stage)."""
         return self.ctx.backbone.resolve_features(self.params.features)[0]
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         name = self.feature()
         info = self.ctx.backbone.feature_info[name]
         return DenseHead(
@@ -70,10 +72,10 @@ class DenoiseTask(DenseTask):
         spread = (flat.max(1).values - flat.min(1).values)[:, None, None, None]
         return x + torch.randn_like(x) * self.params.std * spread
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         return batch["image"].float()
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.mse_loss(output.float(), target)
 
 
@@ -99,11 +101,11 @@ class CannyTask(DenseTask):
     def out_dim(self) -> int:
         return 1
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         p = self.params
         return canny_edges(batch["image"], p.low, p.high, p.sigma)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output.float(), target.float())
 
 
@@ -117,8 +119,8 @@ class ColouriseTask(DenseTask):
     def out_dim(self) -> int:
         return 2
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         return lab(batch["image"])[:, 1:]
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.mse_loss(output.float(), target)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtlseg.errors import TrainingError
 from mtlseg.models.heads import PooledHead
@@ -26,15 +28,15 @@ class PositionTask(Task):
     Config = PositionParams
     requires = Requirements(meta=("position",))
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         p = self.params
         info = self.ctx.backbone.feature_info[p.features]
         return PooledHead(p.features, info.channels, p.hidden, 1)
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         return batch["position"].float()
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.mse_loss(output[:, 0].float(), target)
 
 
@@ -59,12 +61,12 @@ class ContrastiveTask(Task):
     requires = Requirements(pairs=True)
     likelihood = "classification"
 
-    def build_head(self):
+    def build_head(self) -> nn.Module:
         p = self.params
         info = self.ctx.backbone.feature_info[p.features]
         return PooledHead(p.features, info.channels, p.hidden, p.dim)
 
-    def target(self, batch):
+    def target(self, batch: dict[str, Any]) -> Any:
         n = len(batch["case_id"])
         partner = torch.arange(n) ^ 1
         slices = batch["slice_index"].tolist()
@@ -82,7 +84,7 @@ class ContrastiveTask(Task):
             )
         return partner.to(batch["image"].device)
 
-    def loss(self, output, target):
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
         return info_nce(output, target, self.params.temperature)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
+from mtlseg.config import TermConfig
+from mtlseg.tasks.base import Task
 from mtlseg.tasks.image_level import PresenceTask, mask_presence
 from mtlseg.tasks.segmentation import SegmentationTask
 from mtlseg.terms.base import TERMS, Term
@@ -26,7 +28,7 @@ class _SegmentationPresenceTerm(Term):
     Config = SyncParams
     example_tasks = ("segmentation", "presence")
 
-    def __init__(self, cfg, tasks) -> None:
+    def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
         super().__init__(cfg, tasks)
         self.seg = cast(SegmentationTask, self.task(self.params.segmentation, ("segmentation",)))
         self.presence = cast(PresenceTask, self.task(self.params.presence, ("presence",)))
@@ -47,7 +49,7 @@ class SyncTerm(_SegmentationPresenceTerm):
     and foreground classes (a constant factor, folded into the term's weight).
     """
 
-    def __call__(self, outputs, batch):
+    def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
         logits = outputs[self.seg.name]
         with torch.no_grad():
             target = mask_presence(self.seg.decode(logits), self.seg.ctx.num_classes)
@@ -67,7 +69,7 @@ class BidirectionalSyncTerm(_SegmentationPresenceTerm):
     lands on each class's most probable pixel. Mean over classes and samples.
     """
 
-    def __call__(self, outputs, batch):
+    def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
         logits = outputs[self.seg.name]
         seg = self.seg.foreground_probabilities(logits).flatten(2).amax(-1)
         head = self.presence.probabilities(outputs[self.presence.name])

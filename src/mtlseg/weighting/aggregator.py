@@ -8,12 +8,13 @@ import importlib.util
 import operator
 from dataclasses import dataclass
 from functools import reduce
+from typing import Any
 
 import torch
 
 from mtlseg.distributed import average_over_processes
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import Weighting
+from mtlseg.weighting.base import BackwardContext, Weighting
 
 
 @dataclass
@@ -45,7 +46,13 @@ class AggregatorWeighting(Weighting):
     optional_modules: tuple[str, ...] = ()  # installed with mtlseg's extras
     extra: str = ""  # the pip extra that installs them
 
-    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         missing = [m for m in self.optional_modules if importlib.util.find_spec(m) is None]
         if missing:
@@ -56,14 +63,16 @@ class AggregatorWeighting(Weighting):
         self.aggregator = None
         self.aggregated: tuple[str, ...] = ()  # the tasks the aggregator was built for
 
-    def build_aggregator(self, n_tasks: int):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         raise NotImplementedError
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         # the value Lightning logs as train/loss; the update itself is made in backward
         return {n: self.task_weights[n] for n in losses}
 
-    def _aggregator(self, names: tuple[str, ...]):
+    def _aggregator(self, names: tuple[str, ...]) -> Any:
         if self.aggregator is None or names != self.aggregated:
             # a new set of losses (a stage change) starts a stateful method afresh
             aggregator = self.build_aggregator(len(names))
@@ -71,7 +80,7 @@ class AggregatorWeighting(Weighting):
             self.aggregator, self.aggregated = aggregator, names
         return self.aggregator
 
-    def _observe(self, module, args) -> None:
+    def _observe(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         """Cosines between the task gradients, from the Jacobian the aggregator receives."""
         (matrix,) = args
         with torch.no_grad():
@@ -82,14 +91,17 @@ class AggregatorWeighting(Weighting):
             for j in range(i + 1, len(names)):
                 self.last[f"cos_{names[i]}-{names[j]}"] = float(cos[i, j])
 
-    def backward(self, losses, total, ctx) -> None:
+    def backward(
+        self, losses: dict[str, torch.Tensor], total: torch.Tensor, ctx: BackwardContext
+    ) -> None:
         from torchjd.autojac import backward as jac_backward
         from torchjd.autojac import jac_to_grad
 
         names = tuple(losses)
         values = self._weighted(losses, ctx)
         self.last = {}
-        shared = [p for p in ctx.shared_params if p.requires_grad]
+        # torchjd puts each parameter's Jacobian in a ``.jac`` attribute of its own
+        shared: list[Any] = [p for p in ctx.shared_params if p.requires_grad]
         jac_backward(
             values,
             inputs=shared,
@@ -106,7 +118,8 @@ class AggregatorWeighting(Weighting):
         weights = jac_to_grad(shared, self._aggregator(names))
         if ctx.scale != 1.0:
             for p in shared:
-                p.grad = p.grad * ctx.scale
+                if p.grad is not None:
+                    p.grad = p.grad * ctx.scale
         for p in unused:
             p.grad = None
         if weights is not None:
@@ -116,7 +129,9 @@ class AggregatorWeighting(Weighting):
         self._backward_heads(values, ctx)
         self.check()
 
-    def _weighted(self, losses, ctx) -> list[torch.Tensor]:
+    def _weighted(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext
+    ) -> list[torch.Tensor]:
         """The recipe-weighted (AMP-scaled) losses, in the order of ``losses``."""
         return [losses[n] * (self.task_weights[n] * ctx.scale) for n in losses]
 
@@ -125,7 +140,7 @@ class AggregatorWeighting(Weighting):
         of the (weighted) losses, so each head gets its own task's gradient."""
         return reduce(operator.add, values)
 
-    def _backward_heads(self, values: list[torch.Tensor], ctx) -> None:
+    def _backward_heads(self, values: list[torch.Tensor], ctx: BackwardContext) -> None:
         """The heads' gradient of ``head_objective`` (only the paths from the losses to the
         heads: cheap); the graph is freed."""
         heads = [p for p in ctx.task_params if p.requires_grad]

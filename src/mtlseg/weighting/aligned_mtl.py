@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
@@ -24,7 +25,7 @@ class AlignedMTLWeighting(AggregatorWeighting):
 
     Config = AlignedMTLParams
 
-    def build_aggregator(self, n_tasks):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import AlignedMTL
 
         return AlignedMTL(scale_mode=self.cfg.scale_mode)

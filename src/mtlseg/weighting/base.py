@@ -8,6 +8,7 @@ and let autograd do the rest. Gradient methods (``nash-mtl``, ``pcgrad``, ...) a
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
@@ -28,8 +29,8 @@ LIKELIHOODS = ("regression", "classification")
 class BackwardContext:
     """What a gradient method may need beyond the losses, for one training step."""
 
-    shared_params: list[torch.Tensor]  # the backbone's (and FiLM's): every task reaches them
-    task_params: list[torch.Tensor]  # the task heads'
+    shared_params: Sequence[torch.Tensor]  # the backbone's (and FiLM's): every task reaches them
+    task_params: Sequence[torch.Tensor]  # the task heads'
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # the backbone's, this step
     scale: float = 1.0  # AMP loss scale already applied to the total handed to ``backward``
     shared_feature: str = "bottleneck"  # the backbone's feature every task depends on

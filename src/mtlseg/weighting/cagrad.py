@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
@@ -22,7 +23,7 @@ class CAGradWeighting(AggregatorWeighting):
     optional_modules = ("cvxpy",)
     extra = "nash-mtl"
 
-    def build_aggregator(self, n_tasks):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import CAGrad
 
         return CAGrad(c=self.cfg.c)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from mtlseg.distributed import mean_over_processes, world_size
 from mtlseg.errors import ConfigError
-from mtlseg.weighting.base import WEIGHTINGS, Weighting
+from mtlseg.weighting.base import WEIGHTINGS, BackwardContext, Weighting
 
 
 @dataclass
@@ -39,7 +40,13 @@ class GradNormWeighting(Weighting):
     syncs_gradients = True
     initial: torch.Tensor  # each loss at the first step (the inverse training rate's reference)
 
-    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         self.names = list(task_weights)
         self.logits = nn.Parameter(torch.zeros(len(self.names)))
@@ -49,12 +56,16 @@ class GradNormWeighting(Weighting):
         index = [self.names.index(n) for n in names]
         return len(names) * torch.softmax(self.logits[index], dim=0)
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         names = list(losses)
         scales = self._scales(names).detach()
         return {n: self.task_weights[n] * float(s) for n, s in zip(names, scales, strict=True)}
 
-    def backward(self, losses, total, ctx) -> None:
+    def backward(
+        self, losses: dict[str, torch.Tensor], total: torch.Tensor, ctx: BackwardContext
+    ) -> None:
         feature = self.cfg.feature or ctx.shared_feature
         if feature not in ctx.features:
             raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,7 +41,13 @@ class LossHistoryWeighting(Weighting):
     period: torch.Tensor
     active: torch.Tensor  # (K,) bool: the losses being weighted now
 
-    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         k = len(task_weights)
         self.all_names = list(task_weights)
@@ -76,7 +83,9 @@ class LossHistoryWeighting(Weighting):
         self.running += mean_over_processes(torch.stack(values))
         self.count += 1
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         # checkpoints written before staged training have no ``active``: every loss was active
         state_dict.setdefault(f"{prefix}active", torch.ones_like(self.active))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -90,7 +99,9 @@ class LossHistoryWeighting(Weighting):
     def from_history(self, previous: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         if self.training:
             self._observe(losses, step, epoch)
         factors = self.factors()
@@ -111,7 +122,7 @@ class DWAWeighting(LossHistoryWeighting):
 
     Config = DWAParams
 
-    def from_history(self, previous, last):
+    def from_history(self, previous: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         ratio = last / previous.clamp(min=1e-12)
         return len(ratio) * torch.softmax(ratio / self.cfg.temperature, dim=0)
 
@@ -131,7 +142,7 @@ class SoftAdaptWeighting(LossHistoryWeighting):
 
     Config = SoftAdaptParams
 
-    def from_history(self, previous, last):
+    def from_history(self, previous: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         slope = last - previous
         if self.cfg.normalized:
             slope = slope / (slope.abs().sum() + 1e-12)

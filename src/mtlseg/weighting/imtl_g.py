@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mtlseg.weighting.aggregator import AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
 
@@ -11,7 +13,7 @@ class IMTLGWeighting(AggregatorWeighting):
     """IMTL-G (Liu et al. 2021, eq. 10): the update with equal projections onto every task's
     unit gradient."""
 
-    def build_aggregator(self, n_tasks):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import IMTLG
 
         return IMTLG()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +35,13 @@ class UncertaintyWeighting(Weighting):
 
     Config = UWParams
 
-    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         unknown = sorted(set(cfg.forms) - set(task_weights))
         if unknown:
@@ -52,19 +61,24 @@ class UncertaintyWeighting(Weighting):
     def _coef(self, name: str) -> float:
         return 0.5 if self.forms[name] == "regression" else 1.0
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         index = {n: i for i, n in enumerate(self.names)}
         return {
             n: self.task_weights[n] * self._coef(n) * torch.exp(-self.log_vars[index[n]])
             for n in losses
         }
 
-    def forward(self, losses, step=0, epoch=0):
+    def forward(
+        self, losses: dict[str, torch.Tensor], step: int = 0, epoch: int = 0
+    ) -> torch.Tensor:
         index = {n: i for i, n in enumerate(self.names)}
         weights = self.weights(losses, step, epoch)
-        self.last = {f"weight_{n}": float(w.detach()) for n, w in weights.items()}
+        self.last = {f"weight_{n}": float(w) for n, w in weights.items()}
         self.last.update({f"log_var_{n}": float(self.log_vars[index[n]].detach()) for n in losses})
-        return sum(weights[n] * loss + 0.5 * self.log_vars[index[n]] for n, loss in losses.items())
+        terms = (weights[n] * loss + 0.5 * self.log_vars[index[n]] for n, loss in losses.items())
+        return reduce(operator.add, terms)
 
 
 @dataclass
@@ -90,7 +104,13 @@ class FAMOWeighting(Weighting):
     Config = FAMOParams
     prev: torch.Tensor  # the last step's losses
 
-    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         self.names = list(task_weights)
         k = len(self.names)
@@ -119,7 +139,9 @@ class FAMOWeighting(Weighting):
         self._optimizer.step()
         self.logits.grad = None
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         """Effective weights z_i w_i / (c (w_i L_i - b)); the weighted sum they give has the
         gradient of sum_i z_i log(w_i L_i - b) / c (w_i: recipe weights)."""
         index = [self.names.index(n) for n in losses]
@@ -136,8 +158,8 @@ class FAMOWeighting(Weighting):
         effective = z / ((z / shifted).sum() * shifted) * recipe
         return {n: float(w) for n, w in zip(losses, effective, strict=True)}
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> dict[str, Any]:
         return {"adam": copy.deepcopy(self._optimizer.state_dict())}
 
-    def set_extra_state(self, state) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self._optimizer.load_state_dict(state["adam"])

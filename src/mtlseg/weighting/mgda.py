@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
@@ -21,7 +22,7 @@ class MGDAWeighting(AggregatorWeighting):
 
     Config = MGDAParams
 
-    def build_aggregator(self, n_tasks):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import MGDA
 
         return MGDA(epsilon=self.cfg.epsilon, max_iters=self.cfg.max_iters)

@@ -12,7 +12,7 @@ import torch
 from mtlseg.distributed import average_over_processes
 from mtlseg.errors import TrainingError
 from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
-from mtlseg.weighting.base import WEIGHTINGS
+from mtlseg.weighting.base import WEIGHTINGS, BackwardContext
 from mtlseg.weighting.nash_mtl_solver import SolveWatch, restore_solver
 
 
@@ -53,13 +53,19 @@ class NashMTLWeighting(AggregatorWeighting):
     optional_modules = ("cvxpy", "ecos")
     extra = "nash-mtl"
 
-    def __init__(self, task_weights, cfg, primary, likelihoods=None) -> None:
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(task_weights, cfg, primary, likelihoods)
         self.register_buffer("failures", torch.zeros((), dtype=torch.long))
         self._pending_state: dict[str, Any] | None = None
         self._watch: SolveWatch | None = None
 
-    def build_aggregator(self, n_tasks: int):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import NashMTL
 
         return NashMTL(
@@ -69,7 +75,9 @@ class NashMTLWeighting(AggregatorWeighting):
             optim_niter=self.cfg.optim_niter,
         )
 
-    def backward(self, losses, total, ctx) -> None:
+    def backward(
+        self, losses: dict[str, torch.Tensor], total: torch.Tensor, ctx: BackwardContext
+    ) -> None:
         weighting = self._aggregator(tuple(losses)).weighting
         if weighting.step % self.cfg.update_weights_every == 0:  # a solve: the Jacobian
             return super().backward(losses, total, ctx)
@@ -81,7 +89,9 @@ class NashMTLWeighting(AggregatorWeighting):
         alpha = self.aggregator.weighting.prvs_alpha
         return reduce(operator.add, (float(a) * v for a, v in zip(alpha, values, strict=True)))
 
-    def _reuse_alpha(self, losses, ctx, weighting) -> None:
+    def _reuse_alpha(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext, weighting: Any
+    ) -> None:
         """A step between solves: J^T alpha by one backward, clipped to ``max_norm`` on the
         shared parameters; the heads get their part of the same backward, unclipped."""
         names, values = tuple(losses), self._weighted(losses, ctx)
@@ -110,7 +120,7 @@ class NashMTLWeighting(AggregatorWeighting):
         self.last = {f"weight_{n}": float(a) for n, a in zip(names, alpha, strict=True)}
         self.check()
 
-    def _aggregator(self, names):
+    def _aggregator(self, names: tuple[str, ...]) -> Any:
         aggregator = super()._aggregator(names)
         weighting = aggregator.weighting
         if self._pending_state is not None and self._pending_state["tasks"] == list(names):
@@ -133,7 +143,7 @@ class NashMTLWeighting(AggregatorWeighting):
                 )
         self.last["solver_failures"] = float(self.failures)
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> dict[str, Any]:
         if self.aggregator is None:
             return self._pending_state or {}
         w = self.aggregator.weighting
@@ -144,6 +154,6 @@ class NashMTLWeighting(AggregatorWeighting):
             "step": float(w.step),
         }
 
-    def set_extra_state(self, state) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self._pending_state = dict(state) if state else None
         self.aggregator = None  # rebuilt with this state at the next step

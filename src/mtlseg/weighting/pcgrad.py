@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mtlseg.weighting.aggregator import AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
 
@@ -11,7 +13,7 @@ class PCGradWeighting(AggregatorWeighting):
     """PCGrad (Yu et al. 2020, Algorithm 1): project each gradient off the ones it conflicts
     with, then sum."""
 
-    def build_aggregator(self, n_tasks):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import PCGrad
 
         return PCGrad()

@@ -20,7 +20,9 @@ class FixedWeighting(Weighting):
 
     Config = FixedParams
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         return {name: self.task_weights[name] for name in losses}
 
 
@@ -38,7 +40,9 @@ class ConstantWeighting(Weighting):
     def aux_factor(self, step: int, epoch: int) -> float:
         return self.cfg.c
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         factor = self.aux_factor(step, epoch)
         return {
             name: self.task_weights[name] * (1.0 if name == self.primary else factor)
@@ -79,7 +83,9 @@ class EqualWeighting(Weighting):
 
     Config = EqualParams
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         return {name: 1.0 for name in losses}
 
 
@@ -95,7 +101,9 @@ class RandomLossWeighting(Weighting):
 
     Config = RLWParams
 
-    def weights(self, losses, step, epoch=0):
+    def weights(
+        self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
+    ) -> dict[str, torch.Tensor | float]:
         names = list(losses)
         if not self.training:
             return {n: self.task_weights[n] / len(names) for n in names}

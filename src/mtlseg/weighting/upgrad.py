@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mtlseg.weighting.aggregator import AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
 
@@ -11,7 +13,7 @@ class UPGradWeighting(AggregatorWeighting):
     """UPGrad (Quinton & Rey 2024, eq. 5): project each gradient onto the dual cone of all
     of them, then average."""
 
-    def build_aggregator(self, n_tasks):
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import UPGrad
 
         return UPGrad()
