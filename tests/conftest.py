@@ -149,3 +149,17 @@ def power_cut_at(monkeypatch, step: int) -> None:
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(MultiTaskModule, "training_step", crashing_step)
+
+
+def validation_of(ckpt: Path) -> dict[str, float]:
+    """The validation metrics the run logged when it wrote ``ckpt`` (its metrics.csv row at
+    the checkpoint's step): what a re-evaluation of the checkpoint must reproduce."""
+    import csv
+
+    import torch
+
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    with open(ckpt.parent.parent / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/dice")]
+    row = next(r for r in rows if int(r["step"]) == step - 1)  # logged before the increment
+    return {k: float(v) for k, v in row.items() if k.startswith("val/") and v}

@@ -14,7 +14,7 @@ from mtlseg.engine.checkpoint import load_checkpoint, save_atomic
 from mtlseg.engine.inference import evaluate, load_module, predict
 from mtlseg.engine.train import train
 from mtlseg.errors import MtlsegError, TrainingError
-from tests.conftest import TINY_UNET, power_cut_at
+from tests.conftest import TINY_UNET, power_cut_at, validation_of
 
 
 def _cfg(recipe, data, *extra):
@@ -43,7 +43,10 @@ def test_train_checkpoint_resume_evaluate_predict_volumes(acdc_small, tmp_path):
     assert metrics["num_cases"] == 2
     for key in ("dice/RV", "dice/mean", "iou/LV", "pixel_accuracy", "slice_dice/mean"):
         assert key in metrics and np.isfinite(metrics[key])
-    assert 0.0 <= metrics["dice/mean"] <= 1.0
+    # evaluate at the training size reproduces what validation logged for that checkpoint
+    logged = validation_of(resumed.best_checkpoint)
+    assert metrics["dice/mean"] == pytest.approx(logged["val/dice"], abs=1e-6)
+    assert metrics["slice_dice/mean"] == pytest.approx(logged["val/slice_dice/mean"], abs=1e-6)
 
     volume = sorted((acdc_small / "imagesTr").iterdir())[0]
     written = predict(resumed.best_checkpoint, volume, tmp_path / "pred")

@@ -52,7 +52,6 @@ def test_evaluate_all_scores_unseen_data_at_its_own_resolution(kvasir_model, tmp
     rows, summary = evaluate_cases(ckpt, str(other), "all", with_hd95=True, batch_size=5)
     assert [r["case"] for r in rows] == sorted(p.stem for p in (other / "images").iterdir())
     assert summary["num_cases"] == 6 and len(summary["worst"]) == 5
-    assert all(0 <= r["dice/foreground"] <= 1 and r["hd95/foreground"] >= 0 for r in rows)
     # the same masks written by predict (at each image's size) and scored by evaluate-folder
     predict(ckpt, other / "images", tmp_path / "pred", batch_size=4, num_workers=0)
     folder_rows, _ = evaluate_folder(tmp_path / "pred", other / "masks")

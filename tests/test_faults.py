@@ -83,26 +83,34 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(kvasir_small,
 
 
 def test_bf16_mixed_precision_trains_on_cpu(kvasir_small, tmp_path):
+    """The first logged loss of a bf16-mixed run is the loss of the same model on the same
+    first batch under CPU bf16 autocast, computed here by hand (and not the fp32 one)."""
+    import lightning.pytorch as pl
+
+    from mtlseg.engine.data import prepare_data, train_loader
+    from mtlseg.engine.train import build_module
+
     losses = {}
     for precision in ("32", "bf16-mixed"):
-        cfg = load_config(
-            "unet",
-            [
-                *EXACT,
-                f"data.path={kvasir_small}",
-                "train.max_steps=3",
-                f"train.precision={precision}",
-            ],
-        )
+        sets = [*EXACT, f"data.path={kvasir_small}", "train.max_steps=3"]
+        cfg = load_config("unet", [*sets, f"train.precision={precision}"])
         result = train(cfg, tmp_path / precision)
         rows = (result.out_dir / "logs" / "metrics.csv").read_text().splitlines()
         header = rows[0].split(",")
         first = next(r.split(",") for r in rows[1:] if r.split(",")[header.index("train/loss")])
         losses[precision] = float(first[header.index("train/loss")])
         assert load_checkpoint(result.last_checkpoint)["global_step"] == 3
-    # the same first batch and weights: bf16 rounding moves the loss a little, not much
-    assert losses["bf16-mixed"] != losses["32"]
-    assert losses["bf16-mixed"] == pytest.approx(losses["32"], rel=0.05)
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # as train() does
+    data = prepare_data(cfg.data)
+    module = build_module(cfg, data).train()
+    batch = next(iter(train_loader(data, cfg.train.batch_size, cfg.train.seed, 0)))
+    with torch.no_grad():
+        fp32 = float(module.compute_losses(batch, 0).total)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = float(module.compute_losses(batch, 0).total)
+    assert losses["32"] == pytest.approx(fp32, abs=1e-5)
+    assert losses["bf16-mixed"] == pytest.approx(bf16, abs=1e-5)
+    assert bf16 != fp32
 
 
 def test_float16_autocast_needs_a_gpu(kvasir_small, tmp_path):

@@ -1,0 +1,65 @@
+"""Golden values for the auxiliary tasks' metrics (boxes, classification), FiLM's
+standardisation and the batched predictor's small helpers, on hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtlseg.config import FiLMConfig
+from mtlseg.data.metadata import META_FIELDS
+from mtlseg.engine import batched
+from mtlseg.metrics.boxes import BoxMetrics, box_iou
+from mtlseg.metrics.classification import ClassificationMetrics
+from mtlseg.models.film import FiLMGenerator
+
+
+def test_box_iou_and_corner_distance_by_hand():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0], [0.2, 0.2, 0.2, 0.6]])
+    b = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 1.0, 1.0], [0.2, 0.2, 0.2, 0.6]])
+    # overlap 0.0625 of union 0.25 + 0.25 - 0.0625; identical boxes 1; a zero-area pair 0
+    assert box_iou(a, b).tolist() == pytest.approx([0.0625 / 0.4375, 1.0, 0.0])
+    m = BoxMetrics(size=100)
+    valid = torch.tensor([[1.0], [1.0], [0.0]])  # the third image has no box: skipped
+    m.update(a, torch.cat([valid, b], 1))
+    out = m.compute()
+    # the first pair's corners differ by 0.25 in each of 4 coordinates: L2 0.5 of 100 px
+    assert float(out["l2"]) == pytest.approx((50.0 + 0.0) / 2)
+    assert float(out["iou"]) == pytest.approx((0.0625 / 0.4375 + 1.0) / 2)
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+    m = ClassificationMetrics(3)
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0]])
+    m.update(logits, torch.tensor([0, 0, 1, 1]))  # class 2 never occurs
+    out = m.compute()
+    assert float(out["accuracy"]) == pytest.approx(3 / 4)
+    assert out["recall"][:2].tolist() == pytest.approx([1.0, 0.5])
+    assert math.isnan(float(out["recall"][2]))
+    assert float(out["balanced_accuracy"]) == pytest.approx(0.75)  # (1 + 0.5) / 2
+    m.update(torch.tensor([2]), torch.tensor([2]))  # class indices work as predictions too
+    assert float(m.compute()["balanced_accuracy"]) == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_film_standardises_with_the_training_statistics_and_ignores_unknowns():
+    film = FiLMGenerator(FiLMConfig(fields=["position", "height"], hidden=4, layers=2), 3)
+    meta = torch.full((4, len(META_FIELDS)), float("nan"))
+    meta[:, META_FIELDS.index("position")] = torch.tensor([0.0, 0.5, 1.0, float("nan")])
+    meta[:, META_FIELDS.index("height")] = torch.tensor([100.0, 100.0, 100.0, 100.0])
+    film.set_statistics(meta)
+    assert film.mean.tolist() == pytest.approx([0.5, 100.0])
+    assert film.std[0].item() == pytest.approx(math.sqrt(1 / 6))  # population std of 0, .5, 1
+    assert film.std[1].item() == 1.0, "a constant field keeps std 1 (no division by 0)"
+    for layer in (film.scale[-1], film.shift[-1]):  # zero output: gamma 1, beta 0
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    gamma, beta = film(meta)
+    assert torch.equal(gamma, torch.ones(4, 3)) and torch.equal(beta, torch.zeros(4, 3))
+
+
+def test_the_default_readers_follow_the_cores(monkeypatch):
+    for cores, readers in ((1, 0), (2, 0), (4, 2), (16, 4)):
+        monkeypatch.setattr(batched.os, "sched_getaffinity", lambda _, n=cores: set(range(n)))
+        assert batched.default_readers() == readers, cores
