@@ -141,7 +141,7 @@ def test_geometry_recipe_learns_distance_and_normals_on_real_slices(acdc_small, 
 
 
 # ---------------------------------------------------------------- delta-M and compare
-def test_delta_m_signs_and_means_follow_maninis():
+def test_delta_m_is_the_mean_relative_change_signed_lower_is_better():
     from mtlseg.report.delta_m import delta_m
 
     base = {"dice/mean": 0.8, "task/distance/abs_err": 0.2, "task/distance/loss": 1.0}

@@ -75,7 +75,10 @@ class UncertaintyWeighting(Weighting):
     ) -> torch.Tensor:
         index = {n: i for i, n in enumerate(self.names)}
         weights = self.weights(losses, step, epoch)
-        self.last = {f"weight_{n}": float(w) for n, w in weights.items()}
+        self.last = {
+            f"weight_{n}": float(w.detach() if isinstance(w, torch.Tensor) else w)
+            for n, w in weights.items()
+        }
         self.last.update({f"log_var_{n}": float(self.log_vars[index[n]].detach()) for n in losses})
         terms = (weights[n] * loss + 0.5 * self.log_vars[index[n]] for n, loss in losses.items())
         return reduce(operator.add, terms)
