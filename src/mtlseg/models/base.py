@@ -55,6 +55,17 @@ class Backbone(nn.Module):
         """The features task ``task``'s head reads: the shared ones unless overridden."""
         return features
 
+    def check_contract(self) -> None:
+        """The declarations the model and the tasks rely on, checked once when it is built."""
+        name = type(self).__name__
+        if "bottleneck" not in self.feature_info:
+            raise ConfigError(f"{name}: feature_info must name a 'bottleneck' feature")
+        if self.shared_feature not in self.feature_info:
+            raise ConfigError(f"{name}: shared_feature {self.shared_feature!r} is not a feature")
+        if not (isinstance(self.film_channels, int) and self.film_channels > 0):
+            raise ConfigError(f"{name}: film_channels must be a positive channel count")
+        self.conditioned_module()
+
     def conditioned_module(self) -> nn.Module:
         """The submodule whose output FiLM conditions (``film_module``)."""
         try:

@@ -44,7 +44,10 @@ def build_backbone(
     try:
         cfg = build_dataclass(config_cls, params, "model.params")
         if getattr(cls, "per_task", False):
-            return cls(in_channels, num_classes, cfg, list(task_names or []))
-        return cls(in_channels, num_classes, cfg)
+            backbone = cls(in_channels, num_classes, cfg, list(task_names or []))
+        else:
+            backbone = cls(in_channels, num_classes, cfg)
     except ValueError as err:  # a backbone's own check of its parameters
         raise ConfigError(f"model.params: {err}") from None
+    backbone.check_contract()
+    return backbone
