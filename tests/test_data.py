@@ -148,11 +148,14 @@ def test_corrupt_image_names_the_file(kvasir_small):
     assert len(problems) == 1 and str(bad) in problems[0] and "corrupt" in problems[0]
 
 
-def test_image_without_mask(kvasir_small):
+def test_an_image_without_mask_joins_the_unlabelled_pool(kvasir_small, caplog):
     victim = sorted((kvasir_small / "masks").iterdir())[0]
     victim.unlink()
-    with pytest.raises(DataError, match=f"{victim.stem}.jpg: image without mask"):
-        discover(kvasir_small)
+    with caplog.at_level("INFO"):
+        index = discover(kvasir_small)
+    assert "1 image(s) without a mask join the unlabelled pool" in caplog.text
+    record = next(r for r in index.cases if r.case_id == victim.stem)
+    assert record.label_file is None
 
 
 def test_mask_size_differs_from_image(kvasir_small):

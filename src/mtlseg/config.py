@@ -53,10 +53,19 @@ class DataConfig:
     # 2: train on slices/images | 3: train on volumetric patches (mtlseg.data.volumes)
     dims: int = 2
     patch_size: list[int] | None = None  # 3D training patch (h, w, d); default (S, S, 8)
+    # which training patients (cases under split_mode case) keep their masks: all | a count |
+    # a fraction in (0, 1) | a path to a JSON list of ids (mtlseg.data.budgets); the rest of
+    # the training split is the unlabelled pool, whose masks are never read
+    label_budget: Any = "all"
+    label_seed: int = 0  # the seeded draw of a budget (the same for every recipe of a compare)
+    # folders of images without masks (plain, or nnU-Net imagesTr/imagesTs) added to the pool
+    unlabelled_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from mtlseg.data.budgets import check_label_budget
         from mtlseg.data.transforms import AUGMENTATIONS
 
+        self.label_budget = check_label_budget(self.label_budget)
         if self.dims not in (2, 3):
             raise ConfigError(f"data.dims: expected 2 or 3, got {self.dims}")
         if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
@@ -194,6 +203,9 @@ class TrainConfig:
     max_epochs: int | None = None  # None: no epoch limit
     max_minutes: float | None = 30.0  # wall-clock training budget (Lightning's max_time)
     batch_size: int = 16
+    # unlabelled images per step from the pool, besides batch_size labelled ones; None: the
+    # batch size when there is a pool and some task or term learns without masks, else 0
+    unlabelled_batch_size: int | None = None
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov, nnU-Net), mtlseg.engine.optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -50,7 +50,9 @@ class SliceDataset(Dataset):
     """2D samples: ``image`` (C,S,S), ``mask`` (S,S), ids and the slice's metadata.
 
     Each sample carries ``case_id``, ``patient_id``, ``slice_index``, ``num_slices``,
-    ``position`` and ``meta``: a float vector over ``META_FIELDS`` (NaN where unknown).
+    ``position``, ``meta``: a float vector over ``META_FIELDS`` (NaN where unknown), and
+    ``labelled``: False for a case of the unlabelled pool, whose mask was never read (its
+    ``mask`` is zeros, for batching; only label-free tasks and terms see such samples).
     Volumes are served slice by slice; a 2D image is a case with one slice. Images are kept
     as float16 after per-case normalisation to halve memory.
 
@@ -89,7 +91,11 @@ class SliceDataset(Dataset):
             {c.case_id: ann.boxes.get(c.case_id) for c in cases} if ann.boxes is not None else None
         )
         for case in cases:
-            x, y = resize_slices(case.image, case.label, image_size)
+            if case.label is None:  # the unlabelled pool: no mask was read; zeros stand in
+                x = resize_image(case.image, image_size)
+                y = torch.zeros(x.shape[0], image_size, image_size, dtype=torch.uint8)
+            else:
+                x, y = resize_slices(case.image, case.label, image_size)
             images.append(x.half())
             masks.append(y)
             for name, array in case.dense.items():
@@ -102,6 +108,7 @@ class SliceDataset(Dataset):
                     "patient_id": case.meta.patient_id,
                     "slice_index": z,
                     "num_slices": x.shape[0],
+                    "labelled": case.label is not None,
                 }
                 for z in range(x.shape[0])
             ]
@@ -145,6 +152,10 @@ class SliceDataset(Dataset):
     @property
     def case_ids(self) -> list[str]:
         return [m["case_id"] for m in self.meta]
+
+    def indices(self, labelled: bool) -> list[int]:
+        """The samples of the labelled cases, or of the unlabelled pool."""
+        return [i for i, m in enumerate(self.meta) if m["labelled"] == labelled]
 
     def require(self, fields: list[str], who: str, where: str) -> None:
         """Raise a DataError naming the cases for which one of ``fields`` is unknown."""

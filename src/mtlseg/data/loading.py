@@ -53,7 +53,7 @@ class RawCase:
 
     record: CaseRecord
     image: np.ndarray  # (Z, H, W, C)
-    label: np.ndarray  # (Z, H, W), integer
+    label: np.ndarray | None  # (Z, H, W), integer; None: not read (the unlabelled pool)
     affine: np.ndarray | None
     dense: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (Z, H, W, C)
 
@@ -64,7 +64,7 @@ class LoadedCase:
 
     case_id: str
     image: np.ndarray  # (Z, H, W, C) float16, normalised
-    label: np.ndarray  # (Z, H, W) int64 in [0, num_classes)
+    label: np.ndarray | None  # (Z, H, W) int64 in [0, num_classes); None: unlabelled pool
     affine: np.ndarray | None
     image_file: str
     meta: CaseMeta
@@ -84,8 +84,9 @@ class LoadedDataset:
     is_volume: bool
 
 
-def read_case(record: CaseRecord) -> RawCase:
-    """Read and stack the channel files of a case and its label; check sizes and finiteness."""
+def read_case(record: CaseRecord, with_label: bool = True) -> RawCase:
+    """Read and stack the channel files of a case and (``with_label`` and the case has one)
+    its label; check sizes and finiteness. The label of a case without it is never read."""
     parts: list[np.ndarray] = []
     affine = None
     for path in record.image_files:
@@ -98,6 +99,9 @@ def read_case(record: CaseRecord) -> RawCase:
         parts.append(array)
         affine = affine if affine is not None else affine_i
     image = np.concatenate(parts, axis=-1)
+    dense = _read_dense(record, image)
+    if not with_label or record.label_file is None:
+        return RawCase(record, image, None, affine, dense)
     label, _ = read_volume(record.label_file)
     if label.shape[:3] != image.shape[:3]:
         raise DataError(
@@ -111,6 +115,11 @@ def read_case(record: CaseRecord) -> RawCase:
     channels = label.shape[-1]
     if channels > 1 and not np.all(label == label[..., :1]):
         label = label.max(axis=-1, keepdims=True)  # colour-coded binary masks: any channel on
+    return RawCase(record, image, label[..., 0].astype(np.int64), affine, dense)
+
+
+def _read_dense(record: CaseRecord, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The case's dense target arrays, checked against the image's size."""
     dense = {}
     for name, path in record.dense_files.items():
         array, _ = read_volume(path)
@@ -121,7 +130,7 @@ def read_case(record: CaseRecord) -> RawCase:
                 f"({record.image_files[0].name})"
             )
         dense[name] = array.astype(np.float32)
-    return RawCase(record, image, label[..., 0].astype(np.int64), affine, dense)
+    return dense
 
 
 def _size(array: np.ndarray) -> str:
@@ -187,23 +196,32 @@ class MaskDecoder:
 
 
 def load_dataset(
-    index: DatasetIndex, cfg: DataConfig, case_ids: list[str] | None = None
+    index: DatasetIndex,
+    cfg: DataConfig,
+    case_ids: list[str] | None = None,
+    unlabelled: set[str] | frozenset[str] = frozenset(),
+    extra: list[CaseRecord] | None = None,
 ) -> tuple[LoadedDataset | None, list[str]]:
-    """Read, validate and normalise cases. Returns (dataset or None, list of problems)."""
+    """Read, validate and normalise cases. Returns (dataset or None, list of problems).
+
+    The masks of the cases in ``unlabelled`` (and of cases without a mask file) are never
+    read: they load as images alone (``label`` None). ``extra``: more records (images of
+    ``data.unlabelled_dirs``), loaded the same way."""
     problems: list[str] = []
     wanted = set(case_ids) if case_ids is not None else None
     raws: list[RawCase] = []
-    for record in index.cases:
+    for record in [*index.cases, *(extra or [])]:
         if wanted is not None and record.case_id not in wanted:
             continue
         try:
-            raws.append(read_case(record))
+            raws.append(read_case(record, with_label=record.case_id not in unlabelled))
         except DataError as err:
             problems.extend(str(err).splitlines())
     if not raws:
         return None, problems or [f"{index.root}: no readable cases"]
     try:
-        decoder = MaskDecoder(index, cfg, {r.record.case_id: r.label for r in raws})
+        labels = {r.record.case_id: r.label for r in raws if r.label is not None}
+        decoder = MaskDecoder(index, cfg, labels)
         NORMALIZATIONS.get(cfg.normalization)  # an unknown name fails here, once
     except Exception as err:
         return None, problems + [str(err)]
@@ -223,7 +241,9 @@ def load_dataset(
             )
             continue
         try:
-            label = decoder.decode(raw.label, raw.record.label_file)
+            label = None
+            if raw.label is not None and raw.record.label_file is not None:
+                label = decoder.decode(raw.label, raw.record.label_file)
         except DataError as err:
             problems.append(str(err))
             continue
@@ -247,9 +267,13 @@ def load_dataset(
 
 
 def load_dataset_or_raise(
-    index: DatasetIndex, cfg: DataConfig, case_ids: list[str] | None = None
+    index: DatasetIndex,
+    cfg: DataConfig,
+    case_ids: list[str] | None = None,
+    unlabelled: set[str] | frozenset[str] = frozenset(),
+    extra: list[CaseRecord] | None = None,
 ) -> LoadedDataset:
-    dataset, problems = load_dataset(index, cfg, case_ids)
+    dataset, problems = load_dataset(index, cfg, case_ids, unlabelled, extra)
     if problems or dataset is None:
         shown = problems[:20] + (
             [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []

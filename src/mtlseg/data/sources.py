@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,18 @@ from mtlseg.data.io import IMAGE_ENDINGS, LOSSY_ENDINGS, NIFTI_ENDINGS, file_end
 from mtlseg.errors import DataError
 from mtlseg.registry import Registry
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class CaseRecord:
-    """One case: its id, one file per input channel group, its label file, and any dense
-    per-pixel target arrays (name -> file, e.g. NYUv2's depth and normals)."""
+    """One case: its id, one file per input channel group, its label file (None: an image
+    without a mask, which can only join the unlabelled pool), and any dense per-pixel target
+    arrays (name -> file, e.g. NYUv2's depth and normals)."""
 
     case_id: str
     image_files: list[Path]
-    label_file: Path
+    label_file: Path | None
     dense_files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -44,6 +48,18 @@ class DatasetIndex:
 FORMATS: Registry[Any] = Registry("data format")  # classes with detect() and discover()
 
 
+def _log_unmasked(masks_dir: Path, case_ids: list[str]) -> None:
+    """Images without a mask join the unlabelled pool (they cannot train or validate a
+    segmentation); say how many."""
+    if case_ids:
+        log.info(
+            "%s: %d image(s) without a mask join the unlabelled pool, e.g. %s",
+            masks_dir,
+            len(case_ids),
+            case_ids[:3],
+        )
+
+
 def _supported(path: Path) -> bool:
     return file_ending(path) in IMAGE_ENDINGS + NIFTI_ENDINGS
 
@@ -61,17 +77,15 @@ class FolderFormat:
         images = {stem(p): p for p in sorted((root / "images").iterdir()) if _supported(p)}
         masks = {stem(p): p for p in sorted((root / "masks").iterdir()) if _supported(p)}
         problems = [
-            f"{p}: image without mask (no masks/{s}.*)" for s, p in images.items() if s not in masks
-        ]
-        problems += [
             f"{p}: mask without image (no images/{s}.*)"
             for s, p in masks.items()
             if s not in images
         ]
         if problems:
             raise DataError("\n".join(problems))
-        cases = [CaseRecord(s, [images[s]], masks[s]) for s in sorted(images)]
-        lossy = any(file_ending(c.label_file) in LOSSY_ENDINGS for c in cases)
+        _log_unmasked(root / "masks", [s for s in images if s not in masks])
+        cases = [CaseRecord(s, [images[s]], masks.get(s)) for s in sorted(images)]
+        lossy = any(file_ending(m) in LOSSY_ENDINGS for m in masks.values())
         return DatasetIndex(root, "folder", cases, None, lossy_masks=lossy)
 
 
@@ -138,13 +152,12 @@ class NnUNetFormat:
             files = [images_dir / f"{case_id}_{c:04d}{ending}" for c in channels]
             missing = [f for f in files if not f.exists()]
             problems += [f"{f}: channel file missing for case {case_id}" for f in missing]
-            if case_id not in labels:
-                problems.append(f"{files[0]}: image without mask (no labelsTr/{case_id}{ending})")
-            elif not missing:
-                cases.append(CaseRecord(case_id, files, labels[case_id]))
+            if not missing:
+                cases.append(CaseRecord(case_id, files, labels.get(case_id)))
         problems += [f"{p}: mask without image" for c, p in labels.items() if c not in case_ids]
         if problems:
             raise DataError("\n".join(problems))
+        _log_unmasked(labels_dir, [c for c in case_ids if c not in labels])
         names = [n for n, _ in sorted(meta["labels"].items(), key=lambda kv: kv[1])]
         return DatasetIndex(
             root,
@@ -251,3 +264,36 @@ def discover(root: Path | str, fmt: str = "auto", subset: str = "Tr") -> Dataset
     if not index.cases:
         raise DataError(f"{root}: empty dataset, no image/mask pairs found")
     return index
+
+
+def discover_unlabelled(folders: list[str], known: set[str]) -> list[CaseRecord]:
+    """Cases of images without masks from ``data.unlabelled_dirs``: each folder holds image
+    files (2D or NIfTI; nnU-Net's ``CASE_0000`` channel files are grouped into one case),
+    a plain folder or an nnU-Net ``imagesTr``/``imagesTs``. Case ids are ``<folder>-<stem>``;
+    one that collides with the dataset's is an error, as are an empty folder and one that
+    holds masks."""
+    records: list[CaseRecord] = []
+    for name in folders:
+        folder = Path(name)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: unlabelled folder does not exist (data.unlabelled_dirs)")
+        if any((folder / m).is_dir() for m in ("masks", "labelsTr", "labelsTs")):
+            raise DataError(
+                f"{folder}: holds masks (a labelled dataset); give the folder of its images "
+                "(images/, imagesTr/) as data.unlabelled_dirs, or use it as the dataset"
+            )
+        files = sorted(p for p in folder.iterdir() if _supported(p))
+        if not files:
+            raise DataError(f"{folder}: no image files to add to the unlabelled pool")
+        groups: dict[str, list[Path]] = {}
+        for path in files:
+            s = stem(path)
+            case = s[:-5] if len(s) > 5 and s[-5] == "_" and s[-4:].isdigit() else s
+            groups.setdefault(case, []).append(path)
+        for case, channel_files in sorted(groups.items()):
+            case_id = f"{folder.name}-{case}"
+            if case_id in known:
+                raise DataError(f"{channel_files[0]}: case id {case_id!r} is already taken")
+            known.add(case_id)
+            records.append(CaseRecord(case_id, channel_files, None))
+    return records

@@ -163,6 +163,12 @@ def validate_split(
         )
 
 
-def write_split(split: dict[str, list[str]], path: Path, source: str) -> None:
+def write_split(
+    split: dict[str, list[str]], path: Path, source: str, label_source: str = "all"
+) -> None:
+    """The split as a run records it: ``train`` (the labelled training cases, also as
+    ``labelled``), ``val``, ``unlabelled`` (the pool) and where they came from."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"source": source, **split}, indent=1))
+    record = {"source": source, "label_source": label_source, **split, "labelled": split["train"]}
+    record.setdefault("unlabelled", [])
+    path.write_text(json.dumps(record, indent=1))

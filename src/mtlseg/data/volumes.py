@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from mtlseg.data.annotations import Annotations
 from mtlseg.data.dataset import resize_slices
 from mtlseg.data.loading import LoadedCase
+from mtlseg.errors import DataError
 
 log = logging.getLogger(__name__)
 KEYS = ("image", "mask")
@@ -53,6 +54,8 @@ class VolumeDataset(Dataset):
         self.masks: list[torch.Tensor] = []
         self.meta: list[dict[str, Any]] = []
         for case in cases:
+            if case.label is None:
+                raise DataError(f"{case.image_file}: 3D training needs every case's mask")
             x, y = resize_slices(case.image, case.label, image_size)  # (Z, C, S, S), (Z, S, S)
             self.images.append(x.permute(1, 2, 3, 0).half().contiguous())
             self.masks.append(y.permute(1, 2, 0).contiguous())

@@ -55,6 +55,7 @@ class InferenceSet(Dataset):
     def _read(self, entry: Entry) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         if entry.label_file is not None:
             raw = read_case(CaseRecord(entry.name, entry.image_files, entry.label_file))
+            assert raw.label is not None  # read with its label file
             label = self.decoder.decode(raw.label, entry.label_file) if self.decoder else raw.label
             return raw.image, raw.affine, label
         image, affine = read_volume(entry.image_files[0])

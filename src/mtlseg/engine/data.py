@@ -13,10 +13,12 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from mtlseg.config import DataConfig, patch_size
 from mtlseg.data.annotations import Annotations, load_annotations
+from mtlseg.data.budgets import resolve_label_budget
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.loading import LoadedDataset, load_dataset_or_raise
+from mtlseg.data.metadata import parse_case_id
 from mtlseg.data.samplers import AdjacentPairBatchSampler
-from mtlseg.data.sources import DatasetIndex, discover
+from mtlseg.data.sources import DatasetIndex, discover, discover_unlabelled
 from mtlseg.data.splits import resolve_split, validate_split, write_split
 from mtlseg.data.transforms import build_augmentation
 from mtlseg.data.volumes import VolumeDataset
@@ -37,6 +39,7 @@ class PreparedData:
     val: SliceDataset | VolumeDataset
     case_ids: list[str]  # val case index -> case id, for per-volume metrics
     annotations: Annotations = field(default_factory=Annotations)
+    label_source: str = "all training cases"  # where the label budget came from
 
     @property
     def class_names(self) -> list[str]:
@@ -44,17 +47,48 @@ class PreparedData:
 
 
 def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> PreparedData:
-    """Discover, load and validate the dataset, then split it by case (or use ``split``)."""
+    """Discover the dataset, split it by case or patient (or use ``split``), apply the label
+    budget, then load and validate it: the masks of the unlabelled pool (cases the budget
+    leaves out, images without a mask, ``data.unlabelled_dirs``) are never read.
+
+    ``split["train"]`` holds the labelled training cases, ``split["unlabelled"]`` the pool
+    (recorded with their sources in the run's splits.json)."""
     index = discover(cfg.path, cfg.format)
-    dataset = load_dataset_or_raise(index, cfg)
-    patients = {c.case_id: c.meta.patient_id for c in dataset.cases}
+    unmasked: set[str] = {r.case_id for r in index.cases if r.label_file is None}
+    masked = [r.case_id for r in index.cases if r.label_file is not None]
+    patients = {r.case_id: parse_case_id(r.case_id, cfg.case_pattern)[0] for r in index.cases}
     if split is None:
-        split, source = resolve_split(index.root, patients, cfg, index.split)
+        split, source = resolve_split(
+            index.root, {c: patients[c] for c in masked}, cfg, index.split
+        )
+        labelled, left_out, budget_source = resolve_label_budget(
+            index.root, split["train"], patients, cfg.label_budget, cfg.split_mode, cfg.label_seed
+        )
+        # images without a mask join the pool, unless their patient is a val patient
+        val_patients = {patients[c] for c in split["val"]} if cfg.split_mode != "case" else set()
+        free = {c for c in unmasked if patients[c] not in val_patients}
+        split = {**split, "train": labelled, "unlabelled": sorted(set(left_out) | free)}
     else:
-        source = "given"
-        validate_split(split, list(patients), "recorded split", allow_unlisted=True)
+        source, budget_source = "given", "given"
+        split = {**split, "unlabelled": list(split.get("unlabelled", []))}
+    in_val = sorted(unmasked & set(split["val"]))
+    if in_val:
+        raise DataError(f"{index.root}: val case(s) without a mask: {in_val[:5]}")
+    validate_split(
+        {k: split[k] for k in ("train", "val")},
+        [*masked, *unmasked],
+        "recorded split" if source == "given" else source,
+        allow_unlisted=True,
+    )
+    extra = discover_unlabelled(cfg.unlabelled_dirs, {r.case_id for r in index.cases})
+    split["unlabelled"] = sorted({*split["unlabelled"], *(r.case_id for r in extra)})
+    pool: set[str] = set(split["unlabelled"])
+    if pool and cfg.dims == 3:
+        raise DataError("an unlabelled pool (data.label_budget, data.unlabelled_dirs) is 2D-only")
+    wanted = [*split["train"], *split["unlabelled"], *split["val"]]
+    dataset = load_dataset_or_raise(index, cfg, wanted, pool, extra)
     by_id = {c.case_id: c for c in dataset.cases}
-    train_cases = [by_id[c] for c in split["train"]]
+    train_cases = [by_id[c] for c in [*split["train"], *split["unlabelled"]]]
     val_cases = [by_id[c] for c in split["val"]]
     ann = load_annotations(
         index.root, cfg.labels, cfg.boxes, [c.case_id for c in dataset.cases], dataset.is_volume
@@ -76,9 +110,25 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"{index.root}: split {name!r} has no samples")
-    log.info("data %s: %d train / %d val samples (%s)", index.root, len(train), len(val), source)
+    log.info(
+        "data %s: %d train / %d val samples (%s); %d unlabelled case(s) in the pool (labelled: %s)",
+        index.root,
+        len(train),
+        len(val),
+        source,
+        len(pool),
+        budget_source,
+    )
     return PreparedData(
-        index, dataset, split, source, train, val, [c.case_id for c in val_cases], ann
+        index,
+        dataset,
+        split,
+        source,
+        train,
+        val,
+        [c.case_id for c in val_cases],
+        ann,
+        budget_source,
     )
 
 
@@ -148,23 +198,96 @@ def _loader(dataset: Any, batches: Sampler[list[int]], num_workers: int) -> Data
     )
 
 
+class TwoStreamBatches(Sampler[list[int]]):
+    """Batches of the labelled samples from ``labelled`` (a batch sampler over positions in
+    ``labelled_index``), each followed by ``unlabelled_size`` samples of the pool.
+
+    The pool is read as one endless seeded sequence (a fresh permutation of the pool per
+    pass over it), at the batch's global position ``epoch x batches per epoch + i``: it does
+    not restart with each (short) labelled epoch, and a resumed or sharded run (DDP takes
+    every W-th batch) draws exactly the same pool images with no state of its own."""
+
+    def __init__(
+        self,
+        labelled: Any,
+        labelled_index: list[int],
+        pool_index: list[int],
+        unlabelled_size: int,
+        seed: int,
+    ) -> None:
+        self.labelled, self.labelled_index = labelled, labelled_index
+        self.pool_index, self.unlabelled_size = pool_index, unlabelled_size
+        self.seed, self.epoch = seed, 0
+        self._perm: tuple[int, list[int]] = (-1, [])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        set_epoch = getattr(self.labelled, "set_epoch", None) or getattr(
+            getattr(self.labelled, "sampler", None), "set_epoch", None
+        )
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+    def _pool_at(self, position: int) -> int:
+        """The pool sample at ``position`` of the endless sequence."""
+        n = len(self.pool_index)
+        lap, offset = divmod(position, n)
+        if self._perm[0] != lap:
+            g = torch.Generator().manual_seed(self.seed * 7_919 + 1_000_003 + lap)
+            self._perm = (lap, torch.randperm(n, generator=g).tolist())
+        return self.pool_index[self._perm[1][offset]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = len(self.labelled)
+        for i, batch in enumerate(self.labelled):
+            start = (self.epoch * per_epoch + i) * self.unlabelled_size
+            pool = [self._pool_at(start + k) for k in range(self.unlabelled_size)]
+            yield [self.labelled_index[j] for j in batch] + pool
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+
+def _labelled_and_pool(data: PreparedData) -> tuple[list[int], list[int]]:
+    train = data.train
+    if isinstance(train, SliceDataset):
+        return train.indices(labelled=True), train.indices(labelled=False)
+    return list(range(len(train))), []
+
+
+def _with_pool(data: PreparedData, labelled: Any, unlabelled: int, seed: int) -> Any:
+    """``labelled`` (a batch sampler over labelled positions) with the pool's stream when
+    ``unlabelled`` > 0, else mapped to dataset indices."""
+    labelled_index, pool_index = _labelled_and_pool(data)
+    if unlabelled > 0 and not pool_index:
+        raise DataError("train.unlabelled_batch_size > 0 needs an unlabelled pool (none here)")
+    return TwoStreamBatches(labelled, labelled_index, pool_index, unlabelled, seed)
+
+
 SAMPLERS: Registry = Registry("train.sampler")
 
 
 @SAMPLERS.register("shuffle")
-def shuffle_loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
-    """Every slice once per epoch in a (seed, epoch) order."""
-    n = len(data.train)
+def shuffle_loader(
+    data: PreparedData, batch_size: int, seed: int, num_workers: int, unlabelled: int = 0
+) -> DataLoader:
+    """Every labelled slice once per epoch in a (seed, epoch) order (and ``unlabelled``
+    pool samples with every batch)."""
+    n = len(_labelled_and_pool(data)[0])
     batches = BatchSampler(
         EpochShuffleSampler(n, seed), min(batch_size, n), drop_last=n >= 2 * batch_size
     )
-    return _loader(data.train, batches, num_workers)
+    return _loader(data.train, _with_pool(data, batches, unlabelled, seed), num_workers)
 
 
 def _pair_loader(single_patient: bool) -> Callable[..., DataLoader]:
-    def loader(data: PreparedData, batch_size: int, seed: int, num_workers: int) -> DataLoader:
-        sampler = AdjacentPairBatchSampler(data.train.meta, batch_size, seed, single_patient)
-        return _loader(data.train, sampler, num_workers)
+    def loader(
+        data: PreparedData, batch_size: int, seed: int, num_workers: int, unlabelled: int = 0
+    ) -> DataLoader:
+        labelled_index, _ = _labelled_and_pool(data)
+        meta = [data.train.meta[i] for i in labelled_index]
+        sampler = AdjacentPairBatchSampler(meta, batch_size, seed, single_patient)
+        return _loader(data.train, _with_pool(data, sampler, unlabelled, seed), num_workers)
 
     loader.__doc__ = "Adjacent-slice pairs" + (", one patient per batch" if single_patient else "")
     return loader
@@ -175,9 +298,16 @@ SAMPLERS.register("patient-pairs")(_pair_loader(single_patient=True))
 
 
 def train_loader(
-    data: PreparedData, batch_size: int, seed: int, num_workers: int, sampler: str = "shuffle"
+    data: PreparedData,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    sampler: str = "shuffle",
+    unlabelled: int = 0,
 ) -> DataLoader:
-    return SAMPLERS.get(sampler)(data, batch_size, seed, num_workers)
+    """The training batches of ``sampler``: ``batch_size`` labelled samples (and
+    ``unlabelled`` of the pool) per batch."""
+    return SAMPLERS.get(sampler)(data, batch_size, seed, num_workers, unlabelled)
 
 
 def val_loader(data: PreparedData, batch_size: int, num_workers: int) -> DataLoader:
@@ -188,4 +318,4 @@ def val_loader(data: PreparedData, batch_size: int, num_workers: int) -> DataLoa
 
 
 def write_split_file(data: PreparedData, path: Path) -> None:
-    write_split(data.split, path, data.split_source)
+    write_split(data.split, path, data.split_source, data.label_source)

@@ -7,6 +7,7 @@ on files at their own size through ``mtlseg.engine.batched``."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import DataError, MtlsegError
 from mtlseg.metrics import score_case, summarise
+
+log = logging.getLogger(__name__)
 
 
 def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
@@ -207,6 +210,10 @@ def evaluate_cases(
                 f"{index.root}: {len(missing)} case(s) of the recorded {split!r} split are not "
                 f"in this dataset (e.g. {missing[:3]}); use --split all for other data"
             )
+    unmasked = [r.case_id for r in records if r.label_file is None]
+    if unmasked:  # nothing to score them against
+        log.info("%s: %d image(s) without a mask are not scored", index.root, len(unmasked))
+        records = [r for r in records if r.label_file is not None]
     decoder = mask_decoder(index, cfg, records)
     if decoder.class_names != module.class_names:
         raise DataError(
@@ -242,5 +249,9 @@ def mask_decoder(index: DatasetIndex, cfg: DataConfig, records: list[CaseRecord]
     needs_values = index.label_values is None and not (
         cfg.mask_mode == "binary" or (cfg.mask_mode == "auto" and index.lossy_masks)
     )
-    raw = {r.case_id: read_volume(r.label_file)[0] for r in records} if needs_values else {}
+    raw = (
+        {r.case_id: read_volume(r.label_file)[0] for r in records if r.label_file is not None}
+        if needs_values
+        else {}
+    )
     return MaskDecoder(index, cfg, raw)

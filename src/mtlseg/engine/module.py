@@ -255,8 +255,19 @@ class MultiTaskModule(pl.LightningModule):
             tasks = [t for t in tasks if t.name in names]
             names = self.stages.active(step, [t.name for t in terms], "terms")
             terms = [t for t in terms if t.name in names]
-        losses = {t.name: t.loss(t.output(outputs), t.target(batch)) for t in tasks}
-        losses.update({t.name: t(outputs, batch) for t in terms})
+        # a task that needs an annotation learns from the labelled rows only (the pool's
+        # rows carry zero masks for batching, never read)
+        labelled = batch.get("labelled")
+        annotated = (outputs, batch)
+        if labelled is not None and not bool(labelled.all()):
+            annotated = (select_rows(outputs, labelled), select_rows(batch, labelled))
+        losses = {}
+        for t in tasks:
+            out, b = (outputs, batch) if t.needs.learns_without_annotation else annotated
+            losses[t.name] = t.loss(t.output(out), t.target(b))
+        for term in terms:
+            out, b = (outputs, batch) if term.needs.learns_without_annotation else annotated
+            losses[term.name] = term(out, b)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise TrainingError(
@@ -444,6 +455,20 @@ class MultiTaskModule(pl.LightningModule):
             budget_s=60.0 * minutes if minutes and timer is not None else None,
             elapsed=(lambda: timer.time_elapsed("train")) if timer is not None else None,
         )
+
+
+def select_rows(value: Any, rows: torch.Tensor) -> Any:
+    """``value`` (a batch or the model's outputs: tensors, lists, dicts of them) restricted to
+    the samples where ``rows`` (B,) is true: dim 0 of tensors and lists of length B."""
+    n = rows.shape[0]
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[rows]
+    if isinstance(value, dict):
+        return {k: select_rows(v, rows) for k, v in value.items()}
+    if isinstance(value, list) and len(value) == n:
+        keep = rows.tolist()
+        return [v for v, k in zip(value, keep, strict=True) if k]
+    return value
 
 
 def trainer_callbacks(trainer: Any) -> list[Any]:

@@ -85,3 +85,12 @@ def _slices(dataset: SliceDataset | VolumeDataset) -> SliceDataset:
     if not isinstance(dataset, SliceDataset):
         raise ConfigError("slice metadata (a task's or FiLM's fields) needs data.dims=2")
     return dataset
+
+
+def unlabelled_batch_size(cfg: RunConfig, pool_size: int) -> int:
+    """``train.unlabelled_batch_size``, or by default the batch size when there is a pool and
+    some task or term learns without annotation (else 0: the pool would teach nothing)."""
+    if cfg.train.unlabelled_batch_size is not None:
+        return cfg.train.unlabelled_batch_size
+    useful = any(req.learns_without_annotation for _, req in requirements(cfg).values())
+    return cfg.train.batch_size if pool_size > 0 and useful else 0

@@ -38,7 +38,7 @@ from mtlseg.engine.data import (
 )
 from mtlseg.engine.module import MultiTaskModule, trainer_callbacks
 from mtlseg.engine.precision import resolve_precision, trainer_precision
-from mtlseg.engine.requirements import check_requirements
+from mtlseg.engine.requirements import check_requirements, unlabelled_batch_size
 from mtlseg.errors import ConfigError, DataError, MtlsegError
 from mtlseg.models.inputs import INPUTS
 
@@ -212,9 +212,12 @@ def build_module(cfg: RunConfig, data: PreparedData) -> MultiTaskModule:
 
 
 def loaders(cfg: RunConfig, data: PreparedData) -> tuple[DataLoader, DataLoader]:
+    """The training loader (labelled batches, with pool samples when some task or term
+    learns from them) and the validation loader."""
     t, nw = cfg.train, cfg.data.num_workers
+    unlabelled = unlabelled_batch_size(cfg, len(data.split.get("unlabelled", [])))
     return (
-        train_loader(data, t.batch_size, t.seed, nw, t.sampler),
+        train_loader(data, t.batch_size, t.seed, nw, t.sampler, unlabelled),
         val_loader(data, t.batch_size, nw),
     )
 

@@ -45,6 +45,12 @@ class Requirements:
     channels: int | None = None  # input channels the data must have (3: RGB)
     dense_channels: int = 1  # channels of the ``dense`` array
 
+    @property
+    def learns_without_annotation(self) -> bool:
+        """Whether it learns from an image of the unlabelled pool: it reads no mask, labels
+        column or dense array, and needs no pair batches (pairs come from labelled cases)."""
+        return not (self.masks or self.labels or self.dense or self.pairs)
+
 
 class Task:
     """Base class. Subclasses set ``Config`` (a dataclass of their params) and ``requires``

@@ -36,6 +36,7 @@ class Term:
         self.kind, self.weight = cfg.kind, cfg.weight
         self.params = build_dataclass(self.Config, cfg.params, f"terms.{self.name}.params")
         self.tasks = tasks
+        self.needs = self.requirements(self.params)
 
     def task(self, name: str, kinds: tuple[str, ...]) -> Task:
         """The recipe's task ``name``, checked to be of one of ``kinds``."""
