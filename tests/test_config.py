@@ -11,6 +11,7 @@ from mtlseg.weighting import build_weighting
 
 def test_shipped_recipes_load_and_are_the_decided_set():
     paper000 = {"unet", "unet-hog", "u2net", "u2net-hog"}
+    issue21 = {"unet-position"}
     paper001 = {"small-unet", "small-unet-position", "small-unet-contrastive"}
     paper001 |= {"small-unet-film", "big-unet"}
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
@@ -18,7 +19,7 @@ def test_shipped_recipes_load_and_are_the_decided_set():
     paper003 = {"aspp", "aspp-no-ce", "aspp-class", "aspp-class-sync", "aspp-decomp"}
     paper003 |= {"unet3d", "unet3d-decomp"}
     paper004 = {"unet-geometry", "nyuv2-geometry"}
-    assert paper000 | paper001 | paper002 | paper003 | paper004 == set(recipe_names())
+    assert paper000 | paper001 | paper002 | paper003 | paper004 | issue21 == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
         assert cfg.tasks[0].kind == "segmentation" and cfg.name == name
