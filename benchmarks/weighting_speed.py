@@ -35,11 +35,10 @@ from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.train import build_module
+from mtlseg.weighting import WEIGHTINGS
 from mtlseg.weighting.aggregator import AggregatorWeighting
 
-KINDS = (
-    "equal uw dwa gradnorm rlw famo nash-mtl pcgrad cagrad mgda imtl-g aligned-mtl upgrad"
-).split()
+KINDS = [k for k in WEIGHTINGS.names() if k not in ("fixed", "constant", "decay")]
 TARGETS = {"famo": 1.10, "nash-mtl": 1.5}  # the goals; loss weightings 1.05
 
 

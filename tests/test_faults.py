@@ -242,7 +242,14 @@ def _toy_gradients(kind: str, batches) -> list[torch.Tensor]:
     return seen
 
 
-GRADIENT_METHODS = ["gradnorm", "pcgrad", "upgrad", "mgda", "nash-mtl"]
+def _gradient_methods() -> list[str]:
+    """Every registered weighting that reads gradients (and so syncs them itself)."""
+    from mtlseg.weighting import WEIGHTINGS
+
+    return [k for k in WEIGHTINGS.names() if WEIGHTINGS.get(k).syncs_gradients]
+
+
+GRADIENT_METHODS = _gradient_methods()
 
 
 def _gradients_in_process(rank: int, world: int, port: int, batches, out: str) -> None:

@@ -260,3 +260,24 @@ def test_aggregator_sees_the_unscaled_jacobian_under_amp_loss_scaling():
         grads.append(theta.grad / scale)
     assert torch.allclose(grads[0], grads[1], rtol=1e-5)
     assert float(grads[0].norm()) == pytest.approx(0.5, rel=1e-3), "max_norm clipped it"
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gcs_uses_an_auxiliary_gradient_only_where_it_agrees_with_the_primary(weighted):
+    """Du et al. 2018: g_0 = (1, 0); g_1 = (1, 1) agrees (cos 1/sqrt 2), g_2 = (-1, 0.1)
+    opposes it and is left out."""
+    theta = torch.zeros(2, requires_grad=True)
+    names = ["t0", "t1", "t2"]
+    w = build_weighting("gcs", {"weighted": weighted}, dict.fromkeys(names, 1.0), "t0")
+    grads = [[1.0, 0.0], [1.0, 1.0], [-1.0, 0.1]]
+    for step in range(2):
+        theta.grad = None
+        losses = {n: torch.tensor(g) @ theta for n, g in zip(names, grads, strict=True)}
+        w.backward(losses, w(losses), BackwardContext([theta], []))
+    c = 1 / math.sqrt(2) if weighted else 1.0
+    assert theta.grad.tolist() == pytest.approx([1.0 + c, c])
+    logs = w.logs()
+    assert logs["gated_t2"] == 1.0 and logs["gated_t1"] == 0.0  # share of the 2 steps
+    assert logs["weight_t1"] == pytest.approx(c) and logs["weight_t2"] == 0.0
+    state = w.state_dict()
+    assert int(state["gated"][2]) == 2 and int(state["steps"]) == 2

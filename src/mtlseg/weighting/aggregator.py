@@ -75,9 +75,10 @@ class AggregatorWeighting(Weighting):
     def _aggregator(self, names: tuple[str, ...]) -> Any:
         if self.aggregator is None or names != self.aggregated:
             # a new set of losses (a stage change) starts a stateful method afresh
+            self.aggregated = names  # build_aggregator may read which row is which task
             aggregator = self.build_aggregator(len(names))
             aggregator.register_forward_pre_hook(self._observe)
-            self.aggregator, self.aggregated = aggregator, names
+            self.aggregator = aggregator
         return self.aggregator
 
     def _observe(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:

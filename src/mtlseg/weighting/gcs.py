@@ -1,0 +1,84 @@
+"""Gradient cosine similarity (Du et al. 2018, "Adapting auxiliary losses using gradient
+similarity"): an auxiliary loss's gradient on the shared parameters is used only when it
+agrees with the primary task's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
+from mtlseg.weighting.base import WEIGHTINGS
+
+
+@dataclass
+class GCSParams(AggregatorParams):
+    # False: an auxiliary gradient counts fully when cos > 0 (Du et al.'s Algorithm 1);
+    # True: scaled by max(0, cos) (their weighted variant)
+    weighted: bool = False
+
+
+def similarity_weights(matrix: torch.Tensor, primary: int, weighted: bool) -> torch.Tensor:
+    """(K, P) task gradients -> (K,) weights: 1 for the primary row; for each other row 1
+    (or its cosine, ``weighted``) where its cosine with the primary gradient is positive,
+    else 0. The cosine is over all shared parameters at once."""
+    g = matrix[primary]
+    cos = (matrix @ g) / (matrix.norm(dim=1) * g.norm()).clamp(min=1e-12)
+    weights = torch.where(cos > 0, cos if weighted else torch.ones_like(cos), 0.0)
+    weights[primary] = 1.0
+    return weights
+
+
+class _Similarity(torch.nn.Module):
+    """A torchjd ``Weighting`` of the Jacobian's rows (``similarity_weights``)."""
+
+    def __init__(self, primary: int, weighted: bool) -> None:
+        super().__init__()
+        self.primary, self.weighted = primary, weighted
+
+    def forward(self, matrix: torch.Tensor) -> torch.Tensor:
+        return similarity_weights(matrix, self.primary, self.weighted)
+
+
+@WEIGHTINGS.register("gcs")
+class GCSWeighting(AggregatorWeighting):
+    """Du et al. 2018, Algorithm 1 (and its weighted variant): the shared parameters get
+    g_primary + sum_k [cos(g_k, g_primary) > 0] g_k (or max(0, cos) g_k); each head its own
+    task's gradient (torchjd's convention). The auxiliary gradients g_k are the rows of the
+    Jacobian of the (recipe-weighted) losses, so under DDP the cosine is that of the whole
+    batch (the Jacobian is averaged before it is used). Logged per auxiliary loss:
+    ``gated_<task>``, the share of steps so far whose gradient was left out."""
+
+    Config = GCSParams
+    gated: torch.Tensor  # (K,) steps each loss was left out
+    steps: torch.Tensor
+
+    def __init__(
+        self,
+        task_weights: dict[str, float],
+        cfg: Any,
+        primary: str,
+        likelihoods: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(task_weights, cfg, primary, likelihoods)
+        self.all_names = list(task_weights)
+        self.register_buffer("gated", torch.zeros(len(self.all_names), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
+        from torchjd.aggregation import WeightedAggregator
+
+        primary = self.aggregated.index(self.primary)
+        return WeightedAggregator(_Similarity(primary, self.cfg.weighted))
+
+    def check(self) -> None:
+        """After each aggregation: count and log which auxiliary losses were left out."""
+        weights = {n[len("weight_") :]: w for n, w in self.last.items() if n.startswith("weight_")}
+        self.steps += 1
+        for name, w in weights.items():
+            index = self.all_names.index(name)
+            if name != self.primary:
+                self.gated[index] += int(w == 0.0)
+                self.last[f"gated_{name}"] = float(self.gated[index]) / float(self.steps)
