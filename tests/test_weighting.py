@@ -270,7 +270,7 @@ def test_gcs_uses_an_auxiliary_gradient_only_where_it_agrees_with_the_primary(we
     names = ["t0", "t1", "t2"]
     w = build_weighting("gcs", {"weighted": weighted}, dict.fromkeys(names, 1.0), "t0")
     grads = [[1.0, 0.0], [1.0, 1.0], [-1.0, 0.1]]
-    for step in range(2):
+    for _ in range(2):
         theta.grad = None
         losses = {n: torch.tensor(g) @ theta for n, g in zip(names, grads, strict=True)}
         w.backward(losses, w(losses), BackwardContext([theta], []))
