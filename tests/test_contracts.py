@@ -203,4 +203,4 @@ def test_every_term_gives_a_finite_loss_and_declares_its_needs(kind):
     if not cls.requires.masks:  # a term that needs no mask runs on an image without one
         outputs = module.model(batch["image"])
         unlabelled = {k: v for k, v in batch.items() if k != "mask"}
-        assert torch.isfinite(term(outputs, unlabelled))
+        assert torch.isfinite(term(outputs, unlabelled, module.term_context(0)))

@@ -107,11 +107,18 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     film: FiLMConfig | None = None
     input: str = "image"  # what the network sees (mtlseg.models.inputs): image | lightness
+    # which network validation, evaluate and predict run when a term keeps an EMA teacher
+    # (mean teacher, BCP): student | teacher
+    predict_with: str = "student"
 
     def __post_init__(self) -> None:
         from mtlseg.models.inputs import INPUTS
 
         INPUTS.get(self.input)  # unknown names: a ConfigError listing the valid ones
+        if self.predict_with not in ("student", "teacher"):
+            raise ConfigError(
+                f"model.predict_with: expected student or teacher, got {self.predict_with!r}"
+            )
         if self.film is not None and self.film.missing not in ("error", "zero"):
             raise ConfigError(
                 f"model.film.missing: expected error or zero, got {self.film.missing!r}"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 from monai.inferers import sliding_window_inference
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size
@@ -30,7 +31,7 @@ from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.tasks.base import Task
 from mtlseg.tasks.segmentation import SegmentationTask
-from mtlseg.terms import TERMS, Term, build_terms
+from mtlseg.terms import TERMS, Term, TermContext, build_terms
 from mtlseg.weighting import BackwardContext, build_weighting
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class MultiTaskModule(pl.LightningModule):
             self.cfg, in_channels, len(class_names), label_values
         )
         self.terms = build_terms(self.cfg.terms, self.tasks)
+        self.teacher = build_teacher(self.model, self.terms)
         weighed: list[Task | Term] = [*self.tasks, *self.terms]
         self.weighting = build_weighting(
             self.cfg.weighting.kind,
@@ -176,6 +178,7 @@ class MultiTaskModule(pl.LightningModule):
             {t.name: t.likelihood for t in weighed},
         )
         self._pending: StepLosses | None = None
+        self._run_progress: RunProgress | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
         self.val_metrics = SegmentationMetrics(
             self.class_names, self.seg_task.params.ignore_index, self.cfg.metrics.empty
@@ -211,14 +214,22 @@ class MultiTaskModule(pl.LightningModule):
             logits = (logits + self._segment_once(x.flip(-1), meta).float().flip(-1)) / 2
         return logits
 
+    @property
+    def predictor(self) -> MultiTaskModel:
+        """The network inference runs: the student, or the EMA teacher where the recipe says
+        ``model.predict_with: teacher`` and a term keeps one."""
+        if self.cfg.model.predict_with == "teacher" and self.teacher is not None:
+            return cast(MultiTaskModel, self.teacher.module)
+        return self.model
+
     def _segment_once(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         if not self.volumetric:
-            return self.model.segment(x, meta)
+            return self.predictor.segment(x, meta)
         logits = sliding_window_inference(
             x,
             roi_size=patch_size(self.cfg.data),
             sw_batch_size=4,
-            predictor=self.model.segment,
+            predictor=self.predictor.segment,
             overlap=0.25,
             mode="gaussian",
         )
@@ -265,9 +276,10 @@ class MultiTaskModule(pl.LightningModule):
         for t in tasks:
             out, b = (outputs, batch) if t.needs.learns_without_annotation else annotated
             losses[t.name] = t.loss(t.output(out), t.target(b))
+        ctx = self.term_context(step or 0)
         for term in terms:
             out, b = (outputs, batch) if term.needs.learns_without_annotation else annotated
-            losses[term.name] = term(out, b)
+            losses[term.name] = term(out, b, ctx)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise TrainingError(
@@ -296,12 +308,42 @@ class MultiTaskModule(pl.LightningModule):
         self, batch: dict[str, Any], optimizer: torch.optim.Optimizer, step: int = 0
     ) -> StepLosses:
         """One whole training step outside Lightning (benchmarks, tools): ``compute_losses``,
-        ``apply_update``, ``optimizer.step()``; no AMP scaling, no gradient clipping."""
+        ``apply_update``, ``optimizer.step()``, the teacher's update; no AMP scaling, no
+        gradient clipping."""
         out = self.compute_losses(batch, step)
         optimizer.zero_grad(set_to_none=True)
         self.apply_update(out)
         optimizer.step()
+        self.update_teacher()
         return out
+
+    def update_teacher(self) -> None:
+        """The EMA teacher follows the student after each optimiser step (if there is one)."""
+        if self.teacher is not None:
+            self.teacher.update_parameters(self.model)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.update_teacher()
+
+    def term_context(self, step: int) -> TermContext:
+        """What the terms may use this step: progress, the student's and teacher's forward."""
+        teacher = None
+        if self.teacher is not None:
+            network = cast(MultiTaskModel, self.teacher.module)
+
+            def teacher(x: torch.Tensor, meta: torch.Tensor | None = None) -> dict:
+                with torch.no_grad():
+                    return network(x, meta)
+
+        return TermContext(step, self._progress_now(step), self.model, teacher)
+
+    def _progress_now(self, step: int) -> float:
+        """The run's progress at ``step`` in [0, 1] (the LR schedule's measure)."""
+        if self._trainer is None:
+            return 0.0
+        if self._run_progress is None:
+            self._run_progress = self._progress()
+        return float(self._run_progress(step))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.compute_losses(batch, self.global_step)
@@ -386,7 +428,8 @@ class MultiTaskModule(pl.LightningModule):
                 cast(Metric, self.task_metrics[task.name]).update(
                     task.metric_input(outputs[task.name]), task.metric_target(target)
                 )
-        losses.update({term.name: term(outputs, batch) for term in self.terms})
+        ctx = self.term_context(self.global_step if self._trainer is not None else 0)
+        losses.update({term.name: term(outputs, batch, ctx) for term in self.terms})
         return losses
 
     def compute_scores(self) -> dict[str, float]:
@@ -455,6 +498,30 @@ class MultiTaskModule(pl.LightningModule):
             budget_s=60.0 * minutes if minutes and timer is not None else None,
             elapsed=(lambda: timer.time_elapsed("train")) if timer is not None else None,
         )
+
+
+def build_teacher(model: MultiTaskModel, terms: list[Term]) -> AveragedModel | None:
+    """The EMA teacher the terms ask for (one, shared), or None. torch's ``AveragedModel``:
+    teacher = a * teacher + (1 - a) * student after each step, with a = min(1 - 1 / (n + 1),
+    decay) for its n-th update (Tarvainen & Valpola's ramp, as SSL4MIS), parameters and
+    buffers (batch-norm statistics) alike; checkpointed with the module."""
+    decays = {t.teacher_decay for t in terms if t.teacher_decay is not None}
+    if not decays:
+        return None
+    if len(decays) > 1:
+        raise ConfigError(
+            f"terms: one EMA teacher is kept; the terms ask for decays {sorted(decays)}"
+        )
+    decay = decays.pop()
+
+    def ema(teacher: torch.Tensor, student: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+        a = min(1.0 - 1.0 / (float(n) + 1.0), decay)
+        return a * teacher + (1.0 - a) * student
+
+    teacher = AveragedModel(model, avg_fn=ema, use_buffers=True)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def select_rows(value: Any, rows: torch.Tensor) -> Any:

@@ -3,6 +3,7 @@ against the configuration and, when given, the data: one clear error naming who 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from mtlseg.config import RunConfig, build_dataclass
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from mtlseg.engine.data import PreparedData
 
 PAIR_SAMPLERS = ("pairs", "patient-pairs")
+log = logging.getLogger(__name__)
 
 
 def requirements(cfg: RunConfig) -> dict[str, tuple[str, Requirements]]:
@@ -54,6 +56,14 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
             )
     if data is None:
         return
+    if not data.split.get("unlabelled"):
+        lonely = [who for who, (_, req) in needs.items() if req.unlabelled_only]
+        if lonely:
+            log.warning(
+                "%s learn(s) from the unlabelled pool only, and there is none "
+                "(data.label_budget, data.unlabelled_dirs): training is labelled-only",
+                ", ".join(lonely),
+            )
     ann = data.annotations
     cases = [*data.split["train"], *data.split["val"]]
     dense = data.dataset.cases[0].dense

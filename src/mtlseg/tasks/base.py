@@ -44,6 +44,7 @@ class Requirements:
     model_input: str | None = None  # what the network must see (``model.input``)
     channels: int | None = None  # input channels the data must have (3: RGB)
     dense_channels: int = 1  # channels of the ``dense`` array
+    unlabelled_only: bool = False  # learns from the unlabelled pool only (a consistency term)
 
     @property
     def learns_without_annotation(self) -> bool:

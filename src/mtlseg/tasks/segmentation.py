@@ -150,6 +150,13 @@ class SegmentationTask(Task):
             ),
         )
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, C, *spatial) logits -> per-pixel probabilities: softmax over the classes, or
+        one sigmoid per foreground class (multilabel)."""
+        if self.params.mode == "softmax":
+            return logits.float().softmax(1)
+        return logits.float().sigmoid()
+
     def foreground_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) logits -> (B, K-1, *spatial) probability of each foreground class."""
         if self.params.mode == "softmax":

@@ -2,8 +2,8 @@
 this package registers every term module in it."""
 
 from mtlseg.registry import import_submodules
-from mtlseg.terms.base import TERMS, Term, build_terms
+from mtlseg.terms.base import TERMS, Term, TermContext, build_terms
 
 import_submodules(__name__)
 
-__all__ = ["TERMS", "Term", "build_terms"]
+__all__ = ["TERMS", "Term", "TermContext", "build_terms"]

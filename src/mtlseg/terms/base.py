@@ -7,6 +7,8 @@ and weight. Each term says which branches its gradient reaches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,9 +18,25 @@ from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 from mtlseg.tasks.base import Requirements, Task
 
+Forward = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TermContext:
+    """What a term may use besides the outputs and the batch: the training step and the run's
+    progress in [0, 1] (ramp-ups), the student's forward (for inputs of the term's own, e.g.
+    mixed images) and the EMA teacher's (no gradient; None unless some term asks for one)."""
+
+    step: int = 0
+    progress: float = 0.0
+    student: Forward | None = None
+    teacher: Forward | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
 
 class Term:
-    """Base class: ``Config`` (a dataclass of params), ``__call__(outputs, batch) -> scalar``."""
+    """Base class: ``Config`` (a dataclass of params), ``__call__(outputs, batch, ctx) ->
+    scalar``. ``teacher_decay`` (None: no teacher) asks the model for an EMA teacher."""
 
     Config: type = object
     requires: Requirements = Requirements()  # a term reads outputs: masks only if it says so
@@ -52,7 +70,14 @@ class Term:
             )
         return task
 
-    def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
+    @property
+    def teacher_decay(self) -> float | None:
+        """The EMA decay of the teacher this term reads (None: it needs none)."""
+        return None
+
+    def __call__(
+        self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -12,7 +12,7 @@ from mtlseg.config import TermConfig
 from mtlseg.tasks.base import Task
 from mtlseg.tasks.image_level import PresenceTask, mask_presence
 from mtlseg.tasks.segmentation import SegmentationTask
-from mtlseg.terms.base import TERMS, Term
+from mtlseg.terms.base import TERMS, Term, TermContext
 
 
 @dataclass
@@ -49,7 +49,9 @@ class SyncTerm(_SegmentationPresenceTerm):
     and foreground classes (a constant factor, folded into the term's weight).
     """
 
-    def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
+    def __call__(
+        self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext | None = None
+    ) -> torch.Tensor:
         logits = outputs[self.seg.name]
         with torch.no_grad():
             target = mask_presence(self.seg.decode(logits), self.seg.ctx.num_classes)
@@ -69,7 +71,9 @@ class BidirectionalSyncTerm(_SegmentationPresenceTerm):
     lands on each class's most probable pixel. Mean over classes and samples.
     """
 
-    def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
+    def __call__(
+        self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext | None = None
+    ) -> torch.Tensor:
         logits = outputs[self.seg.name]
         seg = self.seg.foreground_probabilities(logits).flatten(2).amax(-1)
         head = self.presence.probabilities(outputs[self.presence.name])

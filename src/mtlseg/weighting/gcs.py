@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torchjd.aggregation import WeightedAggregator, Weighting
+from torchjd.linalg import Matrix
 
 from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
@@ -31,15 +33,15 @@ def similarity_weights(matrix: torch.Tensor, primary: int, weighted: bool) -> to
     return weights
 
 
-class _Similarity(torch.nn.Module):
+class _Similarity(Weighting[Matrix]):
     """A torchjd ``Weighting`` of the Jacobian's rows (``similarity_weights``)."""
 
     def __init__(self, primary: int, weighted: bool) -> None:
         super().__init__()
         self.primary, self.weighted = primary, weighted
 
-    def forward(self, matrix: torch.Tensor) -> torch.Tensor:
-        return similarity_weights(matrix, self.primary, self.weighted)
+    def forward(self, stat: Matrix, /) -> torch.Tensor:
+        return similarity_weights(stat, self.primary, self.weighted)
 
 
 @WEIGHTINGS.register("gcs")
@@ -68,8 +70,6 @@ class GCSWeighting(AggregatorWeighting):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
-        from torchjd.aggregation import WeightedAggregator
-
         primary = self.aggregated.index(self.primary)
         return WeightedAggregator(_Similarity(primary, self.cfg.weighted))
 
