@@ -168,3 +168,22 @@ def test_the_pool_feeds_only_the_tasks_that_learn_without_annotation(kvasir_smal
     plain = _cfg("unet", kvasir_small, "data.label_budget=4")
     train_dl, _ = loaders(plain, prepare_data(plain.data))
     assert len(next(iter(train_dl))["image"]) == 4, "nothing learns from the pool: none drawn"
+
+
+def test_a_label_budget_sweep_draws_the_data_efficiency_curve(kvasir_small, tmp_path, capsys):
+    from PIL import Image
+
+    from mtlseg.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["compare", "--recipes", "unet", "unet-hog", "--data", str(kvasir_small), "--seeds", "1"]
+    argv += ["--out", str(out), "--label-budgets", "2", "all"]
+    for s in (*TINY_UNET, "train.max_steps=2", "train.val_every=2", "data.num_workers=0"):
+        argv += ["--set", s]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    train = json.loads((out / "budget-all" / "splits.json").read_text())["train"]
+    assert "| unet | 2 labelled: " in printed and f"| {len(train)} labelled: " in printed
+    pool = json.loads((out / "budget-2" / "unet-hog" / "seed0" / "splits.json").read_text())
+    assert len(pool["labelled"]) == 2 and len(pool["unlabelled"]) == len(train) - 2
+    assert Image.open(out / "efficiency.png").size == (720, 480)

@@ -209,20 +209,29 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from mtlseg.report.compare import compare, grid_points
+    from mtlseg.report.compare import compare, compare_budgets, grid_points
 
     if args.pairs and not args.grid:
         raise MtlsegError("--pairs pairs the values of --grid keys; give --grid too")
-    result = compare(
-        args.recipes,
-        args.data,
-        args.seeds,
-        Path(args.out),
-        args.set,
-        weightings=args.weightings,
-        single_task=args.single_task,
-        grid=grid_points(args.grid, args.pairs),
-    )
+    options = {
+        "weightings": args.weightings,
+        "single_task": args.single_task,
+        "grid": grid_points(args.grid, args.pairs),
+    }
+    if args.label_budgets:
+        sweep = compare_budgets(
+            args.recipes,
+            args.data,
+            args.seeds,
+            Path(args.out),
+            args.label_budgets,
+            args.set,
+            **options,
+        )
+        print(sweep["table"])
+        print(f"\nefficiency: {sweep['efficiency']}")
+        return
+    result = compare(args.recipes, args.data, args.seeds, Path(args.out), args.set, **options)
     print(result["table"])
     if result["weights"] is not None:
         print(f"loss weights: {result['weights']}")
@@ -382,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep: every recipe after the first (the baseline) runs once per value; several "
         "keys: their product; quote list values ('model.params.channels=[8,16],[16,32]'); "
         "or one YAML file holding a list of KEY: VALUE mappings (explicit combinations)",
+    )
+    p.add_argument(
+        "--label-budgets",
+        nargs="+",
+        metavar="B",
+        help="run the whole comparison once per data.label_budget (a count, a fraction, all), "
+        "in OUT/budget-B/, and draw efficiency.png (Dice against the labelled count)",
     )
     p.add_argument(
         "--pairs",

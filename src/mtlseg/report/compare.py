@@ -11,8 +11,14 @@ from typing import Any
 
 import torch
 
-from mtlseg.config import apply_override, load_config, load_recipe_dict, parse_override
+from mtlseg.config import (
+    apply_override,
+    load_config,
+    load_recipe_dict,
+    parse_override,
+)
 from mtlseg.data.dataset import SliceDataset
+from mtlseg.data.metadata import parse_case_id
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import evaluate, evaluate_cases, load_module
@@ -21,7 +27,7 @@ from mtlseg.engine.train import resume_checkpoint, train
 from mtlseg.errors import ConfigError
 from mtlseg.metrics import protocol
 from mtlseg.report.delta_m import delta_m
-from mtlseg.report.plots import plot_curves, plot_qualitative, plot_weights
+from mtlseg.report.plots import plot_curves, plot_efficiency, plot_qualitative, plot_weights
 from mtlseg.report.tables import (
     fmt_stat,
     markdown_table,
@@ -208,6 +214,65 @@ def score_checkpoint(ckpt: Path, data_path: str, data: PreparedData) -> dict[str
     pooled = ("pixel_accuracy", "f1/mean", "weighted_iou")
     scores.update({k: v for k, v in sized.items() if k.startswith("task/") or k in pooled})
     return scores
+
+
+def compare_budgets(
+    recipes: list[str],
+    data_path: str,
+    seeds: int,
+    out: Path | str,
+    budgets: list[str],
+    overrides: list[str] | tuple[str, ...] = (),
+    **options: Any,
+) -> dict:
+    """``compare`` once per label budget (``data.label_budget``: every recipe, the baseline
+    too, on the same split and seeded draw), each in ``out/budget-<b>/``, then the
+    data-efficiency curve: ``efficiency.png`` (Dice per volume, last checkpoint, against the
+    number of labelled patients or cases; the mean and the seeds' range per recipe) and
+    ``efficiency.md``."""
+    out = Path(out)
+    results: dict[str, dict] = {}
+    curves: dict[str, list[tuple[int, list[float]]]] = {}
+    for budget in budgets:
+        sets = [*overrides, f"data.label_budget={budget}"]
+        results[budget] = compare(
+            recipes, data_path, seeds, out / f"budget-{budget}", sets, **options
+        )
+        summary = json.loads(results[budget]["results"].read_text())
+        for name, runs in summary["runs"].items():
+            counts = [
+                _labelled_count(out / f"budget-{budget}" / name / f"seed{s}")
+                for s in range(len(runs))
+            ]
+            dice = [r["last"]["dice/mean"] for r in runs]
+            curves.setdefault(name, []).append((max(counts), dice))
+    figure = plot_efficiency(curves, out / "efficiency.png")
+    lines = ["| recipe | " + " | ".join(f"budget {b}" for b in budgets) + " |"]
+    lines.append("|" + "---|" * (len(budgets) + 1))
+    for name, points in curves.items():
+        cells = [f"{n} labelled: {fmt_stat(mean_std(d))}" for n, d in points]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = (
+        "Dice per volume (last checkpoint) against the label budget; the labelled count is "
+        "of patients (cases under split_mode case):\n\n" + "\n".join(lines)
+    )
+    (out / "efficiency.md").write_text(table + "\n")
+    return {"table": table, "budgets": results, "efficiency": figure}
+
+
+def _labelled_count(run_dir: Path) -> int:
+    """How many patients (cases when each is its own) a run's labelled training set holds."""
+    record = json.loads((run_dir / "splits.json").read_text())
+    cfg = load_config({"tasks": [{"kind": "segmentation"}]})
+    pattern = cfg.data.case_pattern
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        pattern = (
+            (yaml.safe_load(saved.read_text()) or {}).get("data", {}).get("case_pattern", pattern)
+        )
+    return len({parse_case_id(c, pattern)[0] for c in record["labelled"]})
 
 
 def compare(

@@ -48,6 +48,28 @@ def plot_curves(run_dirs: dict[str, list[Path]], out: Path, key: str = "val/dice
     return out
 
 
+def plot_efficiency(
+    curves: dict[str, list[tuple[int, list[float]]]], out: Path, ylabel: str = "Dice per volume"
+) -> Path:
+    """Data efficiency: per recipe, (labelled count, values over seeds) points, the mean as a
+    line and the seeds' range as a band, against the labelled count."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        points = sorted(points)
+        x = [n for n, _ in points]
+        values = [np.asarray(v, dtype=float) for _, v in points]
+        ax.plot(x, [v.mean() for v in values], marker="o", label=name)
+        ax.fill_between(x, [v.min() for v in values], [v.max() for v in values], alpha=0.2)
+    ax.set_xlabel("labelled patients (cases)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def read_train_columns(run_dir: Path, prefix: str) -> dict[str, tuple[list[int], list[float]]]:
     """Every ``train/<prefix>*`` column of a run's metrics.csv: {name: (steps, values)}."""
     path = run_dir / "logs" / "metrics.csv"
