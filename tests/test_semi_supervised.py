@@ -115,3 +115,29 @@ def test_mean_teacher_trains_on_the_pool_resumes_and_predicts_with_the_chosen_ne
             tmp_path / "alone",
         )
     assert "learn(s) from the unlabelled pool only, and there is none" in caplog.text
+
+
+def test_dtc_is_the_squared_gap_between_the_segmentation_and_the_distances_implied_one():
+    from mtlseg.engine.module import build_model_and_tasks
+    from mtlseg.terms import TermContext, build_terms
+
+    cfg = load_config("unet-dtc", [*TINY_UNET])
+    _, tasks = build_model_and_tasks(cfg, 1, 2)
+    (dtc,) = build_terms(cfg.terms, tasks)
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1] = torch.tensor([[4.0, -4.0], [0.0, 2.0]])  # foreground probabilities
+    distance = torch.tensor([[[[-0.2, 0.3], [0.0, -0.01]]]])  # negative inside
+    out = {
+        "segmentation": logits.clone().requires_grad_(),
+        "distance": distance.clone().requires_grad_(),
+    }
+    p = logits.softmax(1)[0, 1]
+    implied = torch.sigmoid(-1500.0 * distance[0, 0])
+    expected = ((implied - p) ** 2).mean()
+    done = TermContext(progress=1.0)  # past the ramp-up
+    loss = dtc(out, {}, done)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert out["segmentation"].grad.abs().sum() > 0 and out["distance"].grad.abs().sum() > 0
+    early = dtc(out, {}, TermContext(progress=0.0))
+    assert early.item() == pytest.approx(math.exp(-5) * expected.item(), rel=1e-6)
