@@ -11,7 +11,7 @@ from mtlseg.weighting import build_weighting
 
 def test_shipped_recipes_load_and_are_the_decided_set():
     paper000 = {"unet", "unet-hog", "u2net", "u2net-hog"}
-    issue21 = {"unet-position", "unet-mean-teacher", "unet-dtc"}
+    issue21 = {"unet-position", "unet-mean-teacher", "unet-dtc", "unet-bcp"}
     paper001 = {"small-unet", "small-unet-position", "small-unet-contrastive"}
     paper001 |= {"small-unet-film", "big-unet"}
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}
@@ -78,7 +78,7 @@ def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
         match="unknown weighting .nash.; valid weightings: aligned-mtl, cagrad, constant, decay, "
-        "dwa, equal, famo, fixed, gradnorm, imtl-g, mgda, nash-mtl, pcgrad, rlw, softadapt, upgrad, "
+        "dwa, equal, famo, fixed, gcs, gradnorm, imtl-g, mgda, nash-mtl, pcgrad, rlw, softadapt, upgrad, "
         "uw$",
     ):
         build_weighting("nash", {}, {}, "segmentation")

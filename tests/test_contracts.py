@@ -196,11 +196,13 @@ def test_every_term_gives_a_finite_loss_and_declares_its_needs(kind):
     cls = TERMS.get(kind)
     tasks = [{"kind": k} for k in cls.example_tasks] or [{"kind": "segmentation"}]
     module = _module(tasks, terms=[{"kind": kind}])
+    (term,) = module.terms
     batch = _batch()
+    if term.needs.mixes_pool:  # two labelled images and two of the pool
+        batch["labelled"] = torch.tensor([True, True, False, False])
     out = module.compute_losses(batch)
     assert torch.isfinite(out.losses[kind])
-    (term,) = module.terms
-    if not cls.requires.masks:  # a term that needs no mask runs on an image without one
+    if not term.needs.masks:  # a term that needs no mask runs on an image without one
         outputs = module.model(batch["image"])
         unlabelled = {k: v for k, v in batch.items() if k != "mask"}
         assert torch.isfinite(term(outputs, unlabelled, module.term_context(0)))

@@ -141,3 +141,181 @@ def test_dtc_is_the_squared_gap_between_the_segmentation_and_the_distances_impli
     assert out["segmentation"].grad.abs().sum() > 0 and out["distance"].grad.abs().sum() > 0
     early = dtc(out, {}, TermContext(progress=0.0))
     assert early.item() == pytest.approx(math.exp(-5) * expected.item(), rel=1e-6)
+
+
+# --- bidirectional copy-paste (Bai et al. 2023) --------------------------------------------
+
+
+def _bcp(*extra: str):
+    from mtlseg.engine.module import build_model_and_tasks
+    from mtlseg.terms import build_terms
+
+    cfg = load_config("unet-bcp", [*TINY_UNET, *extra])
+    _, tasks = build_model_and_tasks(cfg, 1, 2)
+    pretrain, selftrain = build_terms(cfg.terms, tasks)
+    return pretrain, selftrain
+
+
+def _masked_dice_ce(logits, target, region):
+    """SSL4MIS's masked Dice (mean over classes, background included) and masked CE, by
+    hand with numpy."""
+    import numpy as np
+
+    lg = logits.double().numpy()
+    p = np.exp(lg) / np.exp(lg).sum(1, keepdims=True)
+    t, r = target.numpy(), np.broadcast_to(region.numpy(), t_shape := target.shape)
+    dice = 0.0
+    for c in range(lg.shape[1]):
+        y = (t == c).astype(float)
+        inter = (p[:, c] * y * r).sum()
+        dice += 1 - (2 * inter + 1e-10) / ((p[:, c] ** 2 * r).sum() + (y * r).sum() + 1e-10)
+    dice /= lg.shape[1]
+    nll = -np.log(np.take_along_axis(p, t[:, None], 1)[:, 0])
+    ce = (nll * r).sum() / r.sum()
+    assert r.shape == t_shape
+    return dice, ce
+
+
+def test_bcp_region_loss_is_ssl4mis_masked_dice_and_masked_ce():
+    from mtlseg.terms.bcp import RegionLoss
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 5, 5, generator=g)
+    target = torch.randint(0, 3, (2, 5, 5), generator=g)
+    region = torch.zeros(5, 5)
+    region[1:4, :3] = 1
+    dice, ce = RegionLoss(None)(logits, target, region)
+    want_dice, want_ce = _masked_dice_ce(logits, target, region)
+    assert dice.item() == pytest.approx(want_dice, rel=1e-5)
+    assert ce.item() == pytest.approx(want_ce, rel=1e-5)
+    # an ignored class drops out of the region
+    ignored = RegionLoss(2)(logits, target, region)
+    keep = region * (target != 2)
+    want = _masked_dice_ce(logits, torch.where(target == 2, 0, target), keep)
+    assert ignored[1].item() == pytest.approx(want[1], rel=1e-5)
+
+
+def test_bcp_box_mask_is_one_box_of_two_thirds_the_side():
+    from mtlseg.terms.bcp import box_mask
+
+    m = box_mask(12, 9, 2 / 3, torch.device("cpu"), torch.Generator().manual_seed(3))
+    zeros = (m == 0).nonzero()
+    assert len(zeros) == 8 * 6
+    rows, cols = zeros[:, 0], zeros[:, 1]
+    assert rows.max() - rows.min() == 7 and cols.max() - cols.min() == 5  # one rectangle
+    assert set(m.unique().tolist()) == {0.0, 1.0}
+
+
+class _Recorder:
+    """A network stand-in: records its inputs, answers fixed logits."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits, self.inputs = logits, []
+
+    def __call__(self, x, meta=None):
+        self.inputs.append(x.clone())
+        return {"segmentation": self.logits[: x.shape[0]].clone().requires_grad_()}
+
+
+def test_bcp_mixes_labelled_and_pool_images_both_ways_and_weights_the_pseudo_labels():
+    from mtlseg.terms import TermContext
+
+    _, term = _bcp("terms.1.params.largest_component=false", "terms.1.params.box=0.5")
+    h = w = 6
+    x = torch.arange(4.0)[:, None, None, None].expand(4, 1, h, w).clone()  # image i == i
+    mask = torch.zeros(4, h, w, dtype=torch.long)
+    mask[0] = 1  # labelled a: all foreground, labelled b: all background
+    batch = {"image": x, "mask": mask, "labelled": torch.tensor([True, True, False, False])}
+    g = torch.Generator().manual_seed(5)
+    student = _Recorder(torch.randn(2, 2, h, w, generator=g))
+    teacher = _Recorder(torch.zeros(1, 2, h, w))
+    teacher.logits[0, 1] = 5.0  # u_a: foreground everywhere ...
+    seen = teacher.__call__
+
+    def teacher_fn(x, meta=None):  # ... u_b (image value 3): background
+        out = seen(x, meta)
+        return {"segmentation": -out["segmentation"]} if x[0, 0, 0, 0] == 3 else out
+
+    ctx = TermContext(student=student, teacher=teacher_fn, generator=torch.Generator())
+    loss = term({}, batch, ctx)
+    from mtlseg.terms.bcp import box_mask
+
+    m = box_mask(h, w, 0.5, torch.device("cpu"), torch.Generator())
+    outward, inward = student.inputs
+    # outward: the pool's u_a (value 2) outside the box, labelled a (value 0) inside
+    assert torch.equal(outward[0, 0], torch.where(m.bool(), 2.0, 0.0))
+    # inward: labelled b (value 1) outside, the pool's u_b (value 3) inside
+    assert torch.equal(inward[0, 0], torch.where(m.bool(), 1.0, 3.0))
+    assert [t[0, 0, 0, 0].item() for t in teacher.inputs] == [2.0, 3.0]
+    lg = student.logits[:1]
+    ones, zeros = torch.ones(1, h, w, dtype=torch.long), torch.zeros(1, h, w, dtype=torch.long)
+    parts = [
+        (ones, m, 0.5),  # u_a's pseudo-label (fg) outside, alpha
+        (ones, 1 - m, 1.0),  # a's mask (fg) inside
+        (zeros, m, 1.0),  # b's mask (bg) outside
+        (zeros, 1 - m, 0.5),  # u_b's pseudo-label (bg) inside, alpha
+    ]
+    want = sum(wt * sum(_masked_dice_ce(lg, t, r)) for t, r, wt in parts) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_bcp_pseudo_labels_keep_the_largest_component_of_each_class():
+    _, term = _bcp()
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[0, 1, 0:2, 0:2] = 5.0  # a small blob
+    logits[0, 1, 4:8, 3:8] = 5.0  # the large one
+    labels = term.pseudo_labels(lambda x, meta: {"segmentation": logits}, torch.zeros(1), None)
+    want = torch.zeros(1, 8, 8, dtype=torch.long)
+    want[0, 4:8, 3:8] = 1
+    assert torch.equal(labels, want)
+
+
+def test_bcp_pretrains_then_self_trains_from_the_pretrained_student_as_teacher():
+    stages = "[{steps: 2, terms: [bcp-pretrain]}, {terms: [bcp], reset_teacher: true}]"
+    sets = [*TINY_UNET, f"train.stages={stages}"]
+    torch.manual_seed(0)
+    cfg = load_config("unet-bcp", sets)
+    module = MultiTaskModule(cfg.to_dict(), 3, CLASSES).train()
+    opt = torch.optim.SGD(module.model.parameters(), lr=0.1)
+    assert module.seg_task.name in module.terms[0].replaces
+    out = module.optimisation_step(_batch(6, 4), opt, 0)
+    assert set(out.losses) == {"bcp-pretrain"}, "the segmentation's own loss is not computed"
+    module.optimisation_step(_batch(6, 4), opt, 1)
+    student = {k: v.clone() for k, v in module.model.state_dict().items()}
+    module.enter_stage(2)  # the self-training stage starts: the teacher is the student
+    for k, v in module.teacher.module.state_dict().items():
+        assert torch.equal(v, student[k]), k
+    out = module.optimisation_step(_batch(6, 4), opt, 2)
+    assert set(out.losses) == {"bcp"}
+    name = "backbone.out.conv.conv.weight"
+    after = dict(module.model.named_parameters())[name].detach()
+    # a fixed decay from the pre-trained copy: 0.99 teacher + 0.01 student
+    want = 0.99 * student[name] + 0.01 * after
+    assert torch.allclose(dict(module.teacher.module.named_parameters())[name], want, atol=1e-6)
+    module.enter_stage(3)  # within a stage: no reset
+    assert not torch.equal(dict(module.teacher.module.named_parameters())[name], after)
+
+
+def test_bcp_trains_resumes_exactly_and_needs_a_pool(kvasir_small, tmp_path):
+    from mtlseg.engine.checkpoint import load_checkpoint
+    from mtlseg.errors import ConfigError, DataError
+
+    sets = [*TINY_UNET, f"data.path={kvasir_small}", "data.label_budget=4"]
+    sets += ["train.val_every=2", "data.num_workers=0", "train.scheduler=step", "train.warmup=0"]
+    # stages in steps (a fraction would move with the shortened plan of the cut run); the
+    # cut falls within the self-training stage
+    stages = "[{steps: 2, terms: [bcp-pretrain]}, {terms: [bcp], reset_teacher: true}]"
+    sets += ["data.val_fraction=0.25", f"train.stages={stages}"]
+    full = train(load_config("unet-bcp", [*sets, "train.max_steps=5"]), tmp_path / "full")
+    train(load_config("unet-bcp", [*sets, "train.max_steps=3"]), tmp_path / "split")
+    half = train(load_config("unet-bcp", [*sets, "train.max_steps=5"]), tmp_path / "split", True)
+    a = load_checkpoint(full.last_checkpoint)["state_dict"]
+    b = load_checkpoint(half.last_checkpoint)["state_dict"]
+    assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    with pytest.raises(DataError, match="terms.bcp mix\\(es\\) labelled images with the unlab"):
+        train(load_config("unet-bcp", [*TINY_UNET, f"data.path={kvasir_small}"]), tmp_path / "x")
+    with pytest.raises(ConfigError, match="weighting 'gcs' needs the 'segmentation' loss"):
+        gcs = load_config("unet-bcp", [*TINY_UNET, "weighting.kind=gcs"])
+        MultiTaskModule(gcs.to_dict(), 3, CLASSES)

@@ -141,7 +141,7 @@ def test_2d_only_recipes_and_data_are_refused_in_3d(acdc_labelled, kvasir_small)
         build_model_and_tasks(cfg, 1, 4)
     cfg = load_config("unet3d", TINY_3D)
     cfg.tasks.append(type(cfg.tasks[0])(kind="hog"))
-    with pytest.raises(ConfigError, match=r"task 'hog' \(hog\) works on 2D data only"):
+    with pytest.raises(ConfigError, match=r"tasks.hog \(hog\) works on 2D data only"):
         build_model_and_tasks(cfg, 1, 4)
     with pytest.raises(ConfigError, match=r"data.patch_size \[32, 32, 3\]: unet3d needs sizes"):
         build_model_and_tasks(

@@ -177,6 +177,12 @@ class MultiTaskModule(pl.LightningModule):
             self.tasks[0].name,
             {t.name: t.likelihood for t in weighed},
         )
+        replacing = [t.name for t in self.terms if self.tasks[0].name in t.replaces]
+        if replacing and self.weighting.needs_primary_loss:
+            raise ConfigError(
+                f"weighting {self.cfg.weighting.kind!r} needs the {self.tasks[0].name!r} loss "
+                f"every step; terms {', '.join(replacing)} replace it (use weighting fixed)"
+            )
         self._pending: StepLosses | None = None
         self._run_progress: RunProgress | None = None
         self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
@@ -256,16 +262,22 @@ class MultiTaskModule(pl.LightningModule):
         """The public training step's forward: every task's and cross-task term's loss that
         trains at ``step`` (all when None), the backbone's features, and the weighting's
         total (what is logged as ``train/loss``). A non-finite loss is an error naming it."""
-        x = batch["image"]
-        for task in self.tasks:  # e.g. denoising trains every task on a noisy input
-            x = task.training_input(x)
-        outputs, features = self.model.forward_with_features(x, batch.get("meta"))
         tasks, terms = self.tasks, self.terms
         if step is not None:
+            self.enter_stage(step)
             names = self.stages.active(step, [t.name for t in tasks], "tasks")
             tasks = [t for t in tasks if t.name in names]
             names = self.stages.active(step, [t.name for t in terms], "terms")
             terms = [t for t in terms if t.name in names]
+        replaced = {name for term in terms for name in term.replaces}
+        tasks = [t for t in tasks if t.name not in replaced]
+        outputs: dict[str, Any] = {}
+        features: dict[str, torch.Tensor] = {}
+        if tasks or any(term.reads_outputs for term in terms):
+            x = batch["image"]
+            for task in tasks:  # e.g. denoising trains every task on a noisy input
+                x = task.training_input(x)
+            outputs, features = self.model.forward_with_features(x, batch.get("meta"))
         # a task that needs an annotation learns from the labelled rows only (the pool's
         # rows carry zero masks for batching, never read)
         labelled = batch.get("labelled")
@@ -274,11 +286,11 @@ class MultiTaskModule(pl.LightningModule):
             annotated = (select_rows(outputs, labelled), select_rows(batch, labelled))
         losses = {}
         for t in tasks:
-            out, b = (outputs, batch) if t.needs.learns_without_annotation else annotated
+            out, b = (outputs, batch) if t.needs.reads_whole_batch else annotated
             losses[t.name] = t.loss(t.output(out), t.target(b))
         ctx = self.term_context(step or 0)
         for term in terms:
-            out, b = (outputs, batch) if term.needs.learns_without_annotation else annotated
+            out, b = (outputs, batch) if term.needs.reads_whole_batch else annotated
             losses[term.name] = term(out, b, ctx)
         for name, value in losses.items():
             if not torch.isfinite(value):
@@ -288,6 +300,23 @@ class MultiTaskModule(pl.LightningModule):
                 )
         total = self.weighting(losses, step or 0, self.current_epoch)
         return StepLosses(losses, features, total)
+
+    def enter_stage(self, step: int) -> None:
+        """What a stage does at its first step: a stage with ``reset_teacher`` makes the EMA
+        teacher a copy of the student (decided by the step alone, so a resumed run does it
+        exactly once)."""
+        stage = self.stages.stage(step)
+        if self.teacher is None or stage is None or not stage.reset_teacher:
+            return
+        if self.stages.starts(step):
+            with torch.no_grad():
+                for mine, theirs in zip(
+                    self.teacher.module.state_dict().values(),
+                    self.model.state_dict().values(),
+                    strict=True,
+                ):
+                    mine.copy_(theirs)
+            self.teacher.n_averaged.fill_(1)  # the copy counts as its first average
 
     def apply_update(self, step: StepLosses, scale: float = 1.0) -> None:
         """The public training step's backward: fill every parameter's ``.grad`` as the
@@ -335,7 +364,10 @@ class MultiTaskModule(pl.LightningModule):
                 with torch.no_grad():
                     return network(x, meta)
 
-        return TermContext(step, self._progress_now(step), self.model, teacher)
+        generator = torch.Generator().manual_seed(
+            (self.cfg.train.seed * 1_000_003 + step) * 64 + self.global_rank
+        )
+        return TermContext(step, self._progress_now(step), self.model, teacher, generator)
 
     def _progress_now(self, step: int) -> float:
         """The run's progress at ``step`` in [0, 1] (the LR schedule's measure)."""
@@ -501,21 +533,21 @@ class MultiTaskModule(pl.LightningModule):
 
 
 def build_teacher(model: MultiTaskModel, terms: list[Term]) -> AveragedModel | None:
-    """The EMA teacher the terms ask for (one, shared), or None. torch's ``AveragedModel``:
-    teacher = a * teacher + (1 - a) * student after each step, with a = min(1 - 1 / (n + 1),
-    decay) for its n-th update (Tarvainen & Valpola's ramp, as SSL4MIS), parameters and
-    buffers (batch-norm statistics) alike; checkpointed with the module."""
-    decays = {t.teacher_decay for t in terms if t.teacher_decay is not None}
-    if not decays:
+    """The EMA teacher the terms ask for (one, shared), or None. torch's ``AveragedModel``
+    over parameters and buffers (batch-norm statistics) alike, averaged as the terms'
+    ``TeacherSpec`` says; checkpointed with the module."""
+    specs = {t.teacher for t in terms if t.teacher is not None}
+    if not specs:
         return None
-    if len(decays) > 1:
+    if len(specs) > 1:
         raise ConfigError(
-            f"terms: one EMA teacher is kept; the terms ask for decays {sorted(decays)}"
+            "terms: one EMA teacher is kept; the terms ask for "
+            + ", ".join(f"decay {s.decay} (ramp {s.ramp})" for s in specs)
         )
-    decay = decays.pop()
+    spec = specs.pop()
 
     def ema(teacher: torch.Tensor, student: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
-        a = min(1.0 - 1.0 / (float(n) + 1.0), decay)
+        a = min(1.0 - 1.0 / (float(n) + 1.0), spec.decay) if spec.ramp else spec.decay
         return a * teacher + (1.0 - a) * student
 
     teacher = AveragedModel(model, avg_fn=ema, use_buffers=True)

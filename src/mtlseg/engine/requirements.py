@@ -39,10 +39,10 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
     a dense array, metadata fields), naming the file, the task and the way out."""
     needs = requirements(cfg)
     for who, (kind, req) in needs.items():
-        if who.startswith("tasks.") and cfg.data.dims not in req.dims:
+        if cfg.data.dims not in req.dims:
             raise ConfigError(
-                f"data.dims={cfg.data.dims}: task {who.removeprefix('tasks.')!r} ({kind}) works "
-                f"on {' and '.join(f'{d}D' for d in req.dims)} data only"
+                f"data.dims={cfg.data.dims}: {who} ({kind}) works on "
+                f"{' and '.join(f'{d}D' for d in req.dims)} data only"
             )
         if req.model_input is not None and cfg.model.input != req.model_input:
             raise ConfigError(
@@ -57,6 +57,13 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
     if data is None:
         return
     if not data.split.get("unlabelled"):
+        mixing = [who for who, (_, req) in needs.items() if req.mixes_pool]
+        if mixing:
+            raise DataError(
+                f"{data.index.root}: {', '.join(mixing)} mix(es) labelled images with the "
+                "unlabelled pool's, and there is none: set data.label_budget (the rest of the "
+                "training cases become the pool) or data.unlabelled_dirs"
+            )
         lonely = [who for who, (_, req) in needs.items() if req.unlabelled_only]
         if lonely:
             log.warning(
@@ -102,5 +109,5 @@ def unlabelled_batch_size(cfg: RunConfig, pool_size: int) -> int:
     some task or term learns without annotation (else 0: the pool would teach nothing)."""
     if cfg.train.unlabelled_batch_size is not None:
         return cfg.train.unlabelled_batch_size
-    useful = any(req.learns_without_annotation for _, req in requirements(cfg).values())
+    useful = any(req.reads_whole_batch for _, req in requirements(cfg).values())
     return cfg.train.batch_size if pool_size > 0 and useful else 0

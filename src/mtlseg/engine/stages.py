@@ -43,6 +43,10 @@ class StagePlan:
         position = self.progress(step) if self.unit == "fraction" and self.progress else step
         return bisect.bisect_right(self.ends, position)
 
+    def starts(self, step: int) -> bool:
+        """Whether ``step`` is the first step of a stage after the first."""
+        return step > 0 and self.index(step) != self.index(step - 1)
+
     def stage(self, step: int) -> StageConfig | None:
         return self.stages[self.index(step)] if self.stages else None
 

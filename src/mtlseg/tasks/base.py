@@ -45,12 +45,20 @@ class Requirements:
     channels: int | None = None  # input channels the data must have (3: RGB)
     dense_channels: int = 1  # channels of the ``dense`` array
     unlabelled_only: bool = False  # learns from the unlabelled pool only (a consistency term)
+    # reads the labelled and the pool's rows of one batch together (BCP mixes them), telling
+    # them apart by ``batch["labelled"]``; it cannot train without a pool
+    mixes_pool: bool = False
 
     @property
     def learns_without_annotation(self) -> bool:
         """Whether it learns from an image of the unlabelled pool: it reads no mask, labels
         column or dense array, and needs no pair batches (pairs come from labelled cases)."""
         return not (self.masks or self.labels or self.dense or self.pairs)
+
+    @property
+    def reads_whole_batch(self) -> bool:
+        """Whether it sees the pool's rows too (else the labelled rows only)."""
+        return self.learns_without_annotation or self.mixes_pool
 
 
 class Task:

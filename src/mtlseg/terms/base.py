@@ -21,26 +21,45 @@ from mtlseg.tasks.base import Requirements, Task
 Forward = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The EMA teacher a term reads: teacher = a * teacher + (1 - a) * student after each
+    step, a = ``decay``, or with ``ramp`` a = min(1 - 1 / (n + 1), decay) at the n-th update
+    (Tarvainen & Valpola's ramp, as SSL4MIS; BCP keeps a fixed 0.99)."""
+
+    decay: float
+    ramp: bool = True
+
+
 @dataclass
 class TermContext:
     """What a term may use besides the outputs and the batch: the training step and the run's
     progress in [0, 1] (ramp-ups), the student's forward (for inputs of the term's own, e.g.
-    mixed images) and the EMA teacher's (no gradient; None unless some term asks for one)."""
+    mixed images), the EMA teacher's (no gradient; None unless some term asks for one) and
+    a CPU generator seeded by the run's seed, the step and the process, for the term's
+    random draws (noise, boxes): a resumed run draws exactly what the uninterrupted one did."""
 
     step: int = 0
     progress: float = 0.0
     student: Forward | None = None
     teacher: Forward | None = None
+    generator: torch.Generator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Term:
     """Base class: ``Config`` (a dataclass of params), ``__call__(outputs, batch, ctx) ->
-    scalar``. ``teacher_decay`` (None: no teacher) asks the model for an EMA teacher."""
+    scalar``. ``teacher`` (None: no teacher) asks the model for an EMA teacher; ``replaces``
+    names the tasks whose own loss the term stands in for while it trains (BCP supervises
+    the segmentation on its mixed images only); a term with ``reads_outputs = False`` runs
+    the student on inputs of its own (``ctx.student``), so a step whose tasks are all
+    replaced skips the forward of the batch."""
 
     Config: type = object
-    requires: Requirements = Requirements()  # a term reads outputs: masks only if it says so
+    # a term reads outputs (masks only if it says so), of 2D or 3D networks
+    requires: Requirements = Requirements(dims=(2, 3))
     likelihood: str = "classification"  # the form uncertainty weighting gives it
+    reads_outputs: bool = True  # reads the model's outputs of the batch
     # kinds of the tasks its default params name (each task named as its kind): an example
     # recipe for the contract tests
     example_tasks: tuple[str, ...] = ()
@@ -71,9 +90,14 @@ class Term:
         return task
 
     @property
-    def teacher_decay(self) -> float | None:
-        """The EMA decay of the teacher this term reads (None: it needs none)."""
+    def teacher(self) -> TeacherSpec | None:
+        """The EMA teacher this term reads (None: it needs none)."""
         return None
+
+    @property
+    def replaces(self) -> tuple[str, ...]:
+        """The tasks whose own loss is not computed while this term trains."""
+        return ()
 
     def __call__(
         self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext

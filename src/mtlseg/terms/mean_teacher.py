@@ -12,7 +12,7 @@ import torch
 from mtlseg.config import TermConfig
 from mtlseg.tasks.base import Requirements, Task
 from mtlseg.tasks.segmentation import SegmentationTask
-from mtlseg.terms.base import TERMS, Term, TermContext
+from mtlseg.terms.base import TERMS, TeacherSpec, Term, TermContext
 
 
 @dataclass
@@ -59,11 +59,11 @@ class MeanTeacherTerm(Term):
 
     @classmethod
     def requirements(cls, params: Any) -> Requirements:
-        return Requirements(unlabelled_only=not params.labelled)
+        return Requirements(unlabelled_only=not params.labelled, dims=(2, 3))
 
     @property
-    def teacher_decay(self) -> float | None:
-        return self.params.decay
+    def teacher(self) -> TeacherSpec:
+        return TeacherSpec(self.params.decay)
 
     def __call__(
         self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext
@@ -75,7 +75,8 @@ class MeanTeacherTerm(Term):
         x = batch["image"][rows]
         meta = batch.get("meta")
         std = self.params.noise
-        noise = (torch.randn_like(x) * std).clamp(-2 * std, 2 * std)
+        noise = torch.randn(x.shape, generator=ctx.generator).to(x.device, x.dtype)
+        noise = (noise * std).clamp(-2 * std, 2 * std)
         teacher = ctx.teacher(x + noise, meta[rows] if meta is not None else None)
         student = self.seg.probabilities(logits[rows])
         target = self.seg.probabilities(teacher[self.seg.name]).detach()

@@ -53,6 +53,8 @@ class Weighting(nn.Module):
     # engine switches DDP's reducer off, the method averages what it reads over the processes
     # (``average_over_processes``) and the engine then averages every ``.grad`` once
     syncs_gradients: bool = False
+    # it needs the primary task's loss every step (GCS gates by its gradient)
+    needs_primary_loss: bool = False
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class GCSWeighting(AggregatorWeighting):
     ``gated_<task>``, the share of steps so far whose gradient was left out."""
 
     Config = GCSParams
+    needs_primary_loss = True
     gated: torch.Tensor  # (K,) steps each loss was left out
     steps: torch.Tensor
 
