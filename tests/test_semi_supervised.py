@@ -296,9 +296,11 @@ def test_bcp_pretrains_then_self_trains_from_the_pretrained_student_as_teacher()
     assert not torch.equal(dict(module.teacher.module.named_parameters())[name], after)
 
 
-def test_bcp_trains_resumes_exactly_and_needs_a_pool(kvasir_small, tmp_path):
+def test_bcp_trains_resumes_exactly_and_without_a_pool_trains_labelled_only(
+    kvasir_small, tmp_path, caplog
+):
     from mtlseg.engine.checkpoint import load_checkpoint
-    from mtlseg.errors import ConfigError, DataError
+    from mtlseg.errors import ConfigError
 
     sets = [*TINY_UNET, f"data.path={kvasir_small}", "data.label_budget=4"]
     sets += ["train.val_every=2", "data.num_workers=0", "train.scheduler=step", "train.warmup=0"]
@@ -314,8 +316,15 @@ def test_bcp_trains_resumes_exactly_and_needs_a_pool(kvasir_small, tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
-    with pytest.raises(DataError, match="terms.bcp mix\\(es\\) labelled images with the unlab"):
-        train(load_config("unet-bcp", [*TINY_UNET, f"data.path={kvasir_small}"]), tmp_path / "x")
+    # no pool (every label kept: the top of a label-budget sweep): a warning, then the
+    # self-training stage mixes labelled images only, as the pre-training does
+    no_pool = [*sets, "data.label_budget=all", "train.max_steps=3"]
+    with caplog.at_level("WARNING"):
+        run = train(load_config("unet-bcp", no_pool), tmp_path / "x")
+    assert "terms.bcp mix(es) labelled images with the unlabelled pool's, and there is none" in (
+        caplog.text
+    )
+    assert load_checkpoint(run.last_checkpoint)["global_step"] == 3  # past the pre-training
     with pytest.raises(ConfigError, match="weighting 'gcs' needs the 'segmentation' loss"):
         gcs = load_config("unet-bcp", [*TINY_UNET, "weighting.kind=gcs"])
         MultiTaskModule(gcs.to_dict(), 3, CLASSES)

@@ -59,10 +59,11 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
     if not data.split.get("unlabelled"):
         mixing = [who for who, (_, req) in needs.items() if req.mixes_pool]
         if mixing:
-            raise DataError(
-                f"{data.index.root}: {', '.join(mixing)} mix(es) labelled images with the "
-                "unlabelled pool's, and there is none: set data.label_budget (the rest of the "
-                "training cases become the pool) or data.unlabelled_dirs"
+            log.warning(
+                "%s mix(es) labelled images with the unlabelled pool's, and there is none "
+                "(data.label_budget, data.unlabelled_dirs): training is labelled-only, the "
+                "mixing on labelled images alone",
+                ", ".join(mixing),
             )
         lonely = [who for who, (_, req) in needs.items() if req.unlabelled_only]
         if lonely:

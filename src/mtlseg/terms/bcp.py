@@ -120,7 +120,8 @@ class BidirectionalCopyPaste(Term):
     makes it the pre-trained student, as the authors initialise it.
 
     ``pool: false`` is the authors' pre-training: X = a * M + b * (1 - M) from two labelled
-    images, both regions with weight 1, no teacher, no pool.
+    images, both regions with weight 1, no teacher, no pool. A self-training term given no
+    pool (a run without one: ``check_requirements`` warns) mixes the same way: labelled-only.
 
     The term's loss is the segmentation's supervision: the task's own loss on the batch is
     not computed while it trains (``replaces``), and it runs the student on its mixed
@@ -182,7 +183,7 @@ class BidirectionalCopyPaste(Term):
         labelled = flags.nonzero()[:, 0]
         pool = (~flags).nonzero()[:, 0]
         m = box_mask(x.shape[-2], x.shape[-1], self.params.box, x.device, ctx.generator)
-        if not self.params.pool:
+        if not self.params.pool or len(pool) == 0:  # pre-training, or no pool at all
             n = len(labelled) // 2
             self._need(n, len(labelled), None)
             a, b = labelled[:n], labelled[n : 2 * n]
