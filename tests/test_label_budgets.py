@@ -65,7 +65,7 @@ def test_patients_are_labelled_together_and_drawn_by_the_seed(tmp_path):
         resolve_label_budget(tmp_path, train, patients, 3, "case", 0)
 
 
-def test_acdc_uses_ssl4mis_budgets_and_the_run_records_the_pool(tmp_path):
+def test_acdc_uses_ssl4mis_budgets_and_the_run_records_the_pool(tmp_path, caplog):
     """ACDC's label_budgets.json lists SSL4MIS's 3 patients: used as is, the other training
     patients become the pool, recorded in the run's splits.json with their source."""
     _require(ACDC)
@@ -83,7 +83,9 @@ def test_acdc_uses_ssl4mis_budgets_and_the_run_records_the_pool(tmp_path):
     split = {"train": [c for c in cases if c not in val], "val": val}
     (root / "splits.json").write_text(json.dumps(split))
     cfg = _cfg("unet-hog", root, "data.label_budget=3", "train.max_steps=1")
-    data = prepare_data(cfg.data)
+    with caplog.at_level("WARNING"):
+        data = prepare_data(cfg.data)
+    assert "in no split" not in caplog.text, "the pool is used, not left out"
     assert {c.split("_")[0] for c in data.split["train"]} == set(three)
     assert {c.split("_")[0] for c in data.split["unlabelled"]} == set(pool_patients)
     assert "label_budgets.json (3 patients)" in data.label_source

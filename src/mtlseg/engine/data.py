@@ -74,8 +74,8 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     in_val = sorted(unmasked & set(split["val"]))
     if in_val:
         raise DataError(f"{index.root}: val case(s) without a mask: {in_val[:5]}")
-    validate_split(
-        {k: split[k] for k in ("train", "val")},
+    validate_split(  # the pool is used: its cases are not "in no split"
+        {"train": [*split["train"], *split["unlabelled"]], "val": split["val"]},
         [*masked, *unmasked],
         "recorded split" if source == "given" else source,
         allow_unlisted=True,
