@@ -110,14 +110,17 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"{index.root}: split {name!r} has no samples")
+    pool_samples = len(train.indices(labelled=False)) if isinstance(train, SliceDataset) else 0
     log.info(
-        "data %s: %d train / %d val samples (%s); %d unlabelled case(s) in the pool (labelled: %s)",
+        "data %s: %d labelled train samples, %d of the pool (%d case(s); labelled: %s) / "
+        "%d val samples (%s)",
         index.root,
-        len(train),
-        len(val),
-        source,
+        len(train) - pool_samples,
+        pool_samples,
         len(pool),
         budget_source,
+        len(val),
+        source,
     )
     return PreparedData(
         index,
