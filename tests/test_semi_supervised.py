@@ -12,6 +12,7 @@ from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import load_module
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.train import loaders, train
+from mtlseg.errors import ConfigError
 from mtlseg.terms.mean_teacher import sigmoid_rampup
 from tests.conftest import TINY_UNET
 
@@ -141,6 +142,24 @@ def test_dtc_is_the_squared_gap_between_the_segmentation_and_the_distances_impli
     assert out["segmentation"].grad.abs().sum() > 0 and out["distance"].grad.abs().sum() > 0
     early = dtc(out, {}, TermContext(progress=0.0))
     assert early.item() == pytest.approx(math.exp(-5) * expected.item(), rel=1e-6)
+
+
+def test_dtcs_distance_head_is_one_1x1_conv_on_the_last_decoder_stage():
+    """unet-dtc's distance head is the authors' output layer: a 1x1 conv of the full-size
+    decoder feature, nothing between (``hidden: 0``)."""
+    from mtlseg.engine.module import build_model_and_tasks
+
+    cfg = load_config("unet-dtc", [*TINY_UNET])
+    model, _ = build_model_and_tasks(cfg, 1, 4)
+    head = model.heads["distance"]
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].kernel_size == (1, 1)
+    feature = torch.randn(2, convs[0].in_channels, 32, 32)
+    expected = torch.nn.functional.conv2d(feature, convs[0].weight, convs[0].bias)
+    assert torch.allclose(head({head.feature: feature}), expected, atol=1e-6)
+    bad = load_config("unet-dtc", [*TINY_UNET, "tasks.1.params.hidden=-1"])
+    with pytest.raises(ConfigError, match="hidden must be >= 0"):
+        build_model_and_tasks(bad, 1, 4)
 
 
 # --- bidirectional copy-paste (Bai et al. 2023) --------------------------------------------
@@ -300,7 +319,6 @@ def test_bcp_trains_resumes_exactly_and_without_a_pool_trains_labelled_only(
     kvasir_small, tmp_path, caplog
 ):
     from mtlseg.engine.checkpoint import load_checkpoint
-    from mtlseg.errors import ConfigError
 
     sets = [*TINY_UNET, f"data.path={kvasir_small}", "data.label_budget=4"]
     sets += ["train.val_every=2", "data.num_workers=0", "train.scheduler=step", "train.warmup=0"]

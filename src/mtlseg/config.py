@@ -415,6 +415,8 @@ def build_dataclass(cls: type, raw: Any, key: str = "") -> Any:
         if not key or str(err).startswith(key):
             raise
         raise ConfigError(f"{key}: {err}") from None
+    except ValueError as err:  # a params dataclass's own check (``__post_init__``)
+        raise ConfigError(f"{key or cls.__name__}: {err}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -104,24 +104,26 @@ class DeepSupervisionHead(nn.Module):
 class DenseHead(nn.Module):
     """A light per-task decoder for dense auxiliary targets (edges, clean image, colour):
     from one feature at stride s, log2(s) steps of bilinear x2 + 3x3 conv-BN-ReLU, then a
-    1x1 conv. {name: feat} -> (B, out, size, size) (the training input's size)."""
+    1x1 conv. {name: feat} -> (B, out, size, size) (the training input's size).
+    ``hidden=0``: the 1x1 conv alone, on the feature as it is (resized bilinearly if it is
+    not at full size): DTC's output layer on the last decoder stage."""
 
     def __init__(
         self, feature: str, c_in: int, stride: int, out_dim: int, hidden: int, size: int
     ) -> None:
         super().__init__()
         self.feature, self.size = feature, (size, size)
-        steps = max(0, math.ceil(math.log2(stride))) if stride > 1 else 0
+        steps = max(0, math.ceil(math.log2(stride))) if stride > 1 and hidden > 0 else 0
         layers: list[nn.Module] = []
         c = c_in
-        for _ in range(max(steps, 1)):
+        for _ in range(max(steps, 1) if hidden > 0 else 0):
             layers += [nn.Conv2d(c, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(True)]
             c = hidden
         self.steps = steps
         self.convs = nn.ModuleList(
             nn.Sequential(*layers[i : i + 3]) for i in range(0, len(layers), 3)
         )
-        self.out = nn.Conv2d(hidden, out_dim, 1)
+        self.out = nn.Conv2d(c, out_dim, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         x = features[self.feature]

@@ -28,6 +28,7 @@ class DistanceParams(DenseParams):
     loss: str = "l1"  # l1 | mse
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.truncate <= 0:
             raise ValueError(f"truncate must be positive, got {self.truncate}")
         if self.loss not in DISTANCE_LOSSES:
@@ -89,6 +90,7 @@ class DepthParams(DenseParams):
     loss: str = "l1"  # l1 | mse
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in DISTANCE_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(DISTANCE_LOSSES)}, got {self.loss!r}")
 
@@ -133,6 +135,7 @@ class NormalsParams(DenseParams):
     array: str = "normal"  # source file: the dataset's dense array of (x, y, z) normals
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.band <= 0:
             raise ValueError(f"band must be positive, got {self.band}")
         if self.source not in NORMAL_SOURCES:

@@ -18,7 +18,11 @@ from mtlseg.tasks.base import Requirements, Task, register_task
 @dataclass
 class DenseParams:
     features: str = "bottleneck"  # the feature the task's light decoder starts from
-    hidden: int = 32  # channels of that decoder
+    hidden: int = 32  # channels of that decoder; 0: a 1x1 conv on the feature alone
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0:
+            raise ValueError(f"hidden must be >= 0, got {self.hidden}")
 
 
 class DenseTask(Task):
@@ -52,6 +56,7 @@ class DenoiseParams(DenseParams):
     std: float = 2 / 255
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.std <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
 
@@ -86,6 +91,7 @@ class CannyParams(DenseParams):
     sigma: float = 1.0  # Gaussian blur before the gradient
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.low <= self.high:
             raise ValueError(f"need 0 <= low <= high, got low={self.low}, high={self.high}")
 

@@ -35,7 +35,8 @@ class DualTaskConsistency(Term):
     segmentation's foreground probabilities, on every image of the batch, labelled or from
     the pool (it needs no annotation), times the sigmoid ramp-up. The supervised losses
     (segmentation, and the distance task's on labelled images) are the tasks' own; the
-    authors weight the distance loss 0.3 and this term 0.1 (``unet-dtc``).
+    authors weight the distance loss 0.3 and this term 0.1 (``unet-dtc``, whose distance
+    head is, as theirs, one 1x1 conv on the last decoder stage: ``hidden: 0``).
 
     Deviation: the authors bound the distance head with tanh and regress a min-max
     normalised distance; mtlseg's ``distance`` head is linear on a distance truncated to
