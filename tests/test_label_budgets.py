@@ -60,7 +60,13 @@ def test_patients_are_labelled_together_and_drawn_by_the_seed(tmp_path):
     listed.write_text(json.dumps(["p0", "p9"]))
     with pytest.raises(DataError, match=r"mine.json: 1 patient\(s\) of the label budget are not"):
         resolve_label_budget(tmp_path, train, patients, str(listed), "patient", 0)
+    (tmp_path / "label_budgets.json").write_text(json.dumps({"2": ["p4", "p77"]}))
+    with pytest.raises(DataError, match=r"label_budgets.json \(2 patients\): 1 patient\(s\) of"):
+        resolve_label_budget(tmp_path, train, patients, 2, "patient", 0)
     (tmp_path / "label_budgets.json").write_text(json.dumps({"2": ["p4", "p5"]}))
+    assert resolve_label_budget(tmp_path, train, patients, 2, "patient", 0)[0] == sorted(
+        c for c in train if c.startswith(("p4_", "p5_"))
+    )
     with pytest.raises(DataError, match="with data.split_mode=case give"):
         resolve_label_budget(tmp_path, train, patients, 3, "case", 0)
 
