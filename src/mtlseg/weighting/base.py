@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from mtlseg.config import build_dataclass
-from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 
 WEIGHTINGS: Registry[Any] = Registry("weighting", needs_config=True)  # Weighting classes
@@ -102,8 +101,5 @@ def build_weighting(
     likelihoods: dict[str, str] | None = None,
 ) -> Weighting:
     cls = WEIGHTINGS.get(kind)
-    try:
-        cfg = build_dataclass(cls.Config, params, "weighting.params")
-    except ValueError as err:
-        raise ConfigError(f"weighting.params: {err}") from None
+    cfg = build_dataclass(cls.Config, params, "weighting.params")  # its checks: ConfigError
     return cls(task_weights, cfg, primary, likelihoods)
