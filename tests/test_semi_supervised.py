@@ -69,7 +69,12 @@ def test_the_consistency_is_zero_when_teacher_and_student_agree_and_trains_the_s
             p.add_(0.05 * torch.randn_like(p))
     outputs = module.model(batch["image"])
     loss = term(outputs, batch, ctx)
-    assert loss.item() > 0
+    pool = ~batch["labelled"]  # by hand: the MSE of the two softmaxes on the pool's rows
+    with torch.no_grad():
+        teacher = module.teacher.module(batch["image"][pool])["segmentation"].softmax(1)
+    student = outputs["segmentation"][pool].detach().softmax(1)
+    expected = ((student - teacher) ** 2).mean().item()
+    assert expected > 1e-6 and loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert any(p.grad is not None and p.grad.any() for p in module.model.parameters())
     assert all(p.grad is None for p in module.teacher.parameters())
@@ -139,7 +144,13 @@ def test_dtc_is_the_squared_gap_between_the_segmentation_and_the_distances_impli
     loss = dtc(out, {}, done)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
-    assert out["segmentation"].grad.abs().sum() > 0 and out["distance"].grad.abs().sum() > 0
+    # both heads get the gradient of the squared gap, by hand: d/dd and d/dp of
+    # mean((T(d) - p)^2) over the 4 pixels (p = the softmax's foreground channel)
+    gap = (implied - p) / 4 * 2
+    assert torch.allclose(out["distance"].grad[0, 0], gap * -1500.0 * implied * (1 - implied))
+    dp = -gap  # through the two-class softmax: dp/dz1 = p(1-p) = -dp/dz0
+    assert torch.allclose(out["segmentation"].grad[0, 1], dp * p * (1 - p), atol=1e-7)
+    assert torch.allclose(out["segmentation"].grad[0, 0], -dp * p * (1 - p), atol=1e-7)
     early = dtc(out, {}, TermContext(progress=0.0))
     assert early.item() == pytest.approx(math.exp(-5) * expected.item(), rel=1e-6)
 

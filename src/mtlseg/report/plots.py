@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -40,12 +41,7 @@ def plot_curves(run_dirs: dict[str, list[Path]], out: Path, key: str = "val/dice
         ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{key} (foreground mean)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish_line_plot(fig, ax, out)
 
 
 def plot_efficiency(
@@ -62,12 +58,7 @@ def plot_efficiency(
         ax.fill_between(x, [v.min() for v in values], [v.max() for v in values], alpha=0.2)
     ax.set_xlabel("labelled patients (cases)")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish_line_plot(fig, ax, out)
 
 
 def read_train_columns(run_dir: Path, prefix: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -154,5 +145,15 @@ def plot_qualitative(
                 ax.set_title(columns[j], fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _finish_line_plot(fig: Any, ax: Any, out: Path) -> Path:
+    """Grid, legend, tight layout; write ``out`` and free the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
