@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,25 +26,33 @@ TINY_UNET = [
 ]
 
 
-def _require(path: Path) -> Path:
+GET_DATA = (
+    f"real data not found in {DATA_ROOT}: get it with `mtlseg download kvasir-seg --resize 256 "
+    "--dest DIR` and set MTLSEG_DATA=DIR (ACDC needs a registration: `mtlseg download acdc`)"
+)
+
+
+def require_data(path: Path) -> Path:
+    """Skips the test when a real dataset is absent; one reason for all, so pytest's summary
+    folds every such skip into one line saying how to get the data."""
     if not path.is_dir():
-        pytest.skip(f"real data not found at {path} (set MTLSEG_DATA to ../shared/data)")
+        pytest.skip(GET_DATA)
     return path
 
 
 @pytest.fixture(scope="session")
 def kvasir_root() -> Path:
-    return _require(KVASIR)
+    return require_data(KVASIR)
 
 
 @pytest.fixture(scope="session")
 def acdc_root() -> Path:
-    return _require(ACDC)
+    return require_data(ACDC)
 
 
 def make_kvasir_subset(dest: Path, n: int = 12) -> Path:
     """The first ``n`` Kvasir-SEG image/mask pairs (JPEG masks) in ``dest``."""
-    _require(KVASIR)
+    require_data(KVASIR)
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     for img in sorted((KVASIR / "images").iterdir())[:n]:
@@ -54,7 +63,7 @@ def make_kvasir_subset(dest: Path, n: int = 12) -> Path:
 
 def copy_acdc_cases(dest: Path, cases: list[str]) -> None:
     """The named ACDC cases (image and label) and dataset.json, as nnU-Net raw under ``dest``."""
-    _require(ACDC)
+    require_data(ACDC)
     (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
     (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
     shutil.copy(ACDC / "dataset.json", dest / "dataset.json")
@@ -65,7 +74,7 @@ def copy_acdc_cases(dest: Path, cases: list[str]) -> None:
 
 def make_acdc_subset(dest: Path, patients: int = 3, with_splits: bool = True) -> Path:
     """A few ACDC cases (both frames per patient) as nnU-Net raw, with a patient split."""
-    _require(ACDC)
+    require_data(ACDC)
     names = sorted(p.name for p in (ACDC / "labelsTr").iterdir())[: 2 * patients]
     cases = [n.removesuffix(".nii.gz") for n in names]
     copy_acdc_cases(dest, cases)
@@ -89,7 +98,7 @@ def kvasir_images() -> np.ndarray:
     """Eight real Kvasir images as grey float arrays in [0, 1], (8, 256, 256)."""
     from skimage import io
 
-    files = sorted((_require(KVASIR) / "images").iterdir())[:8]
+    files = sorted((require_data(KVASIR) / "images").iterdir())[:8]
     return np.stack([io.imread(f).astype(np.float32).mean(-1) / 255.0 for f in files])
 
 
@@ -163,3 +172,12 @@ def validation_of(ckpt: Path) -> dict[str, float]:
         rows = [r for r in csv.DictReader(f) if r.get("val/dice")]
     row = next(r for r in rows if int(r["step"]) == step - 1)  # logged before the increment
     return {k: float(v) for k, v in row.items() if k.startswith("val/") and v}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line for every test skipped for want of real data (not one per test), then the
+    other skip reasons once each."""
+    reasons = [r.longrepr[2] for r in terminalreporter.stats.get("skipped", [])]
+    folded = Counter(GET_DATA if GET_DATA in reason else reason for reason in reasons)
+    for reason, count in folded.items():
+        terminalreporter.write_line(f"{count} test(s) skipped: {reason.removeprefix('Skipped: ')}")

@@ -168,14 +168,6 @@ def results_split(out):
     return json.loads((out / "splits.json").read_text())["val"]
 
 
-def test_demo_without_data_says_where_it_looked(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MTLSEG_DATA", str(tmp_path / "nothing"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("mtlseg.cli.Path.is_dir", lambda self: False)
-    assert main(["demo"]) == 2
-    assert "no data found: pass --data DIR or set MTLSEG_DATA" in capsys.readouterr().err
-
-
 def test_table_shows_no_spread_for_a_single_seed():
     from mtlseg.report.tables import markdown_table, summarise
 

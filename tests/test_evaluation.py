@@ -19,7 +19,7 @@ from mtlseg.engine.inference import evaluate_cases, load_module, predict
 from mtlseg.engine.train import train
 from mtlseg.errors import DataError, MtlsegError
 from mtlseg.metrics.cases import evaluate_folder, score_case
-from tests.conftest import ACDC, KVASIR, TINY_UNET, _require, copy_acdc_cases
+from tests.conftest import ACDC, KVASIR, TINY_UNET, copy_acdc_cases, require_data
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def kvasir_model(tmp_path_factory) -> tuple[Path, Path]:
 
 def other_polyps(dest: Path, start: int = 40, n: int = 6) -> Path:
     """Kvasir-SEG images the model never saw, as a second folder dataset."""
-    _require(KVASIR)
+    require_data(KVASIR)
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     for img in sorted((KVASIR / "images").iterdir())[start : start + n]:

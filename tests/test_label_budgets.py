@@ -16,7 +16,7 @@ from mtlseg.engine.data import TwoStreamBatches, prepare_data
 from mtlseg.engine.module import MultiTaskModule, select_rows
 from mtlseg.engine.train import loaders, train
 from mtlseg.errors import ConfigError, DataError
-from tests.conftest import ACDC, TINY_UNET, _require, copy_acdc_cases
+from tests.conftest import ACDC, TINY_UNET, copy_acdc_cases, require_data
 
 
 def _cfg(recipe: str, data, *extra: str):
@@ -74,7 +74,7 @@ def test_patients_are_labelled_together_and_drawn_by_the_seed(tmp_path):
 def test_acdc_uses_ssl4mis_budgets_and_the_run_records_the_pool(tmp_path, caplog):
     """ACDC's label_budgets.json lists SSL4MIS's 3 patients: used as is, the other training
     patients become the pool, recorded in the run's splits.json with their source."""
-    _require(ACDC)
+    require_data(ACDC)
     budgets = json.loads((ACDC / "label_budgets.json").read_text())
     three = budgets["3"]
     official = json.loads((ACDC / "splits.json").read_text())

@@ -23,7 +23,7 @@ from mtlseg.engine.train import train
 from mtlseg.errors import DataError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.metrics.segmentation import SegmentationMetrics
-from tests.conftest import KVASIR, _require, validation_of
+from tests.conftest import KVASIR, require_data, validation_of
 
 POLYP, WALL = 6, 11  # NYUv2-13 'objects' and 'wall' (raw labels, 0-based)
 DEPTH = {"polyp": 1.5, "wall": 3.0}
@@ -34,7 +34,7 @@ def make_nyuv2(root: Path, n_train: int = 8, n_val: int = 4, size=(24, 32)) -> P
     """MTAN's NYUv2 layout from the first Kvasir-SEG images (see the module docstring)."""
     from skimage import io, transform
 
-    _require(KVASIR)
+    require_data(KVASIR)
     files = sorted((KVASIR / "images").iterdir())[: n_train + n_val]
     for i, path in enumerate(files):
         split, j = ("train", i) if i < n_train else ("val", i - n_train)

@@ -24,7 +24,7 @@ from mtlseg.models.segnet import VGG16_WIDTHS
 from mtlseg.targets.image import canny_edges, grey, lab, unit_range
 from mtlseg.tasks.image_level import mask_boxes
 from mtlseg.weighting import build_weighting
-from tests.conftest import KVASIR, TINY_SEGNET, validation_of
+from tests.conftest import KVASIR, TINY_SEGNET, require_data, validation_of
 
 TINY = {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 2, 1, 1]}
 # torchvision's vgg16_bn ``features`` indices of the 13 convolutions (BN at index + 1)
@@ -32,9 +32,7 @@ VGG16_BN_CONVS = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
 
 
 def _kvasir_rgb(i: int = 3) -> torch.Tensor:
-    files = sorted((KVASIR / "images").iterdir())
-    if not files:
-        pytest.skip("Kvasir-SEG not available")
+    files = sorted((require_data(KVASIR) / "images").iterdir())
     return torch.from_numpy(io.imread(files[i]).astype(np.float32) / 255).permute(2, 0, 1)[None]
 
 

@@ -23,7 +23,7 @@ from mtlseg.tasks.image_level import mask_presence
 from mtlseg.terms import build_terms
 from mtlseg.terms.sync import bernoulli_kl
 from mtlseg.weighting import build_weighting
-from tests.conftest import ACDC, TINY_SEGNET, power_cut_at, validation_of
+from tests.conftest import ACDC, TINY_SEGNET, power_cut_at, require_data, validation_of
 
 TINY_ASPP = [
     *TINY_SEGNET,
@@ -37,8 +37,7 @@ RECIPES = ["aspp", "aspp-class", "aspp-class-sync", "aspp-decomp"]
 def _acdc_slices(case: str = "patient002_frame01") -> torch.Tensor:
     """All slices of one real ACDC label volume, (D, H, W) int64."""
     path = ACDC / "labelsTr" / f"{case}.nii.gz"
-    if not path.is_file():
-        pytest.skip("ACDC not available")
+    require_data(ACDC)
     return torch.from_numpy(np.asarray(nib.load(path).dataobj).astype(np.int64)).permute(2, 0, 1)
 
 

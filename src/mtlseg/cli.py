@@ -39,23 +39,6 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def find_data_root(explicit: str | None = None) -> Path:
-    """``--data``, else ``$MTLSEG_DATA``, else ``../shared/data`` from here or the repository."""
-    candidates = [
-        explicit,
-        os.environ.get("MTLSEG_DATA"),
-        "../shared/data",
-        str(Path(__file__).resolve().parents[3] / "shared" / "data"),
-    ]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    raise MtlsegError(
-        "no data found: pass --data DIR or set MTLSEG_DATA to the folder holding "
-        f"{DEMO_DATASET}/ (looked in: {', '.join(c for c in candidates if c)})"
-    )
-
-
 def cmd_recipes(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config, recipe_names
 
@@ -272,13 +255,31 @@ def cmd_check_data(args: argparse.Namespace) -> None:
     )
 
 
+def demo_data(explicit: str | None, allow_download: bool = True) -> Path:
+    """The demo's Kvasir-SEG: in ``--data``, ``$MTLSEG_DATA``, ``../shared/data`` or the cache
+    folder when present there, else downloaded (at 256 px, the size the documented demo used)."""
+    from mtlseg.download import default_data_root, download
+
+    roots = [explicit, os.environ.get("MTLSEG_DATA"), "../shared/data", str(default_data_root())]
+    roots.append(str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    for root in roots:
+        if root and (Path(root) / DEMO_DATASET).is_dir():
+            return Path(root) / DEMO_DATASET
+    dest = Path(explicit) if explicit else default_data_root()
+    if not allow_download:
+        raise MtlsegError(
+            f"no {DEMO_DATASET} in {', '.join(r for r in roots if r)}; run "
+            f"`mtlseg download {DEMO_DATASET} --resize 256 --dest {dest}` or drop --no-download"
+        )
+    print(f"demo: {DEMO_DATASET} not found; downloading it to {dest} (about 46 MB, once)")
+    return download(DEMO_DATASET, dest, resize=256)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """unet vs unet-hog on Kvasir-SEG, short enough for ~10 minutes on 2 CPU cores."""
     from mtlseg.report.compare import compare
 
-    data = find_data_root(args.data) / DEMO_DATASET
-    if not data.is_dir():
-        raise MtlsegError(f"{data}: the demo needs the {DEMO_DATASET} dataset in the data folder")
+    data = demo_data(args.data, allow_download=not args.no_download)
     overrides = [
         f"train.max_steps={args.steps}",
         f"train.val_every={max(1, args.steps // 4)}",
@@ -294,6 +295,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("\n" + result["table"])
     print(
         f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}"
+    )
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from mtlseg.download import DATASETS, default_data_root, download
+
+    if args.list or not args.name:
+        for name, spec in DATASETS.items():
+            print(f"{name:20s} {spec.description}")
+        if not args.list:
+            print("\nmtlseg download NAME [--dest DIR]")
+        return
+    dest = Path(args.dest) if args.dest else default_data_root()
+    download(
+        args.name,
+        dest,
+        url=args.url,
+        sha256=args.sha256,
+        resize=args.resize,
+        force=args.force,
+        progress=not args.no_progress,
     )
 
 
@@ -408,9 +430,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
     p.add_argument("data")
     p.set_defaults(func=cmd_check_data)
+    p = sub.add_parser("download", help="fetch a public dataset and lay it out for mtlseg")
+    p.add_argument("name", nargs="?", help="dataset name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the datasets mtlseg knows")
+    p.add_argument(
+        "--dest",
+        help="data folder that gets NAME/ (default: $MTLSEG_DATA, else ~/.cache/mtlseg/data)",
+    )
+    p.add_argument("--url", help="download from this address instead (a mirror)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive (with --url)")
+    p.add_argument(
+        "--resize",
+        type=int,
+        metavar="PX",
+        help="2D images: store at PX x PX (the demo uses 256, the shared copy's size)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing folder NAME/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download)
     p = with_set(sub.add_parser("demo", help="short unet vs unet-hog comparison on real data"))
     p.add_argument(
-        "--data", help="folder holding kvasir-seg/ (default: $MTLSEG_DATA or ../shared/data)"
+        "--data",
+        help="folder holding kvasir-seg/ (default: $MTLSEG_DATA, ../shared/data, the cache; "
+        "downloaded there when absent)",
+    )
+    p.add_argument(
+        "--no-download", action="store_true", help="fail instead of downloading Kvasir-SEG"
     )
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=1000)
