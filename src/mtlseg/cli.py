@@ -12,6 +12,23 @@ from pathlib import Path
 
 from mtlseg.errors import MtlsegError
 
+DESCRIPTION = """\
+mtlseg trains medical image segmentation networks together with auxiliary tasks (HOG
+pseudo-labels, slice position, contrastive, class presence, depth, semi-supervised
+consistency on unlabelled images, ...) and reports, against the single-task baseline on the
+same split and seeds, whether the auxiliary task helped."""
+
+EXAMPLES = """\
+examples:
+  mtlseg demo                                    unet vs unet-hog on Kvasir-SEG (downloads it)
+  mtlseg download kvasir-seg --resize 256        fetch a public dataset (--list: all)
+  mtlseg train --recipe unet-hog --data DIR --out runs/hog
+  mtlseg compare --recipes unet unet-hog --data DIR --seeds 3 --out runs/cmp
+  mtlseg predict --ckpt runs/hog/checkpoints/best.ckpt --input images/ --out masks/
+  mtlseg export --ckpt runs/hog/checkpoints/best.ckpt --format onnx --out model.onnx
+
+`mtlseg COMMAND --help` gives each command's options."""
+
 DEMO_DATASET = "kvasir-seg"
 
 
@@ -180,6 +197,14 @@ def cmd_evaluate_folder(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    if args.model:
+        from mtlseg.export.runtime import predict_onnx
+
+        if args.tta:
+            raise MtlsegError("--tta is not in an exported graph; predict with --ckpt for it")
+        written = predict_onnx(args.model, args.input, args.out)
+        print(f"{len(written)} mask(s) written to {args.out} (onnxruntime)")
+        return
     from mtlseg.engine.inference import predict
 
     written = predict(
@@ -319,9 +344,29 @@ def cmd_download(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from mtlseg.export import export
+
+    meta = export(args.ckpt, args.format, args.out, args.normalization)
+    print(
+        f"{args.out}: {args.format}, {meta['recipe']}, classes {meta['classes']}, "
+        f"input (B, {meta['in_channels']}, H, W) "
+        f"{'raw' if meta['normalization_in_graph'] else 'normalised'}; "
+        f"in the graph: {', '.join(meta['in_graph'])}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtlseg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from mtlseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mtlseg",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mtlseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_set(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -385,11 +430,27 @@ def build_parser() -> argparse.ArgumentParser:
     _empty_arg(p, "exclude")
     p.set_defaults(func=cmd_evaluate_folder)
     p = sub.add_parser("predict", help="predicted masks for images or volumes")
-    p.add_argument("--ckpt", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="an mtlseg checkpoint")
+    source.add_argument(
+        "--model", help="an ONNX file from `mtlseg export` (runs in onnxruntime, no Lightning)"
+    )
     p.add_argument("--input", required=True, help="an image/NIfTI file or a folder of them")
     p.add_argument("--out", required=True)
     _inference_args(p)
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="a checkpoint as ONNX or a torch.export program")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--format", required=True, help="onnx or torch-export (torch.export's program)")
+    p.add_argument("--out", required=True, help="the file to write (.onnx, .pt2)")
+    p.add_argument(
+        "--normalization",
+        choices=["graph", "outside"],
+        default="graph",
+        help="graph: the file takes raw images and normalises each (2D images); outside: it "
+        "takes normalised images (volumes, which mtlseg normalises per case)",
+    )
+    p.set_defaults(func=cmd_export)
     p = with_set(sub.add_parser("compare", help="train recipes x seeds on one split and compare"))
     p.add_argument("--recipes", nargs="+", required=True, help="the first one is the baseline")
     p.add_argument("--data", required=True)
