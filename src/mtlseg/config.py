@@ -235,6 +235,10 @@ class TrainConfig:
     precision: str | int = "auto"  # auto | 32 | bf16-mixed | 16-mixed
     grad_clip: float | None = None  # clip the gradient's global norm (after any aggregator)
     log_every: int = 10
+    # Lightning loggers (mtlseg.engine.loggers): csv is always kept; tensorboard, mlflow
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    mlflow_experiment: str = "mtlseg"
     progress_bar: bool = True
     stages: list[StageConfig] = field(default_factory=list)  # staged training; [] = one stage
 

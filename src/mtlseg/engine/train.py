@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import (
     OnExceptionCheckpoint,
     TQDMProgressBar,
 )
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
@@ -36,6 +35,7 @@ from mtlseg.engine.data import (
     val_loader,
     write_split_file,
 )
+from mtlseg.engine.loggers import build_loggers
 from mtlseg.engine.module import MultiTaskModule, trainer_callbacks
 from mtlseg.engine.precision import resolve_precision, trainer_precision
 from mtlseg.engine.requirements import check_requirements, unlabelled_batch_size
@@ -126,10 +126,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         gradient_clip_val=t.grad_clip,
         gradient_clip_algorithm="norm",
         callbacks=callbacks,
-        logger=[
-            CSVLogger(out, name="logs", version=""),
-            TensorBoardLogger(out, name="tb", version=""),
-        ],
+        logger=build_loggers(cfg, out),
         log_every_n_steps=t.log_every,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
