@@ -240,3 +240,17 @@ def test_the_grid_applies_to_the_recipes_after_the_baseline(kvasir_small):
             str(kvasir_small),
             grid=grid_points(["tasks.nothing.weight=1"]),
         )
+
+
+def test_help_says_what_mtlseg_does_with_examples_and_version(capsys):
+    from mtlseg import __version__
+
+    with pytest.raises(SystemExit) as exit_help:
+        main(["--help"])
+    assert exit_help.value.code == 0
+    text = capsys.readouterr().out
+    assert "auxiliary tasks" in text and "examples:" in text and "mtlseg demo" in text
+    assert "parse arguments" not in text  # no longer the module's docstring
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"mtlseg {__version__}"
