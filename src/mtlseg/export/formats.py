@@ -5,7 +5,10 @@ width (the graph resizes every image to the training size, so any size is accept
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,19 +29,20 @@ def write_onnx(program, example: tuple, out: Path, metadata: dict[str, Any]) -> 
     """ONNX through torch's dynamo exporter (opset 18+: Resize with antialias)."""
     import onnx
 
-    onnx_program = torch.onnx.export(
-        program,
-        example,
-        dynamo=True,
-        verbose=False,
-        input_names=["image"],
-        output_names=["labels", "logits"],
-    )
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step progress
+        onnx_program = torch.onnx.export(
+            program,
+            example,
+            dynamo=True,
+            verbose=False,
+            input_names=["image"],
+            output_names=["labels", "logits"],
+        )
     assert onnx_program is not None
     model = onnx_program.model_proto
-    for key, value in {METADATA_KEY: json.dumps(metadata)}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.save(model, str(out))
 
 
@@ -98,17 +102,24 @@ def metadata(module, normalize: bool, fmt: str) -> dict[str, Any]:
 def export(
     ckpt: Path | str, fmt: str, out: Path | str, normalization: str = "graph"
 ) -> dict[str, Any]:
-    """Writes ``out`` and returns its metadata. ``normalization``: ``graph`` (2D images) or
-    ``outside`` (the file takes normalised images: volumes, normalised per case)."""
+    """Writes ``out`` from a checkpoint and returns its metadata (``export_module``)."""
     from mtlseg.engine.inference import load_module
 
+    FORMATS.get(fmt)  # an unknown format is named before the checkpoint is read
+    return export_module(load_module(ckpt), fmt, out, normalization)
+
+
+def export_module(
+    module, fmt: str, out: Path | str, normalization: str = "graph"
+) -> dict[str, Any]:
+    """``normalization``: ``graph`` (2D images) or ``outside`` (the file takes normalised
+    images: volumes, normalised per case)."""
     writer = FORMATS.get(fmt)
     if normalization not in ("graph", "outside"):
         raise ConfigError(f"--normalization: graph or outside, got {normalization!r}")
-    module = load_module(ckpt)
     _exportable(module)
     normalize = normalization == "graph"
-    graph = SegmentationGraph(module, normalize).eval()
+    graph = SegmentationGraph(module.eval(), normalize).eval()
     size = graph.size
     channels = int(module.hparams["in_channels"])
     example = (torch.rand(2, channels, size + 5, size + 3) * 255,)
