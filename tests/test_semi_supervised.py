@@ -357,3 +357,30 @@ def test_bcp_trains_resumes_exactly_and_without_a_pool_trains_labelled_only(
     with pytest.raises(ConfigError, match="weighting 'gcs' needs the 'segmentation' loss"):
         gcs = load_config("unet-bcp", [*TINY_UNET, "weighting.kind=gcs"])
         MultiTaskModule(gcs.to_dict(), 3, CLASSES)
+
+
+def test_separate_pool_forward_keeps_batch_norm_to_each_group_and_the_batch_order():
+    """``train.pool_forward: separate``: in train mode the labelled rows' outputs are those
+    of a batch of the labelled rows alone (batch norm never sees the pool with them), the
+    pool's those of the pool alone, each put back at its row; ``joint`` normalises all rows
+    together, so its labelled outputs differ."""
+    module = _module("train.pool_forward=separate")
+    batch = _batch(n=6)
+    batch["labelled"] = torch.tensor([False, True, False, True, True, False])
+    rows = batch["labelled"]
+    x = batch["image"]
+    outputs, _ = module._forward(x, batch)
+    seg = module.seg_task.name
+    alone_labelled, _ = module.model.forward_with_features(x[rows])
+    alone_pool, _ = module.model.forward_with_features(x[~rows])
+    assert torch.allclose(outputs[seg][rows], alone_labelled[seg], atol=1e-6)
+    assert torch.allclose(outputs[seg][~rows], alone_pool[seg], atol=1e-6)
+    joint = _module()
+    joint_out, _ = joint._forward(x, batch)
+    assert not torch.allclose(joint_out[seg][rows], alone_labelled[seg], atol=1e-3)
+    # a loss through the merged outputs reaches every parameter group as a joint one does
+    out = module.compute_losses(batch, 0)
+    module.apply_update(out)
+    assert all(p.grad is not None for p in module.model.backbone.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="train.pool_forward: expected joint or separate"):
+        load_config("unet-mean-teacher", ["train.pool_forward=apart"])

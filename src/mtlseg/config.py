@@ -216,6 +216,9 @@ class TrainConfig:
     # unlabelled images per step from the pool, besides batch_size labelled ones; None: the
     # batch size when there is a pool and some task or term learns without masks, else 0
     unlabelled_batch_size: int | None = None
+    # joint: labelled and pool rows in one forward (SSL4MIS); separate: two forwards, so batch
+    # norm never mixes their statistics (docs/results.md, "batch norm and the pool")
+    pool_forward: str = "joint"
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov, nnU-Net), mtlseg.engine.optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -245,6 +248,10 @@ class TrainConfig:
     PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
 
     def __post_init__(self) -> None:
+        if self.pool_forward not in ("joint", "separate"):
+            raise ConfigError(
+                f"train.pool_forward: expected joint or separate, got {self.pool_forward!r}"
+            )
         self.precision = str(self.precision)  # --set train.precision=32 reads as a number
         if self.precision not in self.PRECISIONS:
             raise ConfigError(

@@ -277,7 +277,7 @@ class MultiTaskModule(pl.LightningModule):
             x = batch["image"]
             for task in tasks:  # e.g. denoising trains every task on a noisy input
                 x = task.training_input(x)
-            outputs, features = self.model.forward_with_features(x, batch.get("meta"))
+            outputs, features = self._forward(x, batch)
         # a task that needs an annotation learns from the labelled rows only (the pool's
         # rows carry zero masks for batching, never read)
         labelled = batch.get("labelled")
@@ -300,6 +300,34 @@ class MultiTaskModule(pl.LightningModule):
                 )
         total = self.weighting(losses, step or 0, self.current_epoch)
         return StepLosses(losses, features, total)
+
+    def _forward(
+        self, x: torch.Tensor, batch: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The training forward. ``train.pool_forward: separate`` runs the labelled rows and
+        the pool's rows as two batches, so batch norm never normalises one with the other's
+        statistics; ``joint`` (SSL4MIS's way) runs them as one batch."""
+        labelled = batch.get("labelled")
+        meta = batch.get("meta")
+        if (
+            self.cfg.train.pool_forward == "joint"
+            or labelled is None
+            or bool(labelled.all())
+            or not bool(labelled.any())
+        ):
+            return self.model.forward_with_features(x, meta)
+        parts = [
+            self.model.forward_with_features(
+                x[rows], meta[rows] if isinstance(meta, torch.Tensor) else meta
+            )
+            for rows in (labelled, ~labelled)
+        ]
+        order = torch.cat([labelled.nonzero()[:, 0], (~labelled).nonzero()[:, 0]])
+        inverse = torch.argsort(order)
+        return (
+            merge_rows(parts[0][0], parts[1][0], inverse),
+            merge_rows(parts[0][1], parts[1][1], inverse),
+        )
 
     def enter_stage(self, step: int) -> None:
         """What a stage does at its first step: a stage with ``reset_teacher`` makes the EMA
@@ -568,6 +596,21 @@ def select_rows(value: Any, rows: torch.Tensor) -> Any:
         keep = rows.tolist()
         return [v for v, k in zip(value, keep, strict=True) if k]
     return value
+
+
+def merge_rows(first: Any, second: Any, inverse: torch.Tensor) -> Any:
+    """The outputs of two row groups put back in batch order (``inverse``: the batch position
+    of each row of ``first`` then ``second``, argsorted); the inverse of ``select_rows``."""
+    if isinstance(first, torch.Tensor) and first.dim() > 0:
+        return torch.cat([first, second])[inverse.to(first.device)]
+    if isinstance(first, dict):
+        return {k: merge_rows(v, second[k], inverse) for k, v in first.items()}
+    if isinstance(first, list) and len(first) + len(second) == len(inverse):
+        both = [*first, *second]
+        return [both[i] for i in inverse.tolist()]
+    if isinstance(first, list):  # a list of per-row tensors (e.g. side outputs)
+        return [merge_rows(a, b, inverse) for a, b in zip(first, second, strict=True)]
+    return first
 
 
 def trainer_callbacks(trainer: Any) -> list[Any]:
