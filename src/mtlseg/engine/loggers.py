@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 
@@ -39,7 +40,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
         super().__init__(**kwargs)
         self.resumed = resumed
 
-    def log_hyperparams(self, params) -> None:
+    def log_hyperparams(self, params: Any) -> None:
         if not self.resumed:
             super().log_hyperparams(params)
 

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,13 +19,18 @@ from mtlseg.errors import ConfigError, MtlsegError
 from mtlseg.export.graph import SegmentationGraph
 from mtlseg.registry import Registry
 
+if TYPE_CHECKING:
+    from mtlseg.engine.module import MultiTaskModule
+
 Writer = Callable[[torch.export.ExportedProgram, tuple, Path, dict[str, Any]], None]
 FORMATS: Registry[Writer] = Registry("export format")
 METADATA_KEY = "mtlseg"  # ONNX metadata_props key / torch.export extra file (mtlseg.json)
 
 
 @FORMATS.register("onnx")
-def write_onnx(program, example: tuple, out: Path, metadata: dict[str, Any]) -> None:
+def write_onnx(
+    program: torch.export.ExportedProgram, example: tuple, out: Path, metadata: dict[str, Any]
+) -> None:
     """ONNX through torch's dynamo exporter (opset 18+: Resize with antialias)."""
     import onnx
 
@@ -47,12 +52,14 @@ def write_onnx(program, example: tuple, out: Path, metadata: dict[str, Any]) -> 
 
 
 @FORMATS.register("torch-export")
-def write_torch_export(program, example: tuple, out: Path, metadata: dict[str, Any]) -> None:
+def write_torch_export(
+    program: torch.export.ExportedProgram, example: tuple, out: Path, metadata: dict[str, Any]
+) -> None:
     """torch.export's program (``torch.export.load``), not the deprecated TorchScript."""
     torch.export.save(program, str(out), extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
 
 
-def _exportable(module) -> None:
+def _exportable(module: Any) -> None:
     """What the graph cannot hold is refused with what to do instead."""
     if module.volumetric:
         raise MtlsegError(
@@ -67,7 +74,7 @@ def _exportable(module) -> None:
         )
 
 
-def metadata(module, normalize: bool, fmt: str) -> dict[str, Any]:
+def metadata(module: MultiTaskModule, normalize: bool, fmt: str) -> dict[str, Any]:
     """What a user of the file needs to feed it and read its outputs."""
     from mtlseg import __version__
 

@@ -9,12 +9,16 @@ resized back to the image's own size (bilinear) and the segmentation task's ``de
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mtlseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mtlseg.engine.module import MultiTaskModule
 
 Stats = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -43,7 +47,7 @@ class SegmentationGraph(nn.Module):
     ``normalize=False``: the input is already normalised (volumes, which mtlseg normalises
     over the whole case, not slice by slice)."""
 
-    def __init__(self, module, normalize: bool = True) -> None:
+    def __init__(self, module: MultiTaskModule, normalize: bool = True) -> None:
         super().__init__()
         method = module.cfg.data.normalization
         if normalize and method not in GRAPH_NORMALIZATIONS:
