@@ -163,6 +163,11 @@ def test_an_existing_folder_is_refused_unless_forced(kvasir_root, serve, tmp_pat
     with pytest.raises(MtlsegError, match="not a complete mtlseg download.*--force"):
         download("kvasir-seg", tmp_path / "data", progress=False, spec=spec)
     assert (mine / "notes.txt").is_file()
+    bad = replace(spec, checksum="sha256:" + "0" * 64)  # a forced download that fails...
+    with pytest.raises(MtlsegError, match="does not match"):
+        download("kvasir-seg", tmp_path / "data", progress=False, spec=bad, force=True)
+    assert (mine / "notes.txt").is_file()  # ...leaves the existing folder as it was
+    assert leftovers(tmp_path / "data") == ["kvasir-seg"]
     download("kvasir-seg", tmp_path / "data", progress=False, spec=spec, force=True)
     assert not (mine / "notes.txt").exists() and (mine / MARKER).is_file()
 
