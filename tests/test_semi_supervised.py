@@ -364,7 +364,7 @@ def test_separate_pool_forward_keeps_batch_norm_to_each_group_and_the_batch_orde
     of a batch of the labelled rows alone (batch norm never sees the pool with them), the
     pool's those of the pool alone, each put back at its row; ``joint`` normalises all rows
     together, so its labelled outputs differ."""
-    module = _module("train.pool_forward=separate")
+    module = _module()  # separate is the default
     batch = _batch(n=6)
     batch["labelled"] = torch.tensor([False, True, False, True, True, False])
     rows = batch["labelled"]
@@ -375,7 +375,7 @@ def test_separate_pool_forward_keeps_batch_norm_to_each_group_and_the_batch_orde
     alone_pool, _ = module.model.forward_with_features(x[~rows])
     assert torch.allclose(outputs[seg][rows], alone_labelled[seg], atol=1e-6)
     assert torch.allclose(outputs[seg][~rows], alone_pool[seg], atol=1e-6)
-    joint = _module()
+    joint = _module("train.pool_forward=joint")
     joint_out, _ = joint._forward(x, batch)
     assert not torch.allclose(joint_out[seg][rows], alone_labelled[seg], atol=1e-3)
     # a loss through the merged outputs reaches every parameter group as a joint one does

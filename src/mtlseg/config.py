@@ -216,9 +216,10 @@ class TrainConfig:
     # unlabelled images per step from the pool, besides batch_size labelled ones; None: the
     # batch size when there is a pool and some task or term learns without masks, else 0
     unlabelled_batch_size: int | None = None
-    # joint: labelled and pool rows in one forward (SSL4MIS); separate: two forwards, so batch
-    # norm never mixes their statistics (docs/results.md, "batch norm and the pool")
-    pool_forward: str = "joint"
+    # separate: the labelled and the pool's rows as two forwards, so batch norm never mixes
+    # their statistics; joint: one forward (SSL4MIS), with which mean teacher, DTC and HOG on
+    # the pool collapsed on ACDC (docs/results.md, "Batch norm and the pool")
+    pool_forward: str = "separate"
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov, nnU-Net), mtlseg.engine.optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -304,9 +304,11 @@ class MultiTaskModule(pl.LightningModule):
     def _forward(
         self, x: torch.Tensor, batch: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """The training forward. ``train.pool_forward: separate`` runs the labelled rows and
-        the pool's rows as two batches, so batch norm never normalises one with the other's
-        statistics; ``joint`` (SSL4MIS's way) runs them as one batch."""
+        """The training forward. ``train.pool_forward: separate`` (default) runs the labelled
+        rows and the pool's rows as two batches, so batch norm never normalises one with the
+        other's statistics; ``joint`` (SSL4MIS's way) runs them as one batch, which lets the
+        network set the labelled rows apart in its deep batch-norm layers (docs/results.md,
+        "Batch norm and the pool")."""
         labelled = batch.get("labelled")
         meta = batch.get("meta")
         if (
@@ -600,14 +602,25 @@ def select_rows(value: Any, rows: torch.Tensor) -> Any:
 
 def merge_rows(first: Any, second: Any, inverse: torch.Tensor) -> Any:
     """The outputs of two row groups put back in batch order (``inverse``: the batch position
-    of each row of ``first`` then ``second``, argsorted); the inverse of ``select_rows``."""
+    of each row of ``first`` then ``second``, argsorted); the inverse of ``select_rows``. A
+    tensor's row dimension is its first one whose sizes are the two groups' (dim 1 of a
+    stack of per-stage outputs, (stages, B, ...))."""
     if isinstance(first, torch.Tensor) and first.dim() > 0:
-        return torch.cat([first, second])[inverse.to(first.device)]
+        n = len(inverse)
+        for dim in range(first.dim()):
+            if first.shape[dim] + second.shape[dim] == n and all(
+                a == b
+                for d, (a, b) in enumerate(zip(first.shape, second.shape, strict=True))
+                if d != dim
+            ):
+                joined = torch.cat([first, second], dim)
+                return joined.index_select(dim, inverse.to(first.device))
+        raise ValueError(f"no row dimension in outputs of shapes {first.shape}, {second.shape}")
     if isinstance(first, dict):
         return {k: merge_rows(v, second[k], inverse) for k, v in first.items()}
     if isinstance(first, list) and len(first) + len(second) == len(inverse):
-        both = [*first, *second]
-        return [both[i] for i in inverse.tolist()]
+        items = [*first, *second]
+        return [items[i] for i in inverse.tolist()]
     if isinstance(first, list):  # a list of per-row tensors (e.g. side outputs)
         return [merge_rows(a, b, inverse) for a, b in zip(first, second, strict=True)]
     return first
