@@ -150,3 +150,15 @@ def test_what_cannot_be_exported_is_refused_with_a_reason(exported, tmp_path, ca
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 4), np.float32), np.eye(4)), volume / "v.nii.gz")
     with pytest.raises(MtlsegError, match="--normalization outside"):
         predict_onnx(exported.onnx, volume, tmp_path / "p")
+
+
+def test_onnx_inference_does_not_import_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mtlseg.export.runtime import predict_onnx; "
+        "print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
