@@ -174,6 +174,16 @@ def validation_of(ckpt: Path) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k.startswith("val/") and v}
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`-n 2`, README's test command) each worker gets one thread, and so
+    do the processes it starts: two workers of two threads on two cores oversubscribe."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """One line for every test skipped for want of real data (not one per test), then the
     other skip reasons once each."""
