@@ -191,7 +191,8 @@ def test_dwa_weights_equal_the_hand_computed_values():
     w = build_weighting(
         "dwa", {"unit": "step", "every": 2, "temperature": 2.0}, {"seg": 1, "aux": 1}, "seg"
     )
-    history = [(4, 2), (2, 2), (2, 1), (2, 1), (1, 1)]  # periods: means (3, 2), then (2, 1)
+    # periods: means (0.3, 0.2), then (0.2, 0.1); losses below 1 (the clamp guards only 0)
+    history = [(0.4, 0.2), (0.2, 0.2), (0.2, 0.1), (0.2, 0.1), (0.1, 0.1)]
     got = [w.weights(_losses(*pair), step) for step, pair in enumerate(history)]
     assert got[3] == {"seg": 1.0, "aux": 1.0}  # two periods are not complete yet
     r = np.array([2 / 3, 1 / 2])  # L(t-1) / L(t-2)

@@ -111,6 +111,41 @@ def test_normal_metrics_match_known_angles():
     assert [float(out[f"within_{t}"]) for t in ("11.25", "22.5", "30")] == [0.5, 0.75, 0.75]
 
 
+def test_normal_metrics_of_equal_and_opposite_normals_are_0_and_180_degrees():
+    from mtlseg.metrics.geometry import NormalMetrics
+
+    # a unit vector whose float32 dot product with itself is 1 + 2.4e-7: acos needs the clamp
+    t = torch.nn.functional.normalize(torch.tensor([0.9754138, -0.1797607, 0.1274917]), dim=0)
+    assert float((t * t).sum()) > 1.0
+    target = t.view(1, 1, 3, 1, 1).expand(1, 1, 3, 1, 2)
+    pred = torch.stack([t, -t], dim=1).view(1, 1, 3, 1, 2)
+    m = NormalMetrics()
+    m.update(pred, (target, torch.ones(1, 1, 1, 2, dtype=torch.bool)))
+    out = m.compute()
+    assert float(out["mean_angle"]) == pytest.approx(90.0)  # (0 + 180) / 2, neither NaN
+    assert [float(out[f"within_{t}"]) for t in ("11.25", "22.5", "30")] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("angles", [[], [25.0]])
+def test_normal_metrics_without_valid_pixels_are_nan_and_one_pixel_is_its_angle(angles):
+    from mtlseg.metrics.geometry import NormalMetrics
+
+    m = NormalMetrics()
+    if angles:
+        a = torch.deg2rad(torch.tensor(angles))
+        pred = torch.stack([a.cos(), a.sin()]).view(1, 1, 2, 1, 1)
+        target = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+        m.update(pred, (target, torch.ones(1, 1, 1, 1, dtype=torch.bool)))
+        out = m.compute()
+        assert float(out["mean_angle"]) == pytest.approx(25.0, abs=1e-4)
+        assert float(out["median_angle"]) == pytest.approx(25.0, abs=1e-4)
+        assert [float(out[f"within_{t}"]) for t in ("11.25", "22.5", "30")] == [0, 0, 1]
+    else:
+        out = m.compute()
+        assert set(out) == {"mean_angle", "median_angle"}
+        assert all(torch.isnan(v) for v in out.values())
+
+
 def test_depth_metrics_abs_and_rel_error():
     from mtlseg.metrics.geometry import DepthMetrics
 

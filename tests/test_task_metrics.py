@@ -13,6 +13,7 @@ from mtlseg.data.metadata import META_FIELDS
 from mtlseg.engine import batched
 from mtlseg.metrics.boxes import BoxMetrics, box_iou
 from mtlseg.metrics.classification import ClassificationMetrics
+from mtlseg.metrics.geometry import DepthMetrics
 from mtlseg.models.film import FiLMGenerator
 
 
@@ -28,6 +29,21 @@ def test_box_iou_and_corner_distance_by_hand():
     # the first pair's corners differ by 0.25 in each of 4 coordinates: L2 0.5 of 100 px
     assert float(out["l2"]) == pytest.approx((50.0 + 0.0) / 2)
     assert float(out["iou"]) == pytest.approx((0.0625 / 0.4375 + 1.0) / 2)
+
+
+def test_box_metrics_accumulate_over_updates_with_asymmetric_boxes():
+    pred = torch.tensor([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 0.4], [0.0, 0.0, 0.5, 0.5]])
+    box = torch.tensor([[0.3, 0.0, 0.8, 0.6], [0.0, 0.0, 1.0, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    # overlap 0.2 x 0.4 of union 0.28 + 0.30 - 0.08; 0.4 / 0.5; corners touching: 0
+    iou = [0.08 / 0.5, 0.8, 0.0]
+    assert box_iou(pred, box).tolist() == pytest.approx(iou)
+    m = BoxMetrics(size=10)
+    m.update(pred[:2], torch.cat([torch.ones(2, 1), box[:2]], 1))
+    m.update(pred[2:], torch.cat([torch.ones(1, 1), box[2:]], 1))
+    out = m.compute()
+    # per-box corner distances: sqrt(.2^2+.2^2+.3^2+.3^2), 0.1, sqrt(4 x .5^2) = 1; x 10 px
+    assert float(out["l2"]) == pytest.approx(10 * (math.sqrt(0.26) + 0.1 + 1.0) / 3)
+    assert float(out["iou"]) == pytest.approx(sum(iou) / 3)
 
 
 def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
@@ -63,3 +79,41 @@ def test_the_default_readers_follow_the_cores(monkeypatch):
     for cores, readers in ((1, 0), (2, 0), (4, 2), (16, 4)):
         monkeypatch.setattr(batched.os, "sched_getaffinity", lambda _, n=cores: set(range(n)))
         assert batched.default_readers() == readers, cores
+
+
+def _box_batches():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.1, 0.1, 0.9, 0.9], [0.2, 0.2, 0.4, 0.6]])
+    b = torch.tensor([[1.0, 0.25, 0.25, 0.75, 0.75], [1.0, 0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0, 0]])
+    return [(a[:2], b[:2]), (a[2:], b[2:]), (a, b)]
+
+
+def _class_batches():
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])
+    return [(logits[:3], torch.tensor([0, 2, 2])), (logits[3:], torch.tensor([1]))]
+
+
+def _depth_batches():
+    t = torch.tensor([[1.0, 0.5, 0.0, 2.0]])
+    v = torch.tensor([[True, True, True, False]])
+    return [(torch.tensor([[1.5, 0.5, 0.2, 9.0]]), (t, v)), (t * 3, (t, torch.ones_like(v)))]
+
+
+@pytest.mark.parametrize(
+    "make, batches",
+    [
+        (lambda: BoxMetrics(size=64), _box_batches),
+        (lambda: ClassificationMetrics(3), _class_batches),
+        (DepthMetrics, _depth_batches),
+    ],
+    ids=["boxes", "classification", "depth"],
+)
+def test_metrics_merged_over_processes_equal_one_process_on_all_batches(make, batches):
+    """What DDP does at compute time (each state reduced over the processes by its
+    ``dist_reduce_fx``), done by torchmetrics' ``merge_state`` on two halves of the batches."""
+    whole, first, second = make(), make(), make()
+    for i, batch in enumerate(batches()):
+        whole.update(*batch)
+        (first if i % 2 == 0 else second).update(*batch)
+    first.merge_state(second)
+    for key, value in whole.compute().items():
+        assert torch.allclose(first.compute()[key], value, equal_nan=True), key
