@@ -97,6 +97,25 @@ def test_signed_distance_and_normals_of_a_square():
     assert not valid[0, 1].any() and not valid[0, 0, 4, 4], "no normal far from a boundary"
 
 
+def test_truncated_distance_and_normals_of_a_tilted_plane():
+    from mtlseg.targets.geometry import boundary_normals, truncated
+
+    assert truncated(torch.tensor([-5.0, -1.0, 0.5, 3.0]), 2.0).tolist() == [-1, -0.5, 0.25, 1]
+    # the plane s = (3y + 4x) / 5 - 2 has the unit gradient (0.6, 0.8) in (y, x)
+    y, x = torch.meshgrid(torch.arange(6), torch.arange(7), indexing="ij")
+    sdf = ((3 * y + 4 * x) / 5 - 2).float()[None, None]
+    normals, valid = boundary_normals(sdf, band=1.0)
+    inner = normals[0, 0, :, 1:-1, 1:-1]
+    assert torch.allclose(inner[0], torch.full_like(inner[0], 0.6), atol=1e-6)
+    assert torch.allclose(inner[1], torch.full_like(inner[1], 0.8), atol=1e-6)
+    # the first row has only the one-sided half difference in y (replicated border): 0.3
+    top = torch.tensor([0.3, 0.8]) / math.hypot(0.3, 0.8)
+    assert torch.allclose(normals[0, 0, :, 0, 3], top, atol=1e-6)
+    # valid: within 1 pixel of the boundary, |3y + 4x - 10| <= 5, its edge included
+    assert torch.equal(valid[0, 0], (3 * y + 4 * x - 10).abs() <= 5)
+    assert valid[0, 0, 5, 0] and valid[0, 0, 1, 3], "s = 1 exactly is in the band"
+
+
 def test_normal_metrics_match_known_angles():
     from mtlseg.metrics.geometry import NormalMetrics
 

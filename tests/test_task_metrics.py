@@ -117,3 +117,23 @@ def test_metrics_merged_over_processes_equal_one_process_on_all_batches(make, ba
     first.merge_state(second)
     for key, value in whole.compute().items():
         assert torch.allclose(first.compute()[key], value, equal_nan=True), key
+
+
+def test_depth_metrics_over_two_updates_with_a_target_at_the_relative_bound():
+    m = DepthMetrics(min_target=0.5)
+    t = torch.tensor([[2.0]])
+    m.update(torch.tensor([[3.0]]), (t, torch.ones_like(t, dtype=torch.bool)))
+    one = m.compute()  # one pixel: |3 - 2| = 1, relative 1 / 2
+    assert (float(one["abs_err"]), float(one["rel_err"])) == (1.0, 0.5)
+    t = torch.tensor([[0.5, 7.0]])  # 0.5 is at the bound: counted; 7.0 is not valid
+    m.update(torch.tensor([[0.1, 0.0]]), (t, torch.tensor([[True, False]])))
+    out = m.compute()
+    assert float(out["abs_err"]) == pytest.approx((1.0 + 0.4) / 2)
+    assert float(out["rel_err"]) == pytest.approx((0.5 + 0.4 / 0.5) / 2)
+
+
+def test_classification_accuracy_of_one_sample():
+    m = ClassificationMetrics(2)
+    m.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    out = m.compute()
+    assert float(out["accuracy"]) == 1.0 and float(out["balanced_accuracy"]) == 1.0

@@ -76,6 +76,30 @@ def test_famo_weights_and_logit_step():
     assert not any(p.requires_grad for p in w.parameters())
 
 
+def test_famo_follows_algorithm_1_with_recipe_weights_a_loss_bound_and_weight_decay():
+    cfg = {"lr": 0.1, "weight_decay": 0.01, "min_loss": 0.1}
+    w = build_weighting("famo", cfg, {"a": 1.0, "b": 0.5}, "a")
+    # the reference: Algorithm 1's logit step, d = J_softmax^T delta, by torch's own Adam
+    xi = torch.zeros(2, requires_grad=True)
+    adam = torch.optim.Adam([xi], lr=0.1, weight_decay=0.01)
+    recipe = torch.tensor([1.0, 0.5])
+    prev = None
+    for step, (a, b) in enumerate([(2.0, 0.6), (1.9, 0.5), (1.8, 0.45)]):
+        got = w.weights(_losses(a=a, b=b), step)
+        shifted = torch.tensor([a, b]) * recipe - 0.1  # w_i L_i - b_i
+        if prev is not None:
+            z = torch.softmax(xi.detach(), 0)
+            delta = prev.log() - shifted.log()
+            xi.grad = z * (delta - (z * delta).sum())
+            adam.step()
+        prev = shifted
+        z = torch.softmax(xi.detach(), 0)
+        expected = z / ((z / shifted).sum() * shifted) * recipe
+        assert [got["a"], got["b"]] == pytest.approx(expected.tolist(), rel=1e-5), step
+    assert torch.allclose(w.logits, xi.detach(), atol=1e-6)
+    assert float(xi[0]) > 0 > float(xi[1])  # b's loss fell faster: weight moves to a
+
+
 def test_gradnorm_equalises_gradient_norms_on_a_toy_problem():
     torch.manual_seed(0)
     w = build_weighting("gradnorm", {"alpha": 0.0}, {"a": 1.0, "b": 1.0}, "a")
@@ -281,3 +305,23 @@ def test_gcs_uses_an_auxiliary_gradient_only_where_it_agrees_with_the_primary(we
     assert logs["weight_t1"] == pytest.approx(c) and logs["weight_t2"] == 0.0
     state = w.state_dict()
     assert int(state["gated"][2]) == 2 and int(state["steps"]) == 2
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_gcs_similarity_weights_by_hand_at_any_gradient_scale(scale):
+    from mtlseg.weighting.gcs import similarity_weights
+
+    # primary (2, 0); (3, 3) agrees (cos 1/sqrt 2); (0, 5) is orthogonal: cos 0 does not
+    # agree, it is left out; (-1, 1) opposes it
+    matrix = scale * torch.tensor([[2.0, 0.0], [3.0, 3.0], [0.0, 5.0], [-1.0, 1.0]])
+    plain = similarity_weights(matrix, 0, weighted=False)
+    assert plain.tolist() == [1.0, 1.0, 0.0, 0.0]
+    weighted = similarity_weights(matrix, 0, weighted=True)
+    assert weighted.tolist() == pytest.approx([1.0, 1 / math.sqrt(2), 0.0, 0.0])
+
+
+def test_rlw_outside_training_weighs_every_task_by_its_share():
+    w = build_weighting("rlw", {}, {"seg": 1.0, "aux": 0.5, "other": 3.0}, "seg")
+    w.eval()  # validation: no random draw, the mean of the random weights (1/K each)
+    got = w.weights(_losses(seg=1.0, aux=1.0, other=1.0), 0)
+    assert got == pytest.approx({"seg": 1 / 3, "aux": 0.5 / 3, "other": 1.0})

@@ -98,7 +98,8 @@ class FAMOWeighting(Weighting):
     sum_i z_i log(L_i - b_i) / c with z = softmax(xi) and c = sum_i z_i / (L_i - b_i), so each
     task's effective weight is z_i / (c (L_i - b_i)); then move xi towards the tasks whose
     log-loss fell least, by its own Adam step on
-    d = J_softmax(xi)^T [log(L_prev - b) - log(L_now - b)].
+    d = J_softmax(xi)^T [log(L_prev - b) - log(L_now - b)]. With recipe weights w_i, L_i is
+    w_i times the task's loss, in the weights and in the step alike.
 
     One deviation, for cost: L_now is the next training step's loss (the next mini-batch),
     not a second forward pass of the same batch as in the authors' code, so FAMO costs no
@@ -123,8 +124,9 @@ class FAMOWeighting(Weighting):
         self.register_buffer("prev", torch.full((k,), float("nan")))
         self._optimizer = torch.optim.Adam([self.logits], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def _log_losses(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self.cfg.min_loss + self.cfg.eps).log()
+    def _shifted(self, values: torch.Tensor) -> torch.Tensor:
+        """L_i - b_i, kept above 0 by eps."""
+        return values - self.cfg.min_loss + self.cfg.eps
 
     def _update(self, now: torch.Tensor) -> None:
         """Algorithm 1, lines 7-8: the logits' step from the change of each log-loss
@@ -134,7 +136,7 @@ class FAMOWeighting(Weighting):
         if not both.any():
             return
         delta = torch.zeros_like(now)
-        delta[both] = self._log_losses(prev[both]) - self._log_losses(now[both])
+        delta[both] = self._shifted(prev[both]).log() - self._shifted(now[both]).log()
         with torch.enable_grad():
             logits = self.logits.detach().requires_grad_()
             (grad,) = torch.autograd.grad(torch.softmax(logits, 0), logits, grad_outputs=delta)
@@ -150,14 +152,15 @@ class FAMOWeighting(Weighting):
         index = [self.names.index(n) for n in losses]
         # under DDP every process steps its logits with the losses of the whole batch
         values = mean_over_processes(torch.stack([losses[n].detach() for n in losses]).float())
+        recipe = torch.tensor([self.task_weights[n] for n in losses], device=values.device)
+        weighted = values * recipe  # the losses FAMO balances, in the weights and the step alike
         if self.training:
             now = torch.full((len(self.names),), float("nan"), device=values.device)
-            now[index] = values
+            now[index] = weighted
             self._update(now)
             self.prev.copy_(now)
-        recipe = torch.tensor([self.task_weights[n] for n in losses], device=values.device)
         z = torch.softmax(self.logits.detach()[index], dim=0)
-        shifted = values * recipe - self.cfg.min_loss + self.cfg.eps
+        shifted = self._shifted(weighted)
         effective = z / ((z / shifted).sum() * shifted) * recipe
         return {n: float(w) for n, w in zip(losses, effective, strict=True)}
 
