@@ -144,6 +144,21 @@ def _aggregate(kind: str, grads: list[list[float]], params: dict | None = None):
     return theta.grad, w.logs()
 
 
+def test_aligned_mtl_passes_each_scale_mode_to_torchjd():
+    from torchjd.aggregation import AlignedMTL
+
+    grads = [[1.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 9.0]]  # scales 1, 4, 9
+    got = {
+        mode: _aggregate("aligned-mtl", grads, {"scale_mode": mode})[0]
+        for mode in ("min", "median", "rmse")
+    }
+    for mode, grad in got.items():
+        assert torch.allclose(grad, AlignedMTL(scale_mode=mode)(torch.tensor(grads))), mode
+    assert not torch.allclose(got["min"], got["median"]), "the modes differ here"
+    with pytest.raises(ConfigError, match="min, median or rmse"):
+        build_weighting("aligned-mtl", {"scale_mode": "mean"}, {"a": 1.0, "b": 1.0}, "a")
+
+
 def test_pcgrad_projects_conflicting_gradients():
     grad, logs = _aggregate("pcgrad", [[1.0, 0.0], [-1.0, 1.0]])
     # g1' = g1 - (g1.g2/|g2|^2) g2 = (0.5, 0.5); g2' = g2 - (g2.g1/|g1|^2) g1 = (0, 1)
@@ -284,6 +299,36 @@ def test_aggregator_sees_the_unscaled_jacobian_under_amp_loss_scaling():
         grads.append(theta.grad / scale)
     assert torch.allclose(grads[0], grads[1], rtol=1e-5)
     assert float(grads[0].norm()) == pytest.approx(0.5, rel=1e-3), "max_norm clipped it"
+
+
+def test_nash_mtl_between_solves_adds_to_accumulated_grads_at_any_loss_scale():
+    """The reuse step (between solves) under AMP loss scaling and gradient accumulation:
+    .grad / scale is the same at every scale, and what was in .grad before is kept."""
+    results = []
+    for scale in (1.0, 1024.0):
+        for accumulated in (False, True):
+            theta = torch.ones(2, requires_grad=True)
+            head = torch.ones(1, requires_grad=True)
+            w = build_weighting(
+                "nash-mtl", {"max_norm": 0.5, "update_weights_every": 2}, {"a": 1, "b": 1}, "a"
+            )
+            for step, rows in enumerate([[[3.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [0.0, 4.0]]]):
+                theta.grad = head.grad = None  # the optimiser's zero_grad
+                if step == 1 and accumulated:  # an earlier micro-batch's gradients
+                    theta.grad, head.grad = torch.full((2,), scale), torch.full((1,), 2 * scale)
+                losses = {
+                    n: (torch.tensor(r) @ theta) * head[0] ** 2
+                    for n, r in zip("ab", rows, strict=True)
+                }
+                ctx = BackwardContext([theta], [head], scale=scale)
+                w.backward(losses, w(losses) * scale, ctx)
+            before = (1.0, 2.0) if accumulated else (0.0, 0.0)
+            results.append((theta.grad / scale - before[0], head.grad / scale - before[1]))
+    for theta_grad, head_grad in results[1:]:
+        assert torch.allclose(theta_grad, results[0][0], rtol=1e-5)
+        assert torch.allclose(head_grad, results[0][1], rtol=1e-5)
+    assert float(results[0][0].norm()) == pytest.approx(0.5, rel=1e-4), "clipped to max_norm"
+    assert float(results[0][1].abs()) > 0.5, "the head's part is not clipped"
 
 
 @pytest.mark.parametrize("weighted", [False, True])
