@@ -9,6 +9,7 @@ import torch
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.metrics import SegmentationMetrics, confusion_counts, hd95, score_case, summarise
+from mtlseg.metrics.cases import write_scores
 from mtlseg.weighting import build_weighting
 
 
@@ -172,3 +173,27 @@ def test_fixed_weighting_is_the_weighted_sum():
     w = build_weighting("fixed", {}, {"segmentation": 1.0, "hog": 0.25}, "segmentation")
     losses = {"segmentation": torch.tensor(2.0), "hog": torch.tensor(4.0)}
     assert w(losses).item() == pytest.approx(3.0)
+
+
+def test_write_scores_json_and_csv_round_trip(tmp_path):
+    import csv
+    import json
+
+    protocol = {"version": 3, "empty": "exclude"}
+    rows = [
+        {"case": "a", "dice/lv": 0.5, "dice/rv": float("nan")},
+        {"case": "b", "dice/lv": 1.0},  # no rv column: an empty cell
+    ]
+    json_path, csv_path = write_scores(
+        rows, {"protocol": protocol, "dice/mean": 0.75}, tmp_path / "new" / "deep" / "scores.json"
+    )
+    record = json.loads(json_path.read_text())
+    assert record["summary"] == {"protocol": protocol, "dice/mean": 0.75}
+    assert record["cases"][0]["dice/rv"] is None, "NaN is null in strict JSON"
+    with csv_path.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["dice/rv"] for r in table] == ["", ""]
+    assert [r["dice/lv"] for r in table] == ["0.5", "1.0"]
+    assert {r["protocol"] for r in table} == {"3"} and {r["empty"] for r in table} == {"exclude"}
+    _, empty_csv = write_scores([], {"protocol": protocol}, tmp_path / "none.json")
+    assert empty_csv.read_text().splitlines()[0] == "case,protocol,empty"

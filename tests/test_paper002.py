@@ -138,6 +138,21 @@ def test_canny_target_matches_scikit_image_on_a_real_image():
     assert (ref & binary_dilation(ours)).sum() / ref.sum() > 0.9
 
 
+def test_grey_is_luma_for_rgb_and_the_mean_otherwise():
+    red = torch.zeros(1, 3, 5, 4)
+    red[:, 0] = 1.0
+    assert torch.allclose(grey(red), torch.full((1, 1, 5, 4), 0.299))  # ITU-R BT.601 luma
+    four = torch.arange(4.0).view(1, 4, 1, 1).expand(1, 4, 3, 3)
+    assert torch.allclose(grey(four), torch.full((1, 1, 3, 3), 1.5))
+
+
+def test_canny_high_threshold_keeps_only_strong_edges():
+    x = _kvasir_rgb()
+    low, high = canny_edges(x, 0.1, 0.2, 1.0), canny_edges(x, 0.1, 0.6, 1.0)
+    assert bool((high <= low).all()), "a higher threshold only removes edges"
+    assert 0 < float(high.sum()) < 0.9 * float(low.sum())
+
+
 def test_lab_target_matches_scikit_image():
     x = _kvasir_rgb()
     ours = lab(x)[0].permute(1, 2, 0).numpy()

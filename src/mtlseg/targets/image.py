@@ -35,5 +35,5 @@ def lab(x: torch.Tensor) -> torch.Tensor:
     """RGB images (any normalisation) -> CIE LAB scaled to about [-1, 1]: L / 50 - 1, a / 110,
     b / 110. (B, 3, H, W) -> (B, 3, H, W)."""
     with torch.no_grad():
-        out = rgb_to_lab(unit_range(x).clamp(0, 1))
+        out = rgb_to_lab(unit_range(x))  # min-max: already within [0, 1] exactly
     return torch.cat([out[:, :1] / 50.0 - 1.0, out[:, 1:] / 110.0], dim=1)
