@@ -9,7 +9,7 @@ import torch
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.metrics import SegmentationMetrics, confusion_counts, hd95, score_case, summarise
-from mtlseg.metrics.cases import write_scores
+from mtlseg.metrics.cases import format_summary, write_scores
 from mtlseg.weighting import build_weighting
 
 
@@ -197,3 +197,26 @@ def test_write_scores_json_and_csv_round_trip(tmp_path):
     assert {r["protocol"] for r in table} == {"3"} and {r["empty"] for r in table} == {"exclude"}
     _, empty_csv = write_scores([], {"protocol": protocol}, tmp_path / "none.json")
     assert empty_csv.read_text().splitlines()[0] == "case,protocol,empty"
+
+
+def test_summary_means_over_the_foreground_less_the_ignored_class_and_lists_5_worst():
+    names = ["bg", "a", "b"]
+    rows = [
+        {"case": f"c{i}", "dice/a": a, "dice/b": 1.0, "dice/mean": (a + 1.0) / 2}
+        for i, a in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    ]
+    summary = summarise(rows, names, ignore_index=2)
+    metrics = summary["metrics"]
+    assert metrics["dice/a"]["mean"] == pytest.approx(0.4)
+    assert metrics["dice/a"]["std"] == pytest.approx(0.2)  # population std of 0.1 ... 0.7
+    # the headline: the mean of the foreground classes' means, b ignored (not 0.7)
+    assert metrics["dice/mean"]["mean"] == pytest.approx(0.4)
+    assert metrics["dice/mean"]["std"] == pytest.approx(0.1), "over the cases' own means"
+    assert [w["case"] for w in summary["worst"]] == ["c0", "c1", "c2", "c3", "c4"]
+    assert summary["protocol"]["hd95_one_empty"] == "diagonal"  # nnU-Net's convention
+    lines = format_summary(summary).splitlines()
+    assert lines[0] == "7 case(s); a class in neither prediction nor truth: exclude"
+    assert lines[1].split() == ["dice/a", "0.4000", "+-", "0.2000", "(n=7)"]
+    assert lines[-6:-4] == ["worst cases by mean Dice:", f"  {'c0':26s} 0.5500"]
+    one = summarise(rows[:1], names)
+    assert one["num_cases"] == 1 and one["metrics"]["dice/a"] == {"mean": 0.1, "std": 0.0, "n": 1}

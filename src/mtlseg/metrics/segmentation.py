@@ -42,7 +42,7 @@ EMPTY_CONVENTIONS = ("exclude", "one", "zero")
 PROTOCOL_VERSION = 2
 
 
-def protocol(empty: str = "exclude") -> dict:
+def protocol(empty: str) -> dict:
     """The scoring protocol a scores file records (see the module docstring)."""
     check_empty(empty)
     return {
