@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -234,6 +235,14 @@ def test_evaluate_folder_names_the_bad_file(tmp_path):
     _png(gt / "a.png", np.full((4, 4), 2))
     with pytest.raises(DataError, match=r"pred/a.png: label value\(s\) \[7\] not in the classes"):
         evaluate_folder(pred, gt)
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(tmp_path / 'nowhere'))}: folder does not exist$"
+    ):
+        evaluate_folder(tmp_path / "nowhere", gt)
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("not a mask")
+    with pytest.raises(DataError, match=r"text: no mask files \(\.png, \.jpg, .*, \.nii\)$"):
+        evaluate_folder(tmp_path / "text", gt)
 
 
 def test_score_case_ignores_a_class_and_follows_conventions():

@@ -205,6 +205,8 @@ def test_summary_means_over_the_foreground_less_the_ignored_class_and_lists_5_wo
         {"case": f"c{i}", "dice/a": a, "dice/b": 1.0, "dice/mean": (a + 1.0) / 2}
         for i, a in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     ]
+    nan = math.nan  # a case where nothing is defined sorts after every score, not first
+    rows.insert(0, {"case": "undefined", "dice/a": nan, "dice/b": nan, "dice/mean": nan})
     summary = summarise(rows, names, ignore_index=2)
     metrics = summary["metrics"]
     assert metrics["dice/a"]["mean"] == pytest.approx(0.4)
@@ -215,8 +217,8 @@ def test_summary_means_over_the_foreground_less_the_ignored_class_and_lists_5_wo
     assert [w["case"] for w in summary["worst"]] == ["c0", "c1", "c2", "c3", "c4"]
     assert summary["protocol"]["hd95_one_empty"] == "diagonal"  # nnU-Net's convention
     lines = format_summary(summary).splitlines()
-    assert lines[0] == "7 case(s); a class in neither prediction nor truth: exclude"
+    assert lines[0] == "8 case(s); a class in neither prediction nor truth: exclude"
     assert lines[1].split() == ["dice/a", "0.4000", "+-", "0.2000", "(n=7)"]
     assert lines[-6:-4] == ["worst cases by mean Dice:", f"  {'c0':26s} 0.5500"]
-    one = summarise(rows[:1], names)
+    one = summarise(rows[1:2], names)
     assert one["num_cases"] == 1 and one["metrics"]["dice/a"] == {"mean": 0.1, "std": 0.0, "n": 1}

@@ -52,9 +52,24 @@ def test_uw_weights_and_gradient_follow_kendall_formula():
     assert w.log_vars[0] > 0 > w.log_vars[1]
 
 
-def test_uw_rejects_unknown_form():
-    with pytest.raises(ConfigError, match="forms.aux: 'gaussian'"):
-        build_weighting("uw", {"forms": {"aux": "gaussian"}}, {"seg": 1.0, "aux": 1.0}, "seg")
+def test_uw_rejects_unknown_form_and_task():
+    tasks = {"seg": 1.0, "aux": 1.0}
+    with pytest.raises(ConfigError, match="forms.aux: 'gaussian'; valid: regression, classif"):
+        build_weighting("uw", {"forms": {"aux": "gaussian"}}, tasks, "seg")
+    with pytest.raises(ConfigError, match="forms: no task 'depth'; tasks: seg, aux$"):
+        build_weighting("uw", {"forms": {"depth": "regression"}}, tasks, "seg")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"unit": "day"}, "unit must be epoch or step, got 'day'"),
+        ({"every": 0}, "every must be >= 1, got 0"),
+    ],
+)
+def test_history_weightings_name_a_bad_period(params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_weighting("dwa", params, {"seg": 1.0, "aux": 1.0}, "seg")
 
 
 def test_famo_weights_and_logit_step():
