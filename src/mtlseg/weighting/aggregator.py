@@ -109,7 +109,7 @@ class AggregatorWeighting(Weighting):
             retain_graph=True,  # the heads' backward follows
             parallel_chunk_size=self.cfg.parallel_chunk_size,
         )
-        average_over_processes([p.jac for p in shared])
+        average_over_processes([p.jac for p in shared])  # pragma: no mutate (DDP only)
         # parameters no active loss reaches (a task's attention before its stage) get no
         # gradient, as with a plain backward, rather than a zero that Adam would step on
         unused = [p for p in shared if not p.jac.any()]

@@ -100,7 +100,9 @@ class GradNormWeighting(Weighting):
         total.backward()
 
 
-def _whole_batch(norms: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _whole_batch(  # pragma: no mutate block (DDP only)
+    norms: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Under DDP, the whole batch's gradient norms at W and loss values from each process's."""
     world = world_size()
     if world == 1:

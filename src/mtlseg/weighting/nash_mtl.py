@@ -105,7 +105,8 @@ class NashMTLWeighting(AggregatorWeighting):
         for p, g in zip(heads, head_grads, strict=True):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
-        average_over_processes([g for g in grads if g is not None])  # DDP: the whole batch's
+        # DDP: the whole batch's
+        average_over_processes([g for g in grads if g is not None])  # pragma: no mutate
         squares = [(g.float() ** 2).sum() for g in grads if g is not None]
         norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
         factor = 1.0
