@@ -245,6 +245,95 @@ def test_evaluate_folder_names_the_bad_file(tmp_path):
         evaluate_folder(tmp_path / "text", gt)
 
 
+def test_evaluate_folder_reads_0_255_masks_as_binary_thresholded_at_127(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((4, 4), np.uint8)
+    truth[0, :2] = 255
+    guess = np.zeros((4, 4), np.uint8)
+    guess[0, :2] = 128  # above 127: foreground
+    guess[3, 3] = 127  # not above: background
+    _png(gt / "a.png", truth), _png(pred / "a.png", guess)
+    rows, summary = evaluate_folder(pred, gt, with_hd95=False)
+    assert rows[0]["dice/foreground"] == 1.0, "0/255 masks: two classes, not 256"
+    assert [k for k in summary["metrics"] if k.startswith("dice/")] == [
+        "dice/background",
+        "dice/foreground",
+        "dice/mean",
+    ]
+
+
+def test_evaluate_folder_classes_from_values_or_dataset_json(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((4, 4), np.uint8)
+    truth[0, 0], truth[1, 1] = 1, 3  # value 2 never occurs: still a class
+    _png(gt / "a.png", truth), _png(pred / "a.png", truth)
+    rows, _ = evaluate_folder(pred, gt, with_hd95=False)
+    assert [k for k in rows[0] if k.startswith("dice/")] == [
+        "dice/background",
+        "dice/class1",
+        "dice/class2",
+        "dice/class3",
+        "dice/mean",
+    ]
+    _png(gt / "a.png", np.zeros((4, 4))), _png(pred / "a.png", np.zeros((4, 4)))
+    rows, _ = evaluate_folder(pred, gt, with_hd95=False)
+    assert "dice/foreground" in rows[0], "all background: a binary mask, two classes"
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "z": 2, "a": 1}}))
+    rows, _ = evaluate_folder(pred, gt, labels, with_hd95=False)
+    assert [k for k in rows[0] if k.startswith("dice/")] == [
+        "dice/background",
+        "dice/a",
+        "dice/z",
+        "dice/mean",
+    ]
+    labels.write_text(json.dumps({"labels": {"background": 0, "a": 2}}))
+    with pytest.raises(DataError, match=r"dataset.json: label values must be 0..N-1, got \[0, 2\]"):
+        evaluate_folder(pred, gt, labels)
+    labels.write_text(json.dumps({"classes": []}))
+    with pytest.raises(DataError, match="dataset.json: cannot read its 'labels' \\('labels'\\)"):
+        evaluate_folder(pred, gt, labels)
+
+
+def test_evaluate_folder_lists_at_most_20_problems_and_5_bad_values(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    for i in range(25):
+        _png(gt / f"c{i:02d}.png", np.zeros((4, 4)))
+    _png(pred / "other.png", np.zeros((4, 4)))  # 25 missing, 1 extra: the first 20 said
+    with pytest.raises(DataError) as err:
+        evaluate_folder(pred, gt)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 20 and lines[0].endswith(f"gt/c00.png: no prediction c00.* in {pred}")
+    for f in [*gt.iterdir(), *pred.iterdir()]:
+        f.unlink()
+    _png(gt / "a.png", np.arange(16).reshape(4, 4) % 2)
+    _png(pred / "a.png", np.arange(16).reshape(4, 4) % 2 + 7 * (np.arange(16).reshape(4, 4) > 9))
+    with pytest.raises(
+        DataError, match=r"pred/a.png: label value\(s\) \[7, 8\] not in the classes"
+    ):
+        evaluate_folder(pred, gt)
+
+
+def test_evaluate_folder_scores_a_nifti_volume_as_one_case_and_refuses_fractions(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((4, 4, 2), np.uint8)
+    truth[1:3, 1:3, :] = 1  # 4 voxels in each of 2 slices
+    guess = truth.copy()
+    guess[:, :, 1] = 0  # the second slice missed
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(truth, affine), str(gt / "v.nii.gz"))
+    nib.save(nib.Nifti1Image(guess.astype(np.float32), affine), str(pred / "v.nii.gz"))
+    rows, _ = evaluate_folder(pred, gt)
+    assert rows[0]["dice/class1"] == pytest.approx(2 * 4 / (4 + 8)), "one 3D case, not a slice"
+    nib.save(nib.Nifti1Image(guess * 0.5, affine), str(pred / "v.nii.gz"))
+    with pytest.raises(DataError, match=r"pred/v.nii.gz: mask has non-integer values"):
+        evaluate_folder(pred, gt)
+
+
 def test_score_case_ignores_a_class_and_follows_conventions():
     truth = np.array([[0, 1], [2, 2]])
     pred = np.array([[1, 1], [2, 0]])

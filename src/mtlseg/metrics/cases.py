@@ -95,8 +95,8 @@ def folder_classes(
     found: set[int] = set().union(*(np.unique(t).tolist() for t in truths.values()))
     if lossy or found <= {0, 255}:
         return ["background", "foreground"], True
-    top = int(max(found))
-    return ["background"] + [f"class{i}" for i in range(1, max(top, 1) + 1)], False
+    top = int(max(found))  # >= 1: a set without it is within {0, 255}
+    return ["background"] + [f"class{i}" for i in range(1, top + 1)], False
 
 
 def evaluate_folder(
