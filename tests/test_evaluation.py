@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -341,3 +342,27 @@ def test_score_case_ignores_a_class_and_follows_conventions():
     assert s["dice/a"] == pytest.approx(2 / 3) and s["dice/b"] == pytest.approx(2 / 3)
     s = score_case(pred, truth, ["void", "a", "b"], with_hd95=False, ignore_index=0)
     assert s["dice/a"] == 1.0, "the pixel labelled 0 is not counted"
+
+
+def test_score_case_ignoring_a_foreground_class_and_slice_dice_of_volumes():
+    truth = np.array([[0, 1], [2, 2]])
+    pred = np.array([[1, 1], [2, 0]])
+    s = score_case(pred, truth, ["bg", "a", "void"], with_hd95=False, ignore_index=2)
+    assert s["dice/a"] == pytest.approx(2 / 3) and math.isnan(s["dice/void"])
+    assert s["dice/mean"] == pytest.approx(2 / 3), "the ignored class is not in the mean"
+    assert not any(k.startswith("slice_dice") for k in s), "an image has no slice column"
+    one = score_case(pred[None], truth[None], ["bg", "a", "void"], with_hd95=False)
+    assert not any(k.startswith("slice_dice") for k in one), "nor has a one-slice volume"
+    # two slices: class a in both truths, predicted in the first only; class b only in slice 0
+    t = np.array([[[1, 2], [0, 0]], [[1, 0], [0, 0]]])
+    p = np.array([[[1, 2], [0, 0]], [[0, 0], [0, 0]]])
+    v = score_case(p, t, ["bg", "a", "b"], with_hd95=False, empty="zero")
+    assert v["dice/a"] == pytest.approx(2 / 3)  # 3D: tp 1, fn 1
+    assert v["slice_dice/a"] == pytest.approx(0.5)  # (1 + 0) / 2
+    assert v["slice_dice/b"] == 0.5, "slice 1 has no b at all: 0 under empty='zero'"
+    w = score_case(p, t, ["bg", "a", "b"], with_hd95=False, ignore_index=1)
+    assert math.isnan(w["slice_dice/a"]), "an ignored class counts in no slice"
+    with pytest.raises(
+        ValueError, match=r"^prediction \(2, 2\) and truth \(1, 2, 2\) differ in size$"
+    ):
+        score_case(pred, truth[None], ["bg", "a"])
