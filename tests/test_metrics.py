@@ -222,3 +222,25 @@ def test_summary_means_over_the_foreground_less_the_ignored_class_and_lists_5_wo
     assert lines[-6:-4] == ["worst cases by mean Dice:", f"  {'c0':26s} 0.5500"]
     one = summarise(rows[1:2], names)
     assert one["num_cases"] == 1 and one["metrics"]["dice/a"] == {"mean": 0.1, "std": 0.0, "n": 1}
+
+
+def test_hd95_is_the_95th_percentile_and_full_masks_are_0():
+    truth = torch.zeros(1, 24, 24, dtype=torch.long)
+    truth[0, 0, :19] = 1  # a line of 19 pixels
+    pred = truth.clone()
+    pred[0, 10, 0] = 1  # and one stray pixel 10 away: distances 19 x 0 and 10
+    # linear 95th percentile of [0] * 19 + [10]: 0.95 * 19 = 18.05 -> 0.05 * 10 (the max: 10)
+    assert float(hd95(pred, truth, 2)[0, 1]) == pytest.approx(0.5, abs=1e-4)
+    full = torch.ones(1, 4, 4, dtype=torch.long)
+    assert float(hd95(full, full, 2)[0, 1]) == 0.0, "identical masks without an edge: 0"
+    # one empty: the image diagonal in the spacing's units, (8 x 2, 8 x 1), in float64
+    one = (torch.arange(64).view(1, 8, 8) == 3).long()
+    assert float(hd95(torch.zeros_like(one), one, 2, spacing=(2.0, 1.0))[0, 1]) == math.hypot(16, 8)
+
+
+def test_unit_range_maps_each_image_min_max_to_0_1_and_a_flat_image_to_0():
+    from mtlseg.targets.image import unit_range
+
+    x = torch.stack([torch.tensor([2.0, 4.0, 6.0]), torch.tensor([-1.0, -1.0, -1.0])])
+    out = unit_range(x.view(2, 1, 1, 3))
+    assert out.flatten(1).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]
