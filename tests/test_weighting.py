@@ -115,6 +115,25 @@ def test_famo_follows_algorithm_1_with_recipe_weights_a_loss_bound_and_weight_de
     assert float(xi[0]) > 0 > float(xi[1])  # b's loss fell faster: weight moves to a
 
 
+def test_gradnorm_first_step_by_hand_with_recipe_weights():
+    w = build_weighting("gradnorm", {"alpha": 1.5}, {"a": 1.0, "b": 0.5}, "a")
+    shared = torch.ones(2, requires_grad=True)
+    feature = shared * 1.0
+    losses = {"a": 3 * feature[0], "b": 4 * feature[1]}  # w_i L_i: gradients 3 and 2 at W
+    ctx = BackwardContext([shared], [], features={"bottleneck": feature})
+    w.backward(losses, w(losses), ctx)
+    # G = K softmax(0) * (3, 2) = (3, 2), target mean 2.5 (rates 1 at the first step);
+    # d sum|G_i - 2.5| / d logit_j = sum_i sign_i n_i (delta_ij - 1/2) = (2.5, -2.5)
+    assert w.logits.grad.tolist() == pytest.approx([2.5, -2.5])
+    assert w.logs()["grad_norm_b"] == pytest.approx(2.0)
+    with pytest.raises(
+        ConfigError, match="feature='nope': the backbone has no such feature; it has: bottleneck$"
+    ):
+        build_weighting("gradnorm", {"feature": "nope"}, {"a": 1.0, "b": 0.5}, "a").backward(
+            losses, w(losses), ctx
+        )
+
+
 def test_gradnorm_equalises_gradient_norms_on_a_toy_problem():
     torch.manual_seed(0)
     w = build_weighting("gradnorm", {"alpha": 0.0}, {"a": 1.0, "b": 1.0}, "a")
