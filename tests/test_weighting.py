@@ -290,6 +290,20 @@ def test_nash_mtl_state_survives_a_checkpoint():
     clone.load_state_dict(w.state_dict())
     # step 1 reuses the last alpha without solving, in both; the gradients differ on purpose
     assert run(clone, [[1.0, 0.0], [0.0, 5.0]]) == pytest.approx(run(w, [[1.0, 0.0], [0.0, 5.0]]))
+    # step 2 solves again, warm-started from the restored alpha and normalisation factor
+    assert run(clone, [[3.0, 1.0], [0.5, 2.0]]) == pytest.approx(run(w, [[3.0, 1.0], [0.5, 2.0]]))
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"on_failure": "ignore"}, "on_failure must be count or error, got 'ignore'"),
+        ({"update_weights_every": 0}, "update_weights_every must be >= 1, got 0"),
+    ],
+)
+def test_nash_mtl_names_a_bad_parameter(params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_weighting("nash-mtl", params, {"a": 1.0, "b": 1.0}, "a")
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.5])
