@@ -244,3 +244,22 @@ def test_unit_range_maps_each_image_min_max_to_0_1_and_a_flat_image_to_0():
     x = torch.stack([torch.tensor([2.0, 4.0, 6.0]), torch.tensor([-1.0, -1.0, -1.0])])
     out = unit_range(x.view(2, 1, 1, 3))
     assert out.flatten(1).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_validation_scores_by_hand_with_an_ignored_class_slices_and_empty_zero():
+    """Two cases of two 2x2 slices; class 2 is ignored (a void label), empty classes score 0."""
+    t = torch.tensor([[[1, 1], [0, 2]], [[0, 0], [0, 0]], [[1, 0], [0, 0]], [[1, 0], [0, 0]]])
+    p = torch.tensor([[[1, 0], [0, 1]], [[0, 0], [0, 0]], [[1, 0], [0, 0]], [[1, 1], [0, 0]]])
+    m = SegmentationMetrics(["bg", "a", "void"], ignore_index=2, empty="zero")
+    m.update(p[:2], t[:2], torch.tensor([0, 0]))
+    m.update(p[2:], t[2:], torch.tensor([1, 1]))
+    out = m.compute()
+    # per case: a has tp 1, fn 1 (2/3) and tp 2, fp 1 (4/5); the void class is not in the mean
+    assert out["dice/a"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert out["dice/mean"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # per slice: case 0 (2/3, 0: a absent from both, 0 under "zero"), case 1 (1, 2/3)
+    assert out["slice_dice/a"] == pytest.approx(((2 / 3 + 0) / 2 + (1 + 2 / 3) / 2) / 2)
+    assert out["pixel_accuracy"] == pytest.approx(13 / 15), "the void pixel is not counted"
+    assert out["f1/mean"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # a pooled: tp 3, fp 1, fn 1
+    # frequency-weighted IoU: bg 11 true pixels, IoU 10/12; a 4, IoU 3/5
+    assert out["weighted_iou"] == pytest.approx((11 * 10 / 12 + 4 * 3 / 5) / 15)
