@@ -263,3 +263,14 @@ def test_validation_scores_by_hand_with_an_ignored_class_slices_and_empty_zero()
     assert out["f1/mean"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # a pooled: tp 3, fp 1, fn 1
     # frequency-weighted IoU: bg 11 true pixels, IoU 10/12; a 4, IoU 3/5
     assert out["weighted_iou"] == pytest.approx((11 * 10 / 12 + 4 * 3 / 5) / 15)
+
+
+def test_one_class_problems_single_pixels_and_all_undefined_means():
+    one = score_case(np.zeros((2, 2)), np.zeros((2, 2)), ["tissue"], with_hd95=False)
+    assert one["dice/tissue"] == 1.0 and one["dice/mean"] == 1.0, "one class: the mean is it"
+    truth = np.zeros((3, 3))
+    truth[1, 1] = 1
+    single = score_case(truth, truth, ["bg", "dot"], with_hd95=False)
+    assert single["iou/dot"] == 1.0 and single["dice/dot"] == 1.0
+    empty = score_case(np.zeros((3, 3)), np.zeros((3, 3)), ["bg", "a", "b"], with_hd95=False)
+    assert math.isnan(empty["dice/mean"]), "no foreground class defined: the mean is undefined"

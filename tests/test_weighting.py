@@ -418,3 +418,41 @@ def test_rlw_outside_training_weighs_every_task_by_its_share():
     w.eval()  # validation: no random draw, the mean of the random weights (1/K each)
     got = w.weights(_losses(seg=1.0, aux=1.0, other=1.0), 0)
     assert got == pytest.approx({"seg": 1 / 3, "aux": 0.5 / 3, "other": 1.0})
+
+
+def test_aggregators_log_the_cosine_of_each_pair_of_small_gradients_once():
+    # gradients of norm < 1 (the clamp only guards 0): cos(t0, t1) = 0.6, t0 and t2 opposite
+    _, logs = _aggregate("upgrad", [[0.03, 0.04], [0.05, 0.0], [-0.03, -0.04]])
+    cos = {k: v for k, v in logs.items() if k.startswith("cos_")}
+    assert cos == pytest.approx({"cos_t0-t1": 0.6, "cos_t0-t2": -1.0, "cos_t1-t2": -0.6})
+
+
+def test_the_generic_aggregator_path_sees_the_unscaled_jacobian():
+    """Nash-MTL through torchjd's generic path is not scale-invariant (alpha_i (G alpha)_i
+    = 1): .grad / scale must not depend on the AMP scale."""
+    from mtlseg.weighting.aggregator import AggregatorWeighting
+
+    grads = []
+    for scale in (1.0, 2.0, 1024.0):
+        theta = torch.zeros(2, requires_grad=True)
+        w = build_weighting("nash-mtl", {"max_norm": 0.0}, {"a": 1.0, "b": 1.0}, "a")
+        losses = {"a": torch.tensor([3.0, 1.0]) @ theta, "b": torch.tensor([0.0, 2.0]) @ theta}
+        AggregatorWeighting.backward(
+            w, losses, w(losses) * scale, BackwardContext([theta], [], scale=scale)
+        )
+        grads.append(theta.grad / scale)
+    assert torch.allclose(grads[1], grads[0], rtol=1e-4) and torch.allclose(
+        grads[2], grads[0], rtol=1e-4
+    )
+
+
+def test_a_gradient_method_without_its_extra_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m: None if m == "cvxpy" else real(m))
+    with pytest.raises(
+        ConfigError,
+        match='NashMTLWeighting needs cvxpy, which are not installed: pip install "mtlseg\\[nash-mtl\\]"',
+    ):
+        build_weighting("nash-mtl", {}, {"a": 1.0, "b": 1.0}, "a")
