@@ -142,3 +142,14 @@ def test_invalid_config_is_rejected():
         HOGConfig(norm="l3")
     with pytest.raises(ConfigError, match="cell"):
         HOGConfig(resize=8, cell=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_orientation_is_unsigned_in_0_180_degrees(dtype):
+    from mtlseg.targets.hog import _orientation
+
+    # (d row, d col) -> degrees: a leftward gradient (0, -1) is 0, never 180 (bin overflow)
+    rows = torch.tensor([0.0, 1.0, 0.0, -1.0, 1.0, -1.0, 1.0], dtype=dtype)
+    cols = torch.tensor([1.0, 0.0, -1.0, 0.0, 1.0, 1.0, -1.0], dtype=dtype)
+    got = _orientation(rows, cols, 9)
+    assert got.tolist() == pytest.approx([0.0, 90.0, 0.0, 90.0, 45.0, 135.0, 135.0], abs=1e-5)
