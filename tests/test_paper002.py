@@ -237,6 +237,29 @@ def test_softadapt_weights_equal_the_hand_computed_values():
     assert np.allclose([got["seg"], got["aux"]], 2 * alpha / alpha.sum())
 
 
+def test_softadapt_unnormalised_slopes_are_of_period_means():
+    w = build_weighting(
+        "softadapt", {"unit": "step", "every": 2, "beta": 1.0, "normalized": False},
+        {"seg": 1.0, "aux": 1.0}, "seg",
+    )  # fmt: skip
+    pairs = [(1.0, 3.0), (3.0, 1.0), (0.5, 0.5), (1.5, 0.5), (9.0, 9.0)]  # means (2, 2), (1, 0.5)
+    for step, pair in enumerate(pairs):
+        got = w.weights(_losses(*pair), step)
+    s = np.array([1.0 - 2.0, 0.5 - 2.0])  # slopes of the period means, not of their sums
+    assert np.allclose([got["seg"], got["aux"]], 2 * np.exp(s) / np.exp(s).sum())
+
+
+def test_dwa_periods_by_epoch_ignore_the_step():
+    w = build_weighting("dwa", {"unit": "epoch", "temperature": 1.0}, {"seg": 1, "aux": 1}, "seg")
+    # steps 0-2 in epoch 0 (means 2, 1), steps 3-4 in epoch 1 (means 1, 1), then epoch 2
+    for step, (epoch, pair) in enumerate(
+        [(0, (2, 1)), (0, (2, 1)), (0, (2, 1)), (1, (1, 1)), (1, (1, 1)), (2, (5, 5))]
+    ):
+        got = w.weights(_losses(*pair), step, epoch)
+    r = np.array([1 / 2, 1 / 1])
+    assert np.allclose([got["seg"], got["aux"]], 2 * np.exp(r) / np.exp(r).sum())
+
+
 def test_weighted_iou_and_pixel_f1_by_hand():
     # class 0: 90 true px, IoU 80/100; class 1: 10 true px, tp 5, fp 10, fn 5
     tp, fp, fn = torch.tensor([80.0, 5.0]), torch.tensor([10.0, 10.0]), torch.tensor([10.0, 5.0])
