@@ -264,6 +264,19 @@ def test_evaluate_folder_reads_0_255_masks_as_binary_thresholded_at_127(tmp_path
     ]
 
 
+def test_evaluate_folder_thresholds_jpeg_ground_truth_above_127(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth = np.zeros((16, 32), np.uint8)
+    truth[:, :16] = 128  # foreground: above 127
+    truth[:8, 16:] = 127  # background: not above; 8 x 8 blocks, so the JPEG keeps them exact
+    io.imsave(str(gt / "a.jpg"), truth, check_contrast=False)
+    assert np.array_equal(io.imread(str(gt / "a.jpg")), truth)
+    _png(pred / "a.png", np.where(truth == 128, 255, 0))
+    rows, _ = evaluate_folder(pred, gt, with_hd95=False)
+    assert rows[0]["dice/foreground"] == 1.0, "JPEG masks are binary at > 127, as training reads"
+
+
 def test_evaluate_folder_classes_from_values_or_dataset_json(tmp_path):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

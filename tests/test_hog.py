@@ -137,11 +137,23 @@ def test_resizes_to_the_configured_size():
     assert out.shape == (3, 4 * 4 * 8)
 
 
-def test_invalid_config_is_rejected():
-    with pytest.raises(ConfigError, match="norm"):
+def test_invalid_config_is_rejected_at_the_bounds():
+    with pytest.raises(ConfigError, match="'l3' unknown; valid: none, l1, l1-sqrt, l2, l2-hys$"):
         HOGConfig(norm="l3")
-    with pytest.raises(ConfigError, match="cell"):
+    with pytest.raises(ConfigError, match="need 2 <= cell <= resize, got cell=16, resize=8"):
         HOGConfig(resize=8, cell=16)
+    with pytest.raises(ConfigError, match="got cell=1"):
+        HOGConfig(cell=1)
+    with pytest.raises(ConfigError, match="bins must be >= 1, got 0"):
+        HOGConfig(bins=0)
+    # the bounds themselves are valid: 2-pixel cells (4 x 4 cells x 8 bins), one cell per
+    # image (8 bins), one bin (8 x 8 cells of the default 128 px, 16 px cells)
+    for cfg, dims in (
+        (HOGConfig(resize=8, cell=2), 128),
+        (HOGConfig(resize=8, cell=8), 8),
+        (HOGConfig(bins=1), 64),
+    ):
+        assert hog_descriptor(torch.rand(1, 1, 8, 8), cfg).shape == (1, dims)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -137,3 +137,11 @@ def test_classification_accuracy_of_one_sample():
     m.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
     out = m.compute()
     assert float(out["accuracy"]) == 1.0 and float(out["balanced_accuracy"]) == 1.0
+
+
+def test_depth_relative_error_leaves_out_targets_below_1e3_by_default():
+    m = DepthMetrics()
+    t = torch.tensor([[0.0005, 0.001, 2.0]])
+    m.update(torch.tensor([[0.0, 0.002, 3.0]]), (t, torch.ones_like(t, dtype=torch.bool)))
+    # 0.0005 is below the bound; 0.001 is at it: |0.002 - 0.001| / 0.001 = 1; |3 - 2| / 2
+    assert float(m.compute()["rel_err"]) == pytest.approx((1.0 + 0.5) / 2)
