@@ -61,15 +61,17 @@ def test_uw_rejects_unknown_form_and_task():
 
 
 @pytest.mark.parametrize(
-    "params, message",
+    "kind, params, message",
     [
-        ({"unit": "day"}, "unit must be epoch or step, got 'day'"),
-        ({"every": 0}, "every must be >= 1, got 0"),
+        ("dwa", {"unit": "day"}, "unit must be epoch or step, got 'day'"),
+        ("dwa", {"every": 0}, "every must be >= 1, got 0"),
+        ("nash-mtl", {"on_failure": "ignore"}, "on_failure must be count or error, got 'ignore'"),
+        ("nash-mtl", {"update_weights_every": 0}, "update_weights_every must be >= 1, got 0"),
     ],
 )
-def test_history_weightings_name_a_bad_period(params, message):
+def test_weightings_name_a_bad_parameter(kind, params, message):
     with pytest.raises(ConfigError, match=message):
-        build_weighting("dwa", params, {"seg": 1.0, "aux": 1.0}, "seg")
+        build_weighting(kind, params, {"seg": 1.0, "aux": 1.0}, "seg")
 
 
 def test_famo_weights_and_logit_step():
@@ -292,18 +294,6 @@ def test_nash_mtl_state_survives_a_checkpoint():
     assert run(clone, [[1.0, 0.0], [0.0, 5.0]]) == pytest.approx(run(w, [[1.0, 0.0], [0.0, 5.0]]))
     # step 2 solves again, warm-started from the restored alpha and normalisation factor
     assert run(clone, [[3.0, 1.0], [0.5, 2.0]]) == pytest.approx(run(w, [[3.0, 1.0], [0.5, 2.0]]))
-
-
-@pytest.mark.parametrize(
-    "params, message",
-    [
-        ({"on_failure": "ignore"}, "on_failure must be count or error, got 'ignore'"),
-        ({"update_weights_every": 0}, "update_weights_every must be >= 1, got 0"),
-    ],
-)
-def test_nash_mtl_names_a_bad_parameter(params, message):
-    with pytest.raises(ConfigError, match=message):
-        build_weighting("nash-mtl", params, {"a": 1.0, "b": 1.0}, "a")
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.5])
