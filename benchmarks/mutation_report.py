@@ -40,7 +40,7 @@ NO_EFFECT_HERE = [
 ]
 
 
-def _mutmut(*args: str, root: str) -> str:
+def _mutmut(*args: str, root: Path) -> str:
     command = [sys.executable, "-m", "mutmut", *args]
     return subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
 
