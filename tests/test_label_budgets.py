@@ -179,6 +179,8 @@ def test_the_pool_feeds_only_the_tasks_that_learn_without_annotation(kvasir_smal
 
 
 def test_a_label_budget_sweep_draws_the_data_efficiency_curve(kvasir_small, tmp_path, capsys):
+    """Paper 000's Fig. 4 as one command: the budgets, with the pool (``null``: the default)
+    and without it (``0``); at ``all`` there is no pool, so the two rows train alike."""
     from PIL import Image
 
     from mtlseg.cli import main
@@ -186,12 +188,25 @@ def test_a_label_budget_sweep_draws_the_data_efficiency_curve(kvasir_small, tmp_
     out = tmp_path / "sweep"
     argv = ["compare", "--recipes", "unet", "unet-hog", "--data", str(kvasir_small), "--seeds", "1"]
     argv += ["--out", str(out), "--label-budgets", "2", "all"]
+    argv += ["--grid", "train.unlabelled_batch_size=null,0"]
     for s in (*TINY_UNET, "train.max_steps=2", "train.val_every=2", "data.num_workers=0"):
         argv += ["--set", s]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     train = json.loads((out / "budget-all" / "splits.json").read_text())["train"]
     assert "| unet | 2 labelled: " in printed and f"| {len(train)} labelled: " in printed
-    pool = json.loads((out / "budget-2" / "unet-hog" / "seed0" / "splits.json").read_text())
+    rows = {k: f"unet-hog@train.unlabelled_batch_size={k}" for k in ("null", "0")}
+    assert all(f"| {row} | 2 labelled: " in printed for row in rows.values())
+    run = out / "budget-2" / rows["null"] / "seed0"
+    pool = json.loads((run / "splits.json").read_text())
     assert len(pool["labelled"]) == 2 and len(pool["unlabelled"]) == len(train) - 2
+
+    def weights(budget: str, k: str) -> dict:
+        ckpt = out / f"budget-{budget}" / rows[k] / "seed0" / "checkpoints" / "last.ckpt"
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+    with_pool, without = weights("2", "null"), weights("2", "0")
+    assert any(not torch.equal(with_pool[k], without[k]) for k in with_pool), "pool unused"
+    alike = weights("all", "null"), weights("all", "0")
+    assert all(torch.equal(alike[0][k], alike[1][k]) for k in alike[0])
     assert Image.open(out / "efficiency.png").size == (720, 480)
