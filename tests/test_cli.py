@@ -183,6 +183,43 @@ def test_table_shows_no_spread_for_a_single_seed():
     assert three["b"]["diff"]["dice/mean"]["mean"] == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(
+    ("diffs", "higher", "expected"),
+    [
+        # 2 df: two-sided p = 1 - t / sqrt(2 + t^2); t = 0.02 / (0.01 / sqrt 3) = 3.464
+        ([0.01, 0.02, 0.03], True, "inside the noise (3/3 seeds ahead, t 3.5, p 0.074)"),
+        # t = 0.06 / (0.01 / sqrt 3) = 10.392, p = 1 - 10.392 / sqrt(110) = 0.0091
+        ([0.05, 0.06, 0.07], True, "better (3/3 seeds ahead, t 10.4, p 0.009)"),
+        ([-0.05, -0.06, -0.07], True, "worse (0/3 seeds ahead, t -10.4, p 0.009)"),
+        # HD95: a decrease is the gain
+        ([-0.05, -0.06, -0.07], False, "better (3/3 seeds ahead, t 10.4, p 0.009)"),
+        # 1 df: p = 1 - 2 atan(|t|) / pi; d = (0.1, 0.3): t = 0.2 / (0.1414 / sqrt 2) = 2
+        ([0.1, 0.3], True, "inside the noise (2/2 seeds ahead, t 2.0, p 0.295)"),
+        ([0.02, 0.02, 0.02], True, "better (3/3 seeds ahead, no spread)"),
+        ([0.0, 0.0], True, "no difference (0/2 seeds ahead, no spread)"),
+        ([0.03], True, "1 seed: no test (1/1 seeds ahead)"),
+    ],
+)
+def test_verdict_is_a_paired_t_test_of_the_seeds(diffs, higher, expected):
+    from mtlseg.report.tables import verdict
+
+    assert verdict(diffs, 0.05, higher) == expected
+
+
+def test_the_table_says_whether_each_row_helped():
+    from mtlseg.report.tables import markdown_table, summarise
+
+    runs = {
+        "unet": [{"dice/mean": x, "hd95/mean": 9.0} for x in (0.60, 0.70, 0.65)],
+        "unet-hog": [{"dice/mean": x, "hd95/mean": 8.0} for x in (0.65, 0.76, 0.72)],
+    }
+    lines = markdown_table(summarise(runs)).splitlines()
+    assert lines[0].endswith("| Δ dice/mean vs unet | verdict (paired t-test, 5 %) |")
+    # paired d = (0.05, 0.06, 0.07): better, though the means' spreads overlap
+    assert lines[3].endswith("| +0.0600 ± 0.0100 | better (3/3 seeds ahead, t 10.4, p 0.009) |")
+    assert lines[2].endswith("| — | — |")
+
+
 def test_grid_points_product_pairs_quoted_lists_and_a_yaml_list(tmp_path):
     from mtlseg.report.compare import grid_points
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import stats
 
 HEADLINE = (
     "dice/mean",
@@ -25,7 +28,8 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
     """{recipe: [metrics per seed]} -> {recipe: {metric: {mean, std, n}, "diff": {...}}}.
 
     ``diff`` is the paired difference (recipe - first recipe) per seed, then mean +- std:
-    seeds share the split and initial seed, so pairing removes their shared variance.
+    seeds share the split and initial seed, so pairing removes their shared variance;
+    ``paired`` keeps the per-seed differences (for ``verdict``).
     """
     names = list(runs)
     base = runs[names[0]]
@@ -38,13 +42,37 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
             if all(m in r for r in runs[name])
         }
         n = min(len(base), len(runs[name]))
-        entry["diff"] = {
-            m: mean_std([runs[name][i][m] - base[i][m] for i in range(n)])
+        entry["paired"] = {
+            m: [runs[name][i][m] - base[i][m] for i in range(n)]
             for m in metrics
             if all(m in r for r in runs[name][:n]) and all(m in r for r in base[:n])
         }
+        entry["diff"] = {m: mean_std(d) for m, d in entry["paired"].items()}
         summary[name] = entry
     return summary
+
+
+LOWER_IS_BETTER = ("hd95/",)  # metric prefixes whose improvement is a decrease
+
+
+def verdict(diffs: list[float], level: float = 0.05, higher_is_better: bool = True) -> str:
+    """Did a row differ from the baseline beyond the seeds' noise? A two-sided one-sample
+    t-test of its paired differences (t > 0: better), with how many seeds were ahead:
+    ``better`` or ``worse`` when p < ``level``, else ``inside the noise``; one seed gives no
+    test. With 3 seeds (2 degrees of freedom) the test is weak: a gain on every seed can
+    still be inside the noise, and it says so rather than call it a gain."""
+    d = np.asarray(diffs, dtype=float) * (1.0 if higher_is_better else -1.0)
+    ahead = f"{int((d > 0).sum())}/{len(d)} seeds ahead"
+    if len(d) < 2:
+        return f"1 seed: no test ({ahead})"
+    spread = float(d.std(ddof=1))
+    if spread == 0.0:  # the same difference on every seed: no noise to test against
+        word = "no difference" if d.mean() == 0 else ("better" if d.mean() > 0 else "worse")
+        return f"{word} ({ahead}, no spread)"
+    t = float(d.mean()) / (spread / math.sqrt(len(d)))
+    p = float(2 * stats.t.sf(abs(t), len(d) - 1))
+    word = "inside the noise" if p >= level else ("better" if t > 0 else "worse")
+    return f"{word} ({ahead}, t {t:.1f}, p {p:.3f})"
 
 
 def fmt_stat(stat: dict[str, float], signed: bool = False) -> str:
@@ -59,13 +87,15 @@ def markdown_table(
     metrics: tuple[str, ...] | None = None,
     selected: dict[str, dict] | None = None,
 ) -> str:
-    """One row per recipe; each metric as mean ± std, then its paired difference vs the first.
-    ``selected``: the same summary for the checkpoint chosen on validation, whose headline
-    metric is shown beside, labelled ``best-on-val``."""
+    """One row per recipe; each metric as mean ± std, then its paired difference vs the first
+    and the ``verdict`` on it (did the row help?). ``selected``: the same summary for the
+    checkpoint chosen on validation, whose headline metric is shown beside, labelled
+    ``best-on-val``."""
     names = list(summary)
     first = summary[names[0]]
     metrics = tuple(m for m in (metrics or HEADLINE) if m in first)
     header = ["recipe", "seeds"] + list(metrics) + [f"Δ {m} vs {names[0]}" for m in metrics[:1]]
+    header.append("verdict (paired t-test, 5 %)")
     if selected:
         header.append(f"{metrics[0]} best-on-val")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -73,6 +103,8 @@ def markdown_table(
         entry = summary[name]
         row = [name, str(entry[metrics[0]]["n"])] + [fmt_stat(entry[m]) for m in metrics]
         row.append("—" if name == names[0] else fmt_stat(entry["diff"][metrics[0]], signed=True))
+        higher = not metrics[0].startswith(LOWER_IS_BETTER)
+        row.append("—" if name == names[0] else verdict(entry["paired"][metrics[0]], 0.05, higher))
         if selected:
             row.append(
                 fmt_stat(selected[name][metrics[0]]) if metrics[0] in selected[name] else "—"
