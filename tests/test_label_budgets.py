@@ -197,6 +197,15 @@ def test_a_label_budget_sweep_draws_the_data_efficiency_curve(kvasir_small, tmp_
     assert "| unet | 2 labelled: " in printed and f"| {len(train)} labelled: " in printed
     rows = {k: f"unet-hog@train.unlabelled_batch_size={k}" for k in ("null", "0")}
     assert all(f"| {row} | 2 labelled: " in printed for row in rows.values())
+    # each cell: the mean, the paired difference against unet at the same budget, a verdict
+    line = next(
+        x
+        for x in (out / "efficiency.md").read_text().splitlines()
+        if x.startswith(f"| {rows['0']} |")
+    )
+    scores = json.loads((out / "budget-2" / "results.json").read_text())["runs"]
+    dice = {k: v[0]["last"]["dice/mean"] for k, v in scores.items()}
+    assert f"{dice[rows['0']]:.4f}, {dice[rows['0']] - dice['unet']:+.4f}: 1 seed: no test" in line
     run = out / "budget-2" / rows["null"] / "seed0"
     pool = json.loads((run / "splits.json").read_text())
     assert len(pool["labelled"]) == 2 and len(pool["unlabelled"]) == len(train) - 2

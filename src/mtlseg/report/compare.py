@@ -35,6 +35,7 @@ from mtlseg.report.tables import (
     per_class_table,
     summarise,
     task_table,
+    verdict,
 )
 
 log = logging.getLogger(__name__)
@@ -233,12 +234,14 @@ def compare_budgets(
     out = Path(out)
     results: dict[str, dict] = {}
     curves: dict[str, list[tuple[int, list[float]]]] = {}
+    cells: dict[str, list[str]] = {}
     for budget in budgets:
         sets = [*overrides, f"data.label_budget={budget}"]
         results[budget] = compare(
             recipes, data_path, seeds, out / f"budget-{budget}", sets, **options
         )
         summary = json.loads(results[budget]["results"].read_text())
+        base: list[float] | None = None
         for name, runs in summary["runs"].items():
             counts = [
                 _labelled_count(out / f"budget-{budget}" / name / f"seed{s}")
@@ -246,15 +249,22 @@ def compare_budgets(
             ]
             dice = [r["last"]["dice/mean"] for r in runs]
             curves.setdefault(name, []).append((max(counts), dice))
+            cell = f"{max(counts)} labelled: {fmt_stat(mean_std(dice))}"
+            if base is None:  # the baseline, the first recipe
+                base = dice
+            else:
+                paired = [a - b for a, b in zip(dice, base, strict=True)]
+                cell += f", {fmt_stat(mean_std(paired), signed=True)}: {verdict(paired)}"
+            cells.setdefault(name, []).append(cell)
     figure = plot_efficiency(curves, out / "efficiency.png")
     lines = ["| recipe | " + " | ".join(f"budget {b}" for b in budgets) + " |"]
     lines.append("|" + "---|" * (len(budgets) + 1))
-    for name, points in curves.items():
-        cells = [f"{n} labelled: {fmt_stat(mean_std(d))}" for n, d in points]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, row in cells.items():
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
     table = (
-        "Dice per volume (last checkpoint) against the label budget; the labelled count is "
-        "of patients (cases under split_mode case):\n\n" + "\n".join(lines)
+        "Dice per volume (last checkpoint) against the label budget, then the paired "
+        "difference against the first recipe at the same budget and its verdict; the labelled "
+        "count is of patients (cases under split_mode case):\n\n" + "\n".join(lines)
     )
     (out / "efficiency.md").write_text(table + "\n")
     return {"table": table, "budgets": results, "efficiency": figure}
