@@ -198,6 +198,7 @@ def test_table_shows_no_spread_for_a_single_seed():
         ([0.02, 0.02, 0.02], True, "better (3/3 seeds ahead, no spread)"),
         ([0.0, 0.0], True, "no difference (0/2 seeds ahead, no spread)"),
         ([0.03], True, "1 seed: no test (1/1 seeds ahead)"),
+        ([0.03, float("nan"), 0.05], True, "no test: 1 seed(s) without a score"),
     ],
 )
 def test_verdict_is_a_paired_t_test_of_the_seeds(diffs, higher, expected):

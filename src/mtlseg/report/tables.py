@@ -63,6 +63,8 @@ def verdict(diffs: list[float], level: float = 0.05, higher_is_better: bool = Tr
     still be inside the noise, and it says so rather than call it a gain."""
     d = np.asarray(diffs, dtype=float) * (1.0 if higher_is_better else -1.0)
     ahead = f"{int((d > 0).sum())}/{len(d)} seeds ahead"
+    if not np.isfinite(d).all():  # a seed whose score is undefined (no case had the class)
+        return f"no test: {int((~np.isfinite(d)).sum())} seed(s) without a score"
     if len(d) < 2:
         return f"1 seed: no test ({ahead})"
     spread = float(d.std(ddof=1))
