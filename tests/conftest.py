@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# `train.precision: auto` is bf16-mixed on a CPU with native bf16 and fp32 elsewhere; the
+# suite's golden values are fp32's, so auto is pinned to fp32 here (subprocesses inherit it)
+os.environ.setdefault("MTLSEG_AUTO_PRECISION", "32")
 DATA_ROOT = Path(os.environ.get("MTLSEG_DATA", REPO.parent / "shared" / "data"))
 KVASIR = DATA_ROOT / "kvasir-seg"
 ACDC = DATA_ROOT / "acdc"

@@ -265,6 +265,7 @@ def test_auto_precision_follows_the_cpu_and_a_cached_micro_benchmark(monkeypatch
     from mtlseg.engine import precision
 
     monkeypatch.setenv("MTLSEG_CACHE", str(tmp_path))
+    monkeypatch.delenv(precision.AUTO_ENV, raising=False)  # the suite pins it (conftest)
     monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
     assert precision.resolve_precision("auto") == "32"  # no native bf16: not even measured
@@ -292,6 +293,15 @@ def test_auto_precision_follows_the_cpu_and_a_cached_micro_benchmark(monkeypatch
     assert precision.resolve_precision("bf16-mixed") == "bf16-mixed"  # asked for: kept
     with pytest.raises(ConfigError, match="16-mixed needs a GPU"):
         precision.resolve_precision("16-mixed")
+    monkeypatch.setattr(precision, "BF16_ACCURATE", True)
+    monkeypatch.setenv(precision.AUTO_ENV, "32")  # pinned: fp32 even where bf16 pays
+    assert precision.resolve_precision("auto") == "32"
+    monkeypatch.setenv(precision.AUTO_ENV, "bf16-mixed")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})  # pinned: not even checked
+    assert precision.resolve_precision("auto") == "bf16-mixed"
+    monkeypatch.setenv(precision.AUTO_ENV, "16")
+    with pytest.raises(ConfigError, match=r"MTLSEG_AUTO_PRECISION='16': use one of 32, bf16"):
+        precision.resolve_precision("auto")
 
 
 def test_the_resolved_precision_is_recorded_and_kept_on_resume(acdc_small, tmp_path, monkeypatch):
