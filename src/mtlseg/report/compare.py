@@ -241,7 +241,7 @@ def compare_budgets(
             recipes, data_path, seeds, out / f"budget-{budget}", sets, **options
         )
         summary = json.loads(results[budget]["results"].read_text())
-        for r, (name, runs) in enumerate(summary["runs"].items()):
+        for rank, (name, runs) in enumerate(summary["runs"].items()):
             counts = [
                 _labelled_count(out / f"budget-{budget}" / name / f"seed{s}")
                 for s in range(len(runs))
@@ -249,7 +249,7 @@ def compare_budgets(
             dice = [r["last"]["dice/mean"] for r in runs]
             curves.setdefault(name, []).append((max(counts), dice))
             cell = f"{max(counts)} labelled: {fmt_stat(mean_std(dice))}"
-            if r > 0:  # against the baseline, the first recipe: compare's paired differences
+            if rank > 0:  # against the baseline, the first recipe: compare's paired differences
                 paired = summary["summary"][name]["paired"]["dice/mean"]
                 cell += f", {fmt_stat(mean_std(paired), signed=True)}: {verdict(paired)}"
             cells.setdefault(name, []).append(cell)
