@@ -113,6 +113,19 @@ def test_bf16_mixed_precision_trains_on_cpu(kvasir_small, tmp_path):
     assert bf16 != fp32
 
 
+def test_a_gradient_aggregator_trains_under_bf16_mixed(kvasir_small, tmp_path):
+    """The engine tells the aggregator its forward ran under autocast: torch's vmapped
+    Jacobian through the UNet's norm layers would stop the run at its first step."""
+    sets = [*EXACT, f"data.path={kvasir_small}", "train.max_steps=2", "weighting.kind=pcgrad"]
+    cfg = load_config("unet-hog", [*sets, "train.precision=bf16-mixed"])
+    result = train(cfg, tmp_path / "run")
+    assert load_checkpoint(result.last_checkpoint)["global_step"] == 2
+    rows = (result.out_dir / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    cosines = [r.split(",")[header.index("train/cos_segmentation-hog")] for r in rows[1:]]
+    assert any(c not in ("", "nan") for c in cosines), "the aggregator saw the Jacobian"
+
+
 def test_float16_autocast_needs_a_gpu(kvasir_small, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

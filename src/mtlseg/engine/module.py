@@ -358,6 +358,7 @@ class MultiTaskModule(pl.LightningModule):
             features=step.features,
             scale=scale,
             shared_feature=self.model.backbone.shared_feature,
+            mixed_precision=self._trainer is not None and "mixed" in str(self.trainer.precision),
         )
         self.weighting.backward(step.losses, step.total, ctx)
         if self.weighting.syncs_gradients:  # DDP's reducer is off for it (on_train_start)

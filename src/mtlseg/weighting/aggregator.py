@@ -33,6 +33,9 @@ class AggregatorWeighting(Weighting):
     (torchjd's ``mtl_backward``): our backbones hand heads nested features (decoder stages
     that feed later stages), where a feature cut would count some paths twice.
 
+    Under mixed precision the Jacobian is taken one row at a time (K plain backward passes,
+    the same numbers): torch's vmapped backward fails through norm layers run under autocast.
+
     Logged per step: each task's weight (``weight_<task>``, for aggregators that weight rows)
     and the cosine between each pair of task gradients (``cos_<a>-<b>``).
 
@@ -107,7 +110,10 @@ class AggregatorWeighting(Weighting):
             values,
             inputs=shared,
             retain_graph=True,  # the heads' backward follows
-            parallel_chunk_size=self.cfg.parallel_chunk_size,
+            # torch's vmapped backward fails through a norm layer that ran under autocast
+            # (its bf16 input beside fp32 weights: "expected scalar type BFloat16 but found
+            # Float"); one row at a time gives the same Jacobian by K plain backward passes
+            parallel_chunk_size=1 if ctx.mixed_precision else self.cfg.parallel_chunk_size,
         )
         average_over_processes([p.jac for p in shared])  # pragma: no mutate (DDP only)
         # parameters no active loss reaches (a task's attention before its stage) get no

@@ -33,6 +33,7 @@ class BackwardContext:
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # the backbone's, this step
     scale: float = 1.0  # AMP loss scale already applied to the total handed to ``backward``
     shared_feature: str = "bottleneck"  # the backbone's feature every task depends on
+    mixed_precision: bool = False  # the forward ran under a bf16/fp16 autocast
 
 
 class Weighting(nn.Module):
