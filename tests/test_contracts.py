@@ -190,6 +190,22 @@ def test_every_weighting_updates_every_network_part_and_keeps_its_state(kind):
     assert module.weighting.logs() == pytest.approx(clone.weighting.logs())
 
 
+@pytest.mark.parametrize("kind", WEIGHTINGS.names())
+def test_every_weighting_updates_from_a_forward_under_bf16_autocast(kind):
+    """``train.precision: auto`` is bf16-mixed on CPUs with native bf16 (the tests pin it to
+    fp32): a weighting must take a forward run under autocast; the step records it."""
+    tasks = [{"kind": "segmentation"}, {"kind": "presence", "params": {"hidden": 8}}]
+    module = _module(tasks, weighting=kind)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step = module.compute_losses(_batch(), 0)
+    assert step.autocast and not module.compute_losses(_batch(), 0).autocast
+    module.zero_grad(set_to_none=True)
+    module.apply_update(step)
+    for part in (module.model.backbone, module.model.heads["presence"]):
+        grads = _grads(part.parameters())
+        assert grads and all(torch.isfinite(g).all() for g in grads), kind
+
+
 # ---------------------------------------------------------------- terms
 @pytest.mark.parametrize("kind", TERMS.names())
 def test_every_term_gives_a_finite_loss_and_declares_its_needs(kind):

@@ -44,6 +44,7 @@ class StepLosses:
     losses: dict[str, torch.Tensor]  # per task and cross-task term, unweighted
     features: dict[str, torch.Tensor]  # the backbone's (gradient methods read them)
     total: torch.Tensor  # the weighting's combination of ``losses``
+    autocast: bool = False  # the forward ran under a bf16/fp16 autocast (mixed precision)
 
 
 def build_model_and_tasks(
@@ -299,7 +300,8 @@ class MultiTaskModule(pl.LightningModule):
                     "(lower train.lr, or check the data for extreme values)"
                 )
         total = self.weighting(losses, step or 0, self.current_epoch)
-        return StepLosses(losses, features, total)
+        autocast = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+        return StepLosses(losses, features, total, autocast)
 
     def _forward(
         self, x: torch.Tensor, batch: dict[str, Any]
@@ -358,7 +360,7 @@ class MultiTaskModule(pl.LightningModule):
             features=step.features,
             scale=scale,
             shared_feature=self.model.backbone.shared_feature,
-            mixed_precision=self._trainer is not None and "mixed" in str(self.trainer.precision),
+            mixed_precision=step.autocast,
         )
         self.weighting.backward(step.losses, step.total, ctx)
         if self.weighting.syncs_gradients:  # DDP's reducer is off for it (on_train_start)
@@ -427,7 +429,9 @@ class MultiTaskModule(pl.LightningModule):
             loss.backward(*args, **kwargs)
             return
         step, self._pending = self._pending, None
-        self.apply_update(StepLosses(step.losses, step.features, loss), self._loss_scale())
+        self.apply_update(
+            StepLosses(step.losses, step.features, loss, step.autocast), self._loss_scale()
+        )
 
     def _loss_scale(self) -> float:
         """The AMP grad scaler's current factor (1 without one)."""
