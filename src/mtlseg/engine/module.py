@@ -429,9 +429,7 @@ class MultiTaskModule(pl.LightningModule):
             loss.backward(*args, **kwargs)
             return
         step, self._pending = self._pending, None
-        self.apply_update(
-            StepLosses(step.losses, step.features, loss, step.autocast), self._loss_scale()
-        )
+        self.apply_update(dataclasses.replace(step, total=loss), self._loss_scale())
 
     def _loss_scale(self) -> float:
         """The AMP grad scaler's current factor (1 without one)."""

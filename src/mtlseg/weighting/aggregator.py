@@ -110,9 +110,8 @@ class AggregatorWeighting(Weighting):
             values,
             inputs=shared,
             retain_graph=True,  # the heads' backward follows
-            # torch's vmapped backward fails through a norm layer that ran under autocast
-            # (its bf16 input beside fp32 weights: "expected scalar type BFloat16 but found
-            # Float"); one row at a time gives the same Jacobian by K plain backward passes
+            # vmapped, it fails through norm layers run under autocast ("expected scalar type
+            # BFloat16 but found Float"): then one row at a time (see the class docstring)
             parallel_chunk_size=1 if ctx.mixed_precision else self.cfg.parallel_chunk_size,
         )
         average_over_processes([p.jac for p in shared])  # pragma: no mutate (DDP only)
