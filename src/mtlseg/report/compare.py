@@ -228,7 +228,7 @@ def compare_budgets(
 ) -> dict:
     """``compare`` once per label budget (``data.label_budget``: every recipe, the baseline
     too, on the same split and seeded draw), each in ``out/budget-<b>/``, then the
-    data-efficiency curve: ``efficiency.png`` (Dice per volume, last checkpoint, against the
+    data-efficiency curve: ``efficiency.png`` (Dice per case, last checkpoint, against the
     number of labelled patients or cases; the mean and the seeds' range per recipe) and
     ``efficiency.md``."""
     out = Path(out)
@@ -259,9 +259,10 @@ def compare_budgets(
     for name, row in cells.items():
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     table = (
-        "Dice per volume (last checkpoint) against the label budget, then the paired "
-        "difference against the first recipe at the same budget and its verdict; the labelled "
-        "count is of patients (cases under split_mode case):\n\n" + "\n".join(lines)
+        "Dice per case (a volume, or an image of 2D data; last checkpoint) against the label "
+        "budget, then the paired difference against the first recipe at the same budget and "
+        "its verdict; the labelled count is of patients (cases under split_mode case):\n\n"
+        + "\n".join(lines)
     )
     (out / "efficiency.md").write_text(table + "\n")
     return {"table": table, "budgets": results, "efficiency": figure}
