@@ -45,7 +45,9 @@ def plot_curves(run_dirs: dict[str, list[Path]], out: Path, key: str = "val/dice
 
 
 def plot_efficiency(
-    curves: dict[str, list[tuple[int, list[float]]]], out: Path, ylabel: str = "Dice per case (volume or image)"
+    curves: dict[str, list[tuple[int, list[float]]]],
+    out: Path,
+    ylabel: str = "Dice per case (volume or image)",
 ) -> Path:
     """Data efficiency: per recipe, (labelled count, values over seeds) points, the mean as a
     line and the seeds' range as a band, against the labelled count."""
