@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mtlseg.config import TrainConfig, load_config
+from mtlseg.data.resample import resize_labels
 from mtlseg.data.transforms import AUGMENTATIONS, Augment2D
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.inference import load_module
@@ -136,8 +137,12 @@ def _module(*extra) -> MultiTaskModule:
 
 
 def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
+    """With the floor-nearest label rule a coarse target is the mask's every 2nd / 4th pixel;
+    the default rule's targets are resize_labels' (tests/test_resample.py)."""
     torch.manual_seed(0)
-    module = _module("tasks.0.params.deep_supervision=2", "tasks.0.params.loss=ce")
+    module = _module(
+        "tasks.0.params.deep_supervision=2", "tasks.0.params.loss=ce", "data.label_resize=nearest"
+    )
     mask = torch.randint(0, 4, (2, 32, 32))
     image = torch.randn(2, 1, 32, 32)
     out = module.model(image)
@@ -154,6 +159,14 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     # inference reads the full-size logits only, equal to the first output
     assert torch.equal(module.model.segment(image), outputs[0])
+    module = _module("tasks.0.params.deep_supervision=2", "tasks.0.params.loss=ce")
+    outputs = [module.model(image)[k] for k in keys]
+    expected = sum(
+        w * torch.nn.functional.cross_entropy(o, resize_labels(mask, o.shape[-2:], "linear"))
+        for w, o in zip((4 / 7, 2 / 7, 1 / 7), outputs, strict=True)
+    )
+    got = module.compute_losses({"image": image, "mask": mask}).losses["segmentation"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_deep_supervision_uses_the_stages_a_shallow_decoder_has():

@@ -80,9 +80,10 @@ def test_per_case_normalisation(acdc_small):
 
 @pytest.mark.parametrize("mode", ["zscore", "minmax"])
 def test_inference_input_resized_first_equals_normalised_first(kvasir_small, acdc_small, mode):
-    from mtlseg.data.dataset import model_input, resize_image
+    from mtlseg.data.dataset import model_input
     from mtlseg.data.io import read_volume
     from mtlseg.data.loading import normalise
+    from mtlseg.data.resample import resize_image
 
     for path in (
         next((kvasir_small / "images").iterdir()),  # uint8 RGB

@@ -21,6 +21,7 @@ def test_the_fixtures_are_there():
 def test_an_old_checkpoint_loads_and_predicts_the_same(path):
     saved = torch.load(path, weights_only=True)
     module = load_module(path)  # strict: every key of the old state dict has its place
+    assert module.cfg.data.label_resize == "nearest"  # the rule they trained with
     meta = saved["meta"] if module.model.film is not None else None
     with torch.no_grad():
         logits = module.segment(saved["input"], meta)

@@ -29,6 +29,9 @@ class DataConfig:
     path: str = ""
     format: str = "auto"  # auto | folder | nnunet
     image_size: int = 128  # every slice/image is resized to image_size x image_size
+    # how masks are resized on the images' pixel grid (mtlseg.data.resample.LABEL_RESIZE):
+    # linear (one-hot, antialiased linear, argmax) | nearest-exact | nearest (earlier runs')
+    label_resize: str = "linear"
     normalization: str = "zscore"  # per case: zscore | minmax
     mask_mode: str = "auto"  # folder masks: auto | binary | labels
     mask_threshold: int = 127  # binary masks: value > threshold is foreground
@@ -63,8 +66,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         from mtlseg.data.budgets import check_label_budget
+        from mtlseg.data.resample import LABEL_RESIZE
         from mtlseg.data.transforms import AUGMENTATIONS
 
+        if self.label_resize not in LABEL_RESIZE:
+            raise ConfigError(
+                f"data.label_resize: unknown rule {self.label_resize!r}; "
+                f"valid: {', '.join(LABEL_RESIZE.names())}"
+            )
         self.label_budget = check_label_budget(self.label_budget)
         if self.dims not in (2, 3):
             raise ConfigError(f"data.dims: expected 2 or 3, got {self.dims}")
@@ -500,6 +509,21 @@ def load_recipe_dict(recipe: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping")
     return raw
+
+
+# keys added after runs were saved, and the value those runs used (their own behaviour)
+SAVED_BEFORE = {("data", "label_resize"): "nearest"}
+
+
+def with_saved_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved by a run (a checkpoint's hyper-parameters, a run's config.yaml)
+    with every key it predates set to what that run did (``SAVED_BEFORE``), so an old
+    checkpoint rebuilds, trains on and resumes with its own behaviour, not today's default."""
+    out = copy.deepcopy(raw)
+    for (section, key), value in SAVED_BEFORE.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, value)
+    return out
 
 
 def load_config(

@@ -7,29 +7,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mtlseg.data.annotations import Annotations
 from mtlseg.data.loading import NORMALIZATIONS, LoadedCase
 from mtlseg.data.metadata import META_FIELDS, require_fields
+from mtlseg.data.resample import resize_dense, resize_image, resize_slices
 
 POSITION = META_FIELDS.index("position")
-
-
-def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """(Z, H, W, C) image -> (Z, C, S, S) float, antialiased bilinear."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2).float()
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def resize_slices(
-    image: np.ndarray, label: np.ndarray, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Z, H, W, C) image, (Z, H, W) label -> (Z, C, S, S) float, (Z, S, S) uint8 (nearest)."""
-    y = torch.from_numpy(label.astype(np.float32))[:, None]
-    y = F.interpolate(y, size=(size, size), mode="nearest")[:, 0].to(torch.uint8)
-    return resize_image(image, size), y
 
 
 def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
@@ -63,6 +48,9 @@ class SliceDataset(Dataset):
     Cases with dense target arrays (NYUv2's depth and normals) give ``dense``: {name:
     (C, S, S)}, resized with nearest neighbours (a missing reading, 0, is never blended into
     its neighbours) and moved with the augmentation (``Augment2D``).
+
+    Masks and dense arrays are resized on the images' pixel grid by ``label_resize``
+    (``mtlseg.data.resample.LABEL_RESIZE``).
     """
 
     def __init__(
@@ -71,6 +59,7 @@ class SliceDataset(Dataset):
         image_size: int,
         augment: Callable | None = None,
         annotations: Annotations | None = None,
+        label_resize: str = "linear",
     ) -> None:
         images: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
@@ -95,12 +84,12 @@ class SliceDataset(Dataset):
                 x = resize_image(case.image, image_size)
                 y = torch.zeros(x.shape[0], image_size, image_size, dtype=torch.uint8)
             else:
-                x, y = resize_slices(case.image, case.label, image_size)
+                x, y = resize_slices(case.image, case.label, image_size, label_resize)
             images.append(x.half())
             masks.append(y)
             for name, array in case.dense.items():
                 d = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-                dense[name].append(F.interpolate(d, size=(image_size, image_size), mode="nearest"))
+                dense[name].append(resize_dense(d, (image_size, image_size), label_resize))
             vectors.append(case.meta.slice_vectors())
             self.meta += [
                 {

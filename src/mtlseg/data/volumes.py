@@ -20,8 +20,8 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
 from mtlseg.data.annotations import Annotations
-from mtlseg.data.dataset import resize_slices
 from mtlseg.data.loading import LoadedCase
+from mtlseg.data.resample import resize_slices
 from mtlseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ KEYS = ("image", "mask")
 class VolumeDataset(Dataset):
     """``image`` (C, S, S, D) float, ``mask`` (S, S, D) long, ``case_id``, ``patient_id``
     and, with a labels file, ``labels``. ``patch_size`` (h, w, d): random training patches;
-    None: whole volumes (validation, evaluation)."""
+    None: whole volumes (validation, evaluation). Masks are resized in-plane on the images'
+    grid by ``label_resize`` (``mtlseg.data.resample``)."""
 
     def __init__(
         self,
@@ -40,6 +41,7 @@ class VolumeDataset(Dataset):
         patch_size: list[int] | None = None,
         augment: bool = False,
         annotations: Annotations | None = None,
+        label_resize: str = "linear",
     ) -> None:
         ann = annotations or Annotations()
         self.case_labels = (
@@ -56,7 +58,9 @@ class VolumeDataset(Dataset):
         for case in cases:
             if case.label is None:
                 raise DataError(f"{case.image_file}: 3D training needs every case's mask")
-            x, y = resize_slices(case.image, case.label, image_size)  # (Z, C, S, S), (Z, S, S)
+            x, y = resize_slices(
+                case.image, case.label, image_size, label_resize
+            )  # (Z, C, S, S), (Z, S, S)
             self.images.append(x.permute(1, 2, 3, 0).half().contiguous())
             self.masks.append(y.permute(1, 2, 0).contiguous())
             self.meta.append({"case_id": case.case_id, "patient_id": case.meta.patient_id})

@@ -101,12 +101,15 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
                 f"{index.root}: data.dims=3 trains on volumes, this dataset holds 2D images"
             )
         patch = patch_size(cfg)
-        train = VolumeDataset(train_cases, cfg.image_size, patch, cfg.augment != "none", ann)
-        val = VolumeDataset(val_cases, cfg.image_size, annotations=ann)
+        rule = cfg.label_resize
+        train = VolumeDataset(train_cases, cfg.image_size, patch, cfg.augment != "none", ann, rule)
+        val = VolumeDataset(val_cases, cfg.image_size, annotations=ann, label_resize=rule)
     else:
         augment = build_augmentation(str(cfg.augment), index.dense_kinds)
-        train = SliceDataset(train_cases, cfg.image_size, augment, ann)
-        val = SliceDataset(val_cases, cfg.image_size, annotations=ann)
+        train = SliceDataset(train_cases, cfg.image_size, augment, ann, cfg.label_resize)
+        val = SliceDataset(
+            val_cases, cfg.image_size, annotations=ann, label_resize=cfg.label_resize
+        )
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"{index.root}: split {name!r} has no samples")

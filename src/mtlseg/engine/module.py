@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
-from mtlseg.config import RunConfig, build_dataclass, patch_size
+from mtlseg.config import RunConfig, build_dataclass, patch_size, with_saved_defaults
 from mtlseg.distributed import average_over_processes
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.requirements import check_requirements
@@ -85,6 +85,7 @@ def build_model_and_tasks(
         out_channels,
         cfg.model.input,
         dict(label_values or {}),
+        cfg.data.label_resize,
     )
     dims = cfg.data.dims
     if backbone.spatial_dims != dims:
@@ -161,7 +162,7 @@ class MultiTaskModule(pl.LightningModule):
         label_values: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
-        config = with_resolved_task_params(config)
+        config = with_resolved_task_params(with_saved_defaults(config))
         self.save_hyperparameters()  # the resolved config: later default changes do not apply
         self.cfg: RunConfig = build_dataclass(RunConfig, config)
         self.class_names = list(class_names)

@@ -23,7 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from mtlseg.config import RunConfig, TrainConfig
+from mtlseg.config import RunConfig, TrainConfig, with_saved_defaults
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.engine.callbacks import ResumeAtLastFinishedStep, ThroughputMonitor
 from mtlseg.engine.checkpoint import AtomicCheckpointIO, writable_dir
@@ -168,7 +168,8 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
         return
-    saved, current = yaml.safe_load(saved_file.read_text()), cfg.to_dict()
+    saved = with_saved_defaults(yaml.safe_load(saved_file.read_text()))
+    current = cfg.to_dict()
     for section in RESUME_MUST_MATCH:
         now = current[section]
         before = saved.get(section, [] if isinstance(now, list) else None)  # older config

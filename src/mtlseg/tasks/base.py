@@ -27,6 +27,7 @@ class TaskContext:
     label_values: dict[str, list[str]] = field(
         default_factory=dict
     )  # labels file: column -> values
+    label_resize: str = "linear"  # data.label_resize: how masks meet a coarser output
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlseg.config import TaskConfig
+from mtlseg.data.resample import resize_binary, resize_labels
 from mtlseg.errors import ConfigError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.models.heads import DeepSupervisionHead
@@ -142,10 +143,11 @@ class SegmentationTask(Task):
 
     def loss(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """sum over entries of weight * L(entry's logits, the target at the entry's size)."""
+        rule = self.ctx.label_resize
         return reduce(
             operator.add,
             (
-                w * self._loss(output[k], _resize_target(target, output[k].shape[2:]))
+                w * self._loss(output[k], _resize_target(target, output[k].shape[2:], rule))
                 for k, w in self.entry_weights.items()
             ),
         )
@@ -187,12 +189,9 @@ def class_max(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return best, index
 
 
-def _resize_target(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """Nearest-neighbour resize of class indices (B, *size) or binary maps (B, K, *size),
-    2D or 3D."""
-    indices = target.dim() == len(size) + 1
-    if target.shape[-len(size) :] == size:
-        return target
-    t = target[:, None] if indices else target
-    out = F.interpolate(t.float(), size=tuple(size), mode="nearest")
-    return out[:, 0].to(target.dtype) if indices else out.to(target.dtype)
+def _resize_target(target: torch.Tensor, size: torch.Size, rule: str) -> torch.Tensor:
+    """Class indices (B, *size') or binary maps (B, K, *size'), 2D or 3D, at an output's
+    ``size``, resized on its pixel grid by the label rule ``rule`` (``mtlseg.data.resample``)."""
+    if target.dim() == len(size) + 1:
+        return resize_labels(target, size, rule)
+    return resize_binary(target, size, rule)
