@@ -248,6 +248,51 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_study_run(args: argparse.Namespace) -> None:
+    from mtlseg.study.runner import run_study
+    from mtlseg.study.spec import load_study
+    from mtlseg.study.store import Store
+
+    if args.parallel < 1 or (args.max_runs is not None and args.max_runs < 0):
+        raise MtlsegError("--parallel takes 1 or more lanes, --max-runs 0 or more runs")
+    study = load_study(args.study, args.data)
+    done = run_study(
+        study,
+        Store(args.store, study.name),
+        Path(args.work),
+        max_minutes=args.max_minutes,
+        max_runs=args.max_runs,
+        parallel=args.parallel,
+        say=lambda line: print(line, flush=True),
+        lane_budget=Path(args.lane_budget) if args.lane_budget else None,
+    )
+    if args.lane_budget:
+        return
+    print(f"study {study.name}: {len(done.trained)} run(s) recorded; stopped: {done.stopped}")
+    if done.interrupted:
+        print(f"interrupted: {done.interrupted} (the same command resumes it on this machine)")
+
+
+def cmd_study_report(args: argparse.Namespace) -> None:
+    from mtlseg.study.pages import update_page
+    from mtlseg.study.report import build_report, render
+    from mtlseg.study.spec import load_study
+    from mtlseg.study.store import Store
+
+    study = load_study(args.study, args.data)
+    text = render(build_report(study, Store(args.store, study.name).records()))
+    if args.page is None:
+        print(text, end="")
+        return
+    changed = update_page(Path(args.page), study.name, text, check=args.check)
+    if args.check and changed:
+        raise MtlsegError(
+            f"{args.page}: the table of study {study.name} differs from what its records give; "
+            f"run `mtlseg study report {args.study} --page {args.page}`"
+        )
+    print(f"{args.page}: {'updated' if changed else 'up to date'}")
+
+
 def cmd_check_data(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config
     from mtlseg.data.loading import load_dataset
@@ -488,6 +533,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the --grid keys' values side by side (the i-th of each) instead of their product",
     )
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("study", help="run a study file's missing runs, or report its tables")
+    study = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("run", "train and record every run the study still lacks"),
+        ("report", "the study's tables from its records"),
+    ):
+        q = study.add_parser(action, help=text, description=text)
+        q.add_argument("study", help="the study file (YAML)")
+        q.add_argument("--data", help="the dataset, replacing the study file's data")
+        q.add_argument(
+            "--store", default="results", help="the results store folder (default: results)"
+        )
+        q.set_defaults(func=cmd_study_run if action == "run" else cmd_study_report)
+        if action == "run":
+            q.add_argument(
+                "--work",
+                default="runs/studies",
+                help="where run folders and checkpoints go (default: runs/studies)",
+            )
+            q.add_argument(
+                "--parallel", type=int, default=1, help="runs at a time, one thread each"
+            )
+            q.add_argument("--max-runs", type=int, help="stop after this many runs")
+            q.add_argument(
+                "--max-minutes",
+                type=float,
+                help="stop after this many minutes, between runs or mid-run (resumable)",
+            )
+            q.add_argument("--lane-budget", help=argparse.SUPPRESS)
+        else:
+            q.add_argument(
+                "--page", help="write the tables between the study's markers in this page"
+            )
+            q.add_argument(
+                "--check",
+                action="store_true",
+                help="with --page: fail when the page differs from the records, write nothing",
+            )
     p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
     p.add_argument("data")
     p.set_defaults(func=cmd_check_data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -75,7 +76,9 @@ def _strategy(t: TrainConfig) -> str | DDPStrategy:
     return DDPStrategy(find_unused_parameters=bool(t.stages))
 
 
-def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
+def build_trainer(cfg: RunConfig, out: Path, extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """Lightning's trainer for ``cfg``; ``extra``: callbacks of the caller (a study's
+    deadline)."""
     t = cfg.train
     ckpt_dir = out / "checkpoints"
     callbacks = [
@@ -98,6 +101,7 @@ def build_trainer(cfg: RunConfig, out: Path) -> pl.Trainer:
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         ResumeAtLastFinishedStep(),
         ThroughputMonitor(every=max(1, t.log_every)),
+        *extra,
     ]
     if t.early_stopping is not None:
         stop = EarlyStopping(
@@ -221,9 +225,14 @@ def loaders(cfg: RunConfig, data: PreparedData) -> tuple[DataLoader, DataLoader]
 
 
 def train(
-    cfg: RunConfig, out: Path | str, resume: bool = False, data: PreparedData | None = None
+    cfg: RunConfig,
+    out: Path | str,
+    resume: bool = False,
+    data: PreparedData | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainResult:
-    """Train ``cfg`` into ``out``; ``resume`` continues from ``out/checkpoints/last.ckpt``."""
+    """Train ``cfg`` into ``out``; ``resume`` continues from ``out/checkpoints/last.ckpt``;
+    ``callbacks`` join the trainer's own."""
     out = Path(out)
     last = out / "checkpoints" / "last.ckpt"
     resume_from = resume_checkpoint(out)
@@ -249,7 +258,7 @@ def train(
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_split_file(data, out / "splits.json")
     module = build_module(cfg, data)
-    trainer = build_trainer(cfg, out)
+    trainer = build_trainer(cfg, out, callbacks)
     train_dl, val_dl = loaders(cfg, data)
     if resume_from is not None and resume:
         cast(ResumableBatches, train_dl.batch_sampler).skip_next(

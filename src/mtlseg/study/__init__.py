@@ -1,0 +1,1 @@
+"""Studies: comparisons that accumulate records over days and machines (``mtlseg study``)."""
