@@ -39,6 +39,9 @@ def cli_markdown() -> str:
         ]
         for name, sub in _subparsers(parser).items():
             parts += ["", f"## mtlseg {name}", "", "```text", sub.format_help().rstrip(), "```"]
+            for action, inner in _subparsers(sub).items():  # mtlseg study run / report
+                text = inner.format_help().rstrip()
+                parts += ["", f"### mtlseg {name} {action}", "", "```text", text, "```"]
     finally:
         if previous is None:
             os.environ.pop("COLUMNS", None)
