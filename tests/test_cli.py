@@ -278,6 +278,14 @@ def test_the_grid_applies_to_the_recipes_after_the_baseline(kvasir_small):
             str(kvasir_small),
             grid=grid_points(["tasks.nothing.weight=1"]),
         )
+    # a key under a component's params that its Config lacks fails here, before training
+    with pytest.raises(ConfigError, match=r"unet-hog@tasks.hog.params.cel=8.*cel: unknown key"):
+        expand(
+            ["unet", "unet-hog"],
+            [],
+            str(kvasir_small),
+            grid=grid_points(["tasks.hog.params.cel=8"]),
+        )
 
 
 def test_help_says_what_mtlseg_does_with_examples_and_version(capsys):

@@ -38,6 +38,7 @@ from mtlseg.report.tables import (
     verdict,
 )
 from mtlseg.study.grid import grid_points  # noqa: F401  (compare --grid, re-exported)
+from mtlseg.study.spec import check_component_params
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,11 @@ def expand(
         kinds = weightings if (weightings and multi) else [None]
         points = grid if (grid and r > 0) else [()]
         for point in points:
-            load_config(recipe, [*overrides, *point, f"data.path={data_path}"])  # keys exist
+            # every key exists, under a component's params too, before anything trains
+            check_component_params(
+                load_config(recipe, [*overrides, *point, f"data.path={data_path}"]),
+                f"compare: {stem}{'@' + ','.join(point) if point else ''}",
+            )
             for kind in kinds:
                 name = stem if kind is None else f"{stem}+{kind}"
                 name += f"@{','.join(point)}" if point else ""
