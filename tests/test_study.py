@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -265,3 +266,29 @@ def test_a_generated_page_is_checked_against_the_store(kvasir_small, tmp_path, c
     assert main([*argv, "--check"]) == 2
     assert "differs from what its records give" in capsys.readouterr().err
     assert update_page(page, "tiny", render(build_report(study, store.records())))
+
+
+def test_scoring_a_checkpoint_loads_it_once(kvasir_small, tmp_path, monkeypatch):
+    from mtlseg.config import load_config
+    from mtlseg.engine import inference
+    from mtlseg.engine.data import prepare_data
+    from mtlseg.engine.train import train
+    from mtlseg.report import compare
+
+    cfg = load_config("unet", [*TINY, "train.max_steps=2", f"data.path={kvasir_small}"])
+    result = train(cfg, tmp_path / "run")
+    calls: list[str] = []
+    real = inference.load_module
+
+    def counted(path, *args, **kwargs):
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "load_module", counted)
+    monkeypatch.setattr(compare, "load_module", counted)
+    scores, rows = compare.score_cases(
+        result.last_checkpoint, str(kvasir_small), prepare_data(cfg.data)
+    )
+    assert len(calls) == 1
+    assert scores["dice/mean"] == pytest.approx(np.nanmean([r["dice/mean"] for r in rows]))
+    assert "pixel_accuracy" in scores  # the training-size metrics came from the same module

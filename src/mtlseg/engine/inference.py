@@ -54,9 +54,14 @@ def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
     return module.eval().to(device)
 
 
+def _module(ckpt: Path | str | MultiTaskModule, device: str = "cpu") -> MultiTaskModule:
+    """A loaded module as it is, or the module of a checkpoint file."""
+    return ckpt if isinstance(ckpt, MultiTaskModule) else load_module(ckpt, device)
+
+
 @torch.no_grad()
 def evaluate(
-    ckpt_path: Path | str,
+    ckpt_path: Path | str | MultiTaskModule,
     data_path: str,
     split: str = "val",
     data: PreparedData | None = None,
@@ -67,8 +72,9 @@ def evaluate(
     (``task/<name>/loss``).
 
     ``data``: the data the run was trained on, when the caller holds it, to skip re-reading it.
+    ``ckpt_path`` may be a module already loaded (``load_module``).
     """
-    module = load_module(ckpt_path)
+    module = _module(ckpt_path)
     recorded = module.hparams.get("split")
     if not recorded or split not in recorded:
         raise MtlsegError(
@@ -138,7 +144,7 @@ EVAL_SPLITS = ("train", "val", "all", "test")
 
 
 def evaluate_cases(
-    ckpt_path: Path | str,
+    ckpt_path: Path | str | MultiTaskModule,
     data_path: str,
     split: str = "all",
     with_hd95: bool = True,
@@ -156,11 +162,12 @@ def evaluate_cases(
     ``split``: ``train``/``val`` the cases of the split recorded at training; ``all`` every
     case of the dataset, whatever the model was trained on; ``test`` nnU-Net's
     ``imagesTs``/``labelsTs``. The data's classes must be the checkpoint's. ``empty``: the
-    empty-class convention (None: the run's ``metrics.empty``).
+    empty-class convention (None: the run's ``metrics.empty``). ``ckpt_path`` may be a
+    module already loaded (``load_module``).
     """
     if split not in EVAL_SPLITS:
         raise MtlsegError(f"split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
-    module = load_module(ckpt_path, _device(device))
+    module = _module(ckpt_path, _device(device))
     cfg = dataclasses.replace(module.cfg.data, path=str(data_path), augment="none")
     index = discover(cfg.path, cfg.format, subset="Ts" if split == "test" else "Tr")
     records = index.cases

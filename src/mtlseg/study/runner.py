@@ -35,12 +35,11 @@ from filelock import FileLock, Timeout
 
 from mtlseg.config import RunConfig
 from mtlseg.engine.data import PreparedData, prepare_data
-from mtlseg.engine.inference import evaluate_cases
 from mtlseg.engine.precision import resolve_precision
 from mtlseg.engine.train import resume_checkpoint, train
 from mtlseg.errors import MtlsegError
 from mtlseg.metrics import protocol
-from mtlseg.report.compare import score_checkpoint
+from mtlseg.report.compare import score_cases
 from mtlseg.study.curves import read_curves
 from mtlseg.study.machine import Machine, code_version, numerics_key, this_machine
 from mtlseg.study.spec import Cell, Study
@@ -258,8 +257,7 @@ def _for_study(cfg: RunConfig, precision: str) -> RunConfig:
 def _scores(ckpt: Path, cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
     """The checkpoint's per-case scores at the data's own resolution on the val split, and
     the means of every metric (the auxiliary tasks' too)."""
-    rows, _ = evaluate_cases(ckpt, cfg.data.path, "val", progress=False)
-    summary = score_checkpoint(ckpt, cfg.data.path, data)
+    summary, rows = score_cases(ckpt, cfg.data.path, data)
     return {"summary": summary, "cases": rows}
 
 
