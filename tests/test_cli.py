@@ -130,18 +130,24 @@ def test_compare_writes_table_results_and_figures(kvasir_small, tmp_path, capsys
     # the grid: a row per validation image (at most 6), columns input, unet, unet-hog, truth
     rows = min(6, len(results_split(out)))
     assert Image.open(out / "qualitative.png").size == (220 * 4, 220 * rows)
-    # a finished compare is reused, not retrained
-    scores = out / "unet" / "seed0" / "metrics.json"
+    # every run left one record in OUT/records/; a finished compare is reused, not retrained
+    records = sorted((out / "records").rglob("*.json"))
+    assert len(records) == 4
+    record = json.loads(
+        next(p for p in records if "/unet/" in str(p) and "-s1-" in str(p)).read_text()
+    )
+    assert record["scores"]["last"]["summary"]["dice/mean"] == runs["unet"][1]["last"]["dice/mean"]
+    assert len(record["scores"]["last"]["cases"]) == len(results_split(out))
     ckpt = out / "unet" / "seed0" / "checkpoints" / "last.ckpt"
-    mtime, trained = scores.stat().st_mtime_ns, ckpt.stat().st_mtime_ns
+    mtime, trained = records[0].stat().st_mtime_ns, ckpt.stat().st_mtime_ns
     assert main(argv) == 0
-    assert scores.stat().st_mtime_ns == mtime
-    # scores made by another protocol are re-scored from the checkpoints, not retrained
-    saved = json.loads(scores.read_text())
-    scores.write_text(json.dumps({**saved, "protocol": {**saved["protocol"], "version": 1}}))
-    assert main(argv) == 0
-    assert json.loads(scores.read_text())["protocol"] == saved["protocol"]
-    assert ckpt.stat().st_mtime_ns == trained
+    assert records[0].stat().st_mtime_ns == mtime and ckpt.stat().st_mtime_ns == trained
+    assert sorted((out / "records").rglob("*.json")) == records
+    # records are evidence: scored by another protocol, they are not silently rewritten
+    saved = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**saved, "protocol": {**saved["protocol"], "version": 1}}))
+    assert main(argv) == 2
+    assert "scored by protocol v1" in capsys.readouterr().err
 
 
 def test_compare_resumes_a_run_cut_before_its_first_validation(
@@ -160,7 +166,8 @@ def test_compare_resumes_a_run_cut_before_its_first_validation(
     assert (run / "checkpoints" / "interrupted.ckpt").is_file()
     assert main(argv) == 0
     steps = [int(r.split(",")[1]) for r in (run / "logs" / "metrics.csv").read_text().split()[1:]]
-    assert set(json.loads((run / "metrics.json").read_text())) == {"protocol", "last", "best"}
+    (record,) = (out / "records").rglob("*.json")
+    assert json.loads(record.read_text())["steps"] == 4
     assert max(steps) == 3  # the resumed run finished the 4 steps, not 2 + 4
 
 

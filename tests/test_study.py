@@ -273,7 +273,7 @@ def test_scoring_a_checkpoint_loads_it_once(kvasir_small, tmp_path, monkeypatch)
     from mtlseg.engine import inference
     from mtlseg.engine.data import prepare_data
     from mtlseg.engine.train import train
-    from mtlseg.report import compare
+    from mtlseg.report import scores
 
     cfg = load_config("unet", [*TINY, "train.max_steps=2", f"data.path={kvasir_small}"])
     result = train(cfg, tmp_path / "run")
@@ -285,10 +285,10 @@ def test_scoring_a_checkpoint_loads_it_once(kvasir_small, tmp_path, monkeypatch)
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(inference, "load_module", counted)
-    monkeypatch.setattr(compare, "load_module", counted)
-    scores, rows = compare.score_cases(
+    monkeypatch.setattr(scores, "load_module", counted)
+    means, rows = scores.score_cases(
         result.last_checkpoint, str(kvasir_small), prepare_data(cfg.data)
     )
     assert len(calls) == 1
-    assert scores["dice/mean"] == pytest.approx(np.nanmean([r["dice/mean"] for r in rows]))
-    assert "pixel_accuracy" in scores  # the training-size metrics came from the same module
+    assert means["dice/mean"] == pytest.approx(np.nanmean([r["dice/mean"] for r in rows]))
+    assert "pixel_accuracy" in means  # the training-size metrics came from the same module

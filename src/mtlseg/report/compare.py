@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mtlseg.config import (
+    RunConfig,
     apply_override,
     load_config,
     load_recipe_dict,
@@ -21,10 +22,9 @@ from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.metadata import parse_case_id
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
-from mtlseg.engine.inference import evaluate, evaluate_cases, load_module
+from mtlseg.engine.inference import load_module
 from mtlseg.engine.precision import resolve_precision
-from mtlseg.engine.train import resume_checkpoint, train
-from mtlseg.errors import ConfigError
+from mtlseg.errors import ConfigError, MtlsegError
 from mtlseg.metrics import protocol
 from mtlseg.report.delta_m import delta_m
 from mtlseg.report.plots import plot_curves, plot_efficiency, plot_qualitative, plot_weights
@@ -38,7 +38,10 @@ from mtlseg.report.tables import (
     verdict,
 )
 from mtlseg.study.grid import grid_points  # noqa: F401  (compare --grid, re-exported)
-from mtlseg.study.spec import check_component_params
+from mtlseg.study.runner import Lane, machine_for
+from mtlseg.study.spec import Cell, Study, check_component_params
+from mtlseg.study.spec import Variant as StudyVariant
+from mtlseg.study.store import Record, Store
 
 log = logging.getLogger(__name__)
 
@@ -108,67 +111,6 @@ def expand(
     if dup:
         raise ConfigError(f"compare: the row {dup!r} appears twice; list each recipe once")
     return variants
-
-
-CHECKPOINTS = {"last": "last.ckpt", "best": "best.ckpt"}  # the table's headline, then selected
-
-
-def _run_one(
-    variant: Variant,
-    seed: int,
-    data_path: str,
-    overrides: list[str],
-    run_dir: Path,
-    shared: tuple[Any, PreparedData],
-) -> dict[str, dict]:
-    """Train and evaluate one (variant, seed): ``{"last": scores, "best": scores}``, the
-    last checkpoint (no selection) and the best one by validation Dice. A finished run is
-    reused when its scores were made by the current protocol, re-scored from its
-    checkpoints otherwise; a partial run is resumed."""
-    metrics_file = run_dir / "metrics.json"
-    cfg = load_config(
-        variant.recipe,
-        [*overrides, *variant.overrides, f"data.path={data_path}", f"train.seed={seed}"],
-    )
-    wanted = protocol(cfg.metrics.empty)
-    if metrics_file.is_file():
-        saved = json.loads(metrics_file.read_text())
-        if saved.get("protocol") == wanted:
-            return {k: saved[k] for k in CHECKPOINTS}
-        log.info("%s: scored by another protocol; re-scoring its checkpoints", run_dir)
-    # the loaded data is reused when the recipe prepares it the same way; the split always is
-    data = shared[1] if cfg.data == shared[0] else prepare_data(cfg.data, split=shared[1].split)
-    ckpts = {k: run_dir / "checkpoints" / f for k, f in CHECKPOINTS.items()}
-    if not (metrics_file.is_file() and all(p.is_file() for p in ckpts.values())):
-        # a run stopped by a crash or Ctrl-C before its first validation has only
-        # interrupted.ckpt
-        result = train(cfg, run_dir, resume=resume_checkpoint(run_dir) is not None, data=data)
-        ckpts = {"last": result.last_checkpoint, "best": result.best_checkpoint}
-    scores = {k: score_checkpoint(p, data_path, data) for k, p in ckpts.items()}
-    metrics_file.write_text(json.dumps({"protocol": wanted, **scores}, indent=1))
-    return scores
-
-
-def score_checkpoint(ckpt: Path, data_path: str, data: PreparedData) -> dict[str, float]:
-    """The validation split's scores of a checkpoint (``score_cases``' means)."""
-    return score_cases(ckpt, data_path, data)[0]
-
-
-def score_cases(
-    ckpt: Path, data_path: str, data: PreparedData
-) -> tuple[dict[str, float], list[dict]]:
-    """The validation split's scores of a checkpoint, loaded once: segmentation per case at
-    the data's own resolution (``evaluate_cases``: the means of the summary, and the rows),
-    the auxiliary tasks' metrics and the pooled pixel scores at the training size
-    (``evaluate``)."""
-    module = load_module(ckpt)
-    rows, summary = evaluate_cases(module, data_path, "val", progress=False)
-    scores = {k: s["mean"] for k, s in summary["metrics"].items()}
-    scores["num_cases"] = summary["num_cases"]
-    sized = evaluate(module, data_path, "val", data=data)
-    pooled = ("pixel_accuracy", "f1/mean", "weighted_iou")
-    scores.update({k: v for k, v in sized.items() if k.startswith("task/") or k in pooled})
-    return scores, rows
 
 
 def compare_budgets(
@@ -265,15 +207,23 @@ def compare(
     data = prepare_data(first.data)
     split = data.split
     (out / "splits.json").write_text(json.dumps({"source": data.split_source, **split}, indent=1))
+    variants = expand(recipes, overrides, data_path, weightings, single_task, grid)
+    study, records = _run(variants, seeds, first, data, out, overrides, data_path)
     scored: dict[str, list[dict[str, dict]]] = {}
     dirs: dict[str, list[Path]] = {}
-    variants = expand(recipes, overrides, data_path, weightings, single_task, grid)
-    for v in variants:
-        dirs[v.name] = [out / v.folder / f"seed{s}" for s in range(seeds)]
-        scored[v.name] = [
-            _run_one(v, s, data_path, overrides, d, (first.data, data))
-            for s, d in enumerate(dirs[v.name])
-        ]
+    wanted = protocol(first.metrics.empty)
+    for v in study.variants:
+        dirs[v.name] = [_run_folder(out, Cell(v, study.budgets[0], s)) for s in range(seeds)]
+        scored[v.name] = []
+        for s in range(seeds):
+            record = records[Cell(v, study.budgets[0], s).key]
+            if record.protocol != wanted:
+                raise MtlsegError(
+                    f"{out}: the record of {v.name} seed {s} was scored by protocol "
+                    f"v{record.protocol.get('version')}, this mtlseg scores by "
+                    f"v{wanted['version']}: records are never rewritten, use a new --out"
+                )
+            scored[v.name].append({k: record.scores[k]["summary"] for k in ("last", "best")})
     runs = {name: [r["last"] for r in rs] for name, rs in scored.items()}
     best_runs = {name: [r["best"] for r in rs] for name, rs in scored.items()}
     aux_only = {v.name for v in variants if v.aux_only}
@@ -333,6 +283,57 @@ def compare(
         "weights": weights,
         "qualitative": qualitative,
     }
+
+
+def _run_folder(out: Path, cell: Cell) -> Path:
+    """compare's run folders: ``OUT/<row>/seed<s>/``."""
+    return out / cell.variant.folder / f"seed{cell.seed}"
+
+
+def _run(
+    rows: list[Variant],
+    seeds: int,
+    first: RunConfig,
+    data: PreparedData,
+    out: Path,
+    overrides: list[str],
+    data_path: str,
+) -> tuple[Study, dict[str, Record]]:
+    """The comparison as a study of one label budget, run by the study runner into
+    ``OUT/records/`` (runs already recorded there are reused), and each cell's record: the
+    one made here by this code when there is one."""
+    budget = str(first.data.label_budget)
+    variants = tuple(
+        StudyVariant(
+            v.name,
+            v.recipe,
+            (*overrides, *v.overrides),
+            load_config(v.recipe, [*overrides, *v.overrides, f"data.path={data_path}"]),
+            seeds,
+            (budget,),
+        )
+        for v in rows
+    )
+    study = Study("compare", data_path, variants, (budget,))
+    store = Store(out, "records")
+    lane = Lane(
+        study,
+        store,
+        out,
+        say=log.info,
+        layout=lambda cell, machine, numerics: _run_folder(out, cell),
+        split=data.split,
+        claims=out / "records" / ".claims",
+    )
+    lane.prepared(data, first)
+    lane.run()
+    machine, numerics = machine_for(first)
+    found: dict[str, Record] = {}
+    for record in store.records():
+        here = (record.machine_id, record.numerics) == (machine.id, numerics)
+        if here or record.cell not in found:
+            found[record.cell] = record
+    return study, found
 
 
 def delta_m_table(runs: dict[str, list[dict]], variants: list[Variant]) -> str:

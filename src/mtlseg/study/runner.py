@@ -39,7 +39,7 @@ from mtlseg.engine.precision import resolve_precision
 from mtlseg.engine.train import resume_checkpoint, train
 from mtlseg.errors import MtlsegError
 from mtlseg.metrics import protocol
-from mtlseg.report.compare import score_cases
+from mtlseg.report.scores import score_cases
 from mtlseg.study.curves import read_curves
 from mtlseg.study.machine import Machine, code_version, numerics_key, this_machine
 from mtlseg.study.spec import Cell, Study
@@ -129,8 +129,20 @@ def data_fingerprint(path: str) -> dict[str, Any]:
     return {"path": str(root), "files": len(files), "bytes": total, "id": h.hexdigest()[:12]}
 
 
+Layout = Callable[[Cell, str, str], Path]  # a cell, machine id, numerics key -> its run folder
+
+
+def study_layout(work: Path, study: Study) -> Layout:
+    """``WORK/<study>/<variant>/b<budget>-s<seed>-<cell>/<machine>-<numerics>/``."""
+    return lambda cell, machine, numerics: work / study.name / cell.folder / f"{machine}-{numerics}"
+
+
 class Lane:
-    """One process's loop over the study: claim a cell, train it, score it, record it."""
+    """One process's loop over the study: claim a cell, train it, score it, record it.
+
+    ``layout`` puts each run's folder (``study_layout`` by default); ``split``: every run
+    trains on this split (``compare``'s rows share one) instead of the one its data
+    configuration gives."""
 
     def __init__(
         self,
@@ -140,14 +152,20 @@ class Lane:
         deadline: float | None = None,
         take_run: Callable[[], bool] = lambda: True,
         say: Callable[[str], None] = print,
+        layout: Layout | None = None,
+        split: dict[str, list[str]] | None = None,
+        claims: Path | None = None,
     ) -> None:
-        self.study, self.store, self.work = study, store, Path(work) / study.name
+        self.study, self.store = study, store
         self.deadline, self.take_run, self.say = deadline, take_run, say
+        self.layout = layout or study_layout(Path(work), study)
+        self.split = split
+        self.claims = claims or Path(work) / study.name / "claims"
         self._data: tuple[Any, PreparedData] | None = None
 
     def run(self) -> Done:
         done = Done()
-        (self.work / "claims").mkdir(parents=True, exist_ok=True)
+        self.claims.mkdir(parents=True, exist_ok=True)
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 done.stopped = "max-minutes"
@@ -171,7 +189,7 @@ class Lane:
     def _claim_next(self) -> tuple[Cell, FileLock] | None:
         """The first cell still to do here that no other process holds, claimed."""
         for cell in self._todo():
-            lock = FileLock(self.work / "claims" / f"{cell.key}.lock")
+            lock = FileLock(self.claims / f"{cell.key}.lock")
             try:
                 lock.acquire(timeout=0)
             except Timeout:
@@ -185,15 +203,21 @@ class Lane:
         return todo(self.study, self.store.records(), _where)
 
     def _prepared(self, cfg: RunConfig) -> PreparedData:
+        """The cell's data, read once for every cell that prepares it alike."""
         if self._data is None or self._data[0] != cfg.data:
-            self._data = (cfg.data, prepare_data(cfg.data))
+            self._data = (cfg.data, prepare_data(cfg.data, split=self.split))
         return self._data[1]
+
+    def prepared(self, data: PreparedData, cfg: RunConfig) -> None:
+        """Data the caller has read already, for the cells whose data configuration is
+        ``cfg.data``."""
+        self._data = (cfg.data, data)
 
     def _run(self, cell: Cell) -> bool:
         """Train (or resume), score and record one cell; False when the deadline stopped it."""
         machine, numerics = machine_for(cell.config)
         cfg = _for_study(cell.config, machine.precision)
-        run_dir = self.work / cell.folder / f"{machine.id}-{numerics}"
+        run_dir = self.layout(cell, machine.id, numerics)
         resume = resume_checkpoint(run_dir) is not None
         self.say(f"{'resume' if resume else 'train'}: {cell.describe()} -> {run_dir}")
         data = self._prepared(cfg)
