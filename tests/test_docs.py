@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import yaml
+
 from mtlseg.cli_doc import cli_markdown
+from tests.conftest import DATA_ROOT, require_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,3 +25,35 @@ def test_readme_is_short_and_every_docs_page_is_in_the_site():
     nav = (REPO / "mkdocs.yml").read_text()
     pages = sorted(p.name for p in (REPO / "docs").glob("*.md"))
     assert [p for p in pages if p not in nav] == []
+
+
+def _headline(text: str) -> str:
+    return text.split("<!-- headline -->\n", 1)[1].split("<!-- /headline -->", 1)[0]
+
+
+def test_readme_and_the_results_page_hold_the_same_headline_table():
+    readme = _headline((REPO / "README.md").read_text())
+    page = _headline((REPO / "docs" / "results.md").read_text())
+    assert readme == page and readme.startswith("| paper |")
+
+
+STUDIES = sorted((REPO / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_study_page_is_what_its_records_give(path):
+    """A study's page holds exactly the tables its committed records make (``mtlseg study
+    report STUDY`` rewrites them); a hand edit of a generated table fails here."""
+    from mtlseg.study.pages import generated_block
+    from mtlseg.study.report import build_report, render
+    from mtlseg.study.spec import load_study
+    from mtlseg.study.store import Store
+
+    spec = yaml.safe_load(path.read_text())
+    require_data(DATA_ROOT / spec["data"])
+    study = load_study(path, str(DATA_ROOT / spec["data"]))
+    assert study.page is not None and study.page.is_file()
+    expected = render(build_report(study, Store(REPO / "results", study.name).records()))
+    assert generated_block(study.page.read_text(), study.name, study.page) == expected, (
+        f"run: mtlseg study report {path.relative_to(REPO)}"
+    )

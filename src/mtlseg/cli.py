@@ -281,16 +281,17 @@ def cmd_study_report(args: argparse.Namespace) -> None:
 
     study = load_study(args.study, args.data)
     text = render(build_report(study, Store(args.store, study.name).records()))
-    if args.page is None:
+    page = Path(args.page) if args.page else study.page
+    if page is None:
         print(text, end="")
         return
-    changed = update_page(Path(args.page), study.name, text, check=args.check)
+    changed = update_page(page, study.name, text, check=args.check)
     if args.check and changed:
         raise MtlsegError(
-            f"{args.page}: the table of study {study.name} differs from what its records give; "
-            f"run `mtlseg study report {args.study} --page {args.page}`"
+            f"{page}: the table of study {study.name} differs from what its records give; "
+            f"run `mtlseg study report {args.study} --page {page}`"
         )
-    print(f"{args.page}: {'updated' if changed else 'up to date'}")
+    print(f"{page}: {'updated' if changed else 'up to date'}")
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
@@ -564,12 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--lane-budget", help=argparse.SUPPRESS)
         else:
             q.add_argument(
-                "--page", help="write the tables between the study's markers in this page"
+                "--page",
+                help="write the tables between the study's markers in this page (default: the "
+                "study's page, else print them)",
             )
             q.add_argument(
                 "--check",
                 action="store_true",
-                help="with --page: fail when the page differs from the records, write nothing",
+                help="fail when the page differs from the records, write nothing",
             )
     p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
     p.add_argument("data")

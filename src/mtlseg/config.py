@@ -227,7 +227,7 @@ class TrainConfig:
     unlabelled_batch_size: int | None = None
     # separate: the labelled and the pool's rows as two forwards, so batch norm never mixes
     # their statistics; joint: one forward (SSL4MIS), with which mean teacher, DTC and HOG on
-    # the pool collapsed on ACDC (docs/results.md, "Batch norm and the pool")
+    # the pool collapsed on ACDC (docs/archive.md, "Batch norm and the pool")
     pool_forward: str = "separate"
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov, nnU-Net), mtlseg.engine.optimizers
     lr: float = 1e-3

@@ -310,7 +310,7 @@ class MultiTaskModule(pl.LightningModule):
         """The training forward. ``train.pool_forward: separate`` (default) runs the labelled
         rows and the pool's rows as two batches, so batch norm never normalises one with the
         other's statistics; ``joint`` (SSL4MIS's way) runs them as one batch, which lets the
-        network set the labelled rows apart in its deep batch-norm layers (docs/results.md,
+        network set the labelled rows apart in its deep batch-norm layers (docs/archive.md,
         "Batch norm and the pool")."""
         labelled = batch.get("labelled")
         meta = batch.get("meta")

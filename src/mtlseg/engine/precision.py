@@ -3,7 +3,7 @@
 On a GPU: 16-bit mixed. On a CPU: ``bf16-mixed`` only where the CPU computes bf16 natively
 (AVX512-BF16 or AMX, read from its flags) and a short micro-benchmark of a convolutional
 training step finds it faster than fp32; otherwise fp32. Without native bf16 the CPU
-emulates it, many times slower (measured here: see docs/results.md, "Precision"). The
+emulates it, many times slower (measured here: see docs/archive.md, "Precision"). The
 micro-benchmark's answer is cached per CPU model, flags, thread count and torch version, so
 a run pays for it once per machine. Whether bf16 is *as accurate* is not decided here but by
 ``benchmarks/precision.py`` (Dice after the same steps, 3 seeds each); its finding is stated
@@ -28,7 +28,7 @@ from mtlseg.errors import ConfigError
 log = logging.getLogger(__name__)
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# benchmarks/precision.py's accuracy finding for bf16-mixed against fp32 (docs/results.md,
+# benchmarks/precision.py's accuracy finding for bf16-mixed against fp32 (docs/archive.md,
 # "Precision"): on an AMX Xeon, `unet` 64 px, 500 steps, 3 seeds: per-volume Dice 0.718 +- 0.035
 # bf16 vs 0.716 +- 0.037 fp32, paired +0.003 +- 0.004 (inside the noise, every seed within 0.006)
 BF16_ACCURATE = True

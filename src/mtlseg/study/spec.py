@@ -68,6 +68,7 @@ class StudySpec:
     budgets: list[Any] = field(default_factory=lambda: ["all"])
     set: list[str] = field(default_factory=list)
     ceiling: str = ""  # a variant at budget all: rows report the share of the gap they close
+    page: str = ""  # a docs page holding this study's generated tables (relative to the file)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Study:
     description: str = ""
     source: Path | None = None
     ceiling: str | None = None
+    page: Path | None = None
 
     @property
     def baseline(self) -> Variant:
@@ -281,6 +283,14 @@ def resolve(spec: StudySpec, data: str, source: Path | None = None) -> Study:
             f"{where}: ceiling: {spec.ceiling!r} is not a variant that runs at budget all"
         )
     name = spec.name or (source.stem if source else "study")
+    page = (source.parent if source else Path()) / spec.page if spec.page else None
     return Study(
-        name, data_path, tuple(variants), budgets, spec.description, source, spec.ceiling or None
+        name,
+        data_path,
+        tuple(variants),
+        budgets,
+        spec.description,
+        source,
+        spec.ceiling or None,
+        page,
     )
