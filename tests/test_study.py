@@ -292,3 +292,23 @@ def test_scoring_a_checkpoint_loads_it_once(kvasir_small, tmp_path, monkeypatch)
     assert len(calls) == 1
     assert means["dice/mean"] == pytest.approx(np.nanmean([r["dice/mean"] for r in rows]))
     assert "pixel_accuracy" in means  # the training-size metrics came from the same module
+
+
+def test_submitit_lanes_train_each_cell_once(kvasir_small, tmp_path):
+    """--launcher submitit, with submitit's local executor standing in for SLURM."""
+    pytest.importorskip("submitit")
+    study = load_study(_study_file(tmp_path, kvasir_small))
+    store = Store(tmp_path / "results", study.name)
+    said: list[str] = []
+    done = run_study(
+        study,
+        store,
+        tmp_path / "work",
+        parallel=2,
+        say=said.append,
+        launcher="submitit",
+        launcher_options={"cluster": "local"},
+    )
+    assert sorted(done.trained) == sorted(c.describe() for c in study.cells())
+    assert len(_records(tmp_path / "results")) == 4
+    assert said[0].startswith("submitted 2 lane job(s) (local)")

@@ -265,12 +265,23 @@ def cmd_study_run(args: argparse.Namespace) -> None:
         parallel=args.parallel,
         say=lambda line: print(line, flush=True),
         lane_budget=Path(args.lane_budget) if args.lane_budget else None,
+        launcher=args.launcher,
+        launcher_options=dict(_key_value(x) for x in args.launcher_set),
     )
     if args.lane_budget:
         return
     print(f"study {study.name}: {len(done.trained)} run(s) recorded; stopped: {done.stopped}")
     if done.interrupted:
         print(f"interrupted: {done.interrupted} (the same command resumes it on this machine)")
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise MtlsegError(f"--launcher-set {text!r}: expected KEY=VALUE, e.g. slurm_partition=gpu")
+    return key, yaml.safe_load(value)
 
 
 def cmd_study_report(args: argparse.Namespace) -> None:
@@ -561,6 +572,20 @@ def build_parser() -> argparse.ArgumentParser:
                 "--max-minutes",
                 type=float,
                 help="stop after this many minutes, between runs or mid-run (resumable)",
+            )
+            q.add_argument(
+                "--launcher",
+                choices=("local", "submitit"),
+                default="local",
+                help="local: lanes are processes here; submitit: lanes are scheduler jobs "
+                "(SLURM where sbatch is found, else local; pip install 'mtlseg[slurm]')",
+            )
+            q.add_argument(
+                "--launcher-set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="a submitit executor parameter, e.g. slurm_partition=gpu (repeatable)",
             )
             q.add_argument("--lane-budget", help=argparse.SUPPRESS)
         else:

@@ -327,10 +327,16 @@ def run_study(
     parallel: int = 1,
     say: Callable[[str], None] = print,
     lane_budget: Path | None = None,
+    launcher: str = "local",
+    launcher_options: dict[str, Any] | None = None,
 ) -> Done:
     """Run what ``study`` lacks in this process (``parallel`` 1), or in ``parallel`` lane
     processes of one thread each; stop at ``max_minutes`` or after ``max_runs`` runs.
-    ``lane_budget``: the run counter of the ``study run`` that started this lane."""
+    ``lane_budget``: the run counter of the ``study run`` that started this lane.
+
+    ``launcher="submitit"``: the lanes are ``parallel`` jobs of a scheduler through submitit
+    (SLURM where ``sbatch`` is found, else local processes; ``launcher_options`` go to the
+    executor's ``update_parameters``, e.g. ``slurm_partition``), not a launcher of ours."""
     store.check_writable()
     work = Path(work)
     (work / study.name).mkdir(parents=True, exist_ok=True)
@@ -341,6 +347,11 @@ def run_study(
     if max_runs is not None:
         budget = RunBudget.create(work / study.name / f".runs-{os.getpid()}", max_runs)
     try:
+        if launcher == "submitit":
+            if budget is None:
+                budget = RunBudget.create(work / study.name / f".runs-{os.getpid()}", 1 << 30)
+            options = launcher_options or {}
+            return _run_submitit(study, store, work, max_minutes, parallel, budget, say, options)
         if parallel <= 1:
             take = budget.take if budget else (lambda: True)
             return Lane(study, store, work, deadline, take, say).run()
@@ -397,4 +408,63 @@ def _run_lanes(
     codes = [lane.wait() for lane in lanes]
     if any(codes):
         raise MtlsegError(f"study lanes ended with exit codes {codes} (their lines are above)")
+    return done
+
+
+def lane_job(
+    source: str, data: str, store: str, work: str, max_minutes: float | None, budget: str
+) -> list[str]:
+    """One scheduler job: a lane over the study file ``source`` (what submitit runs)."""
+    import torch
+
+    from mtlseg.study.spec import load_study
+
+    torch.set_num_threads(1)
+    study = load_study(source, data)
+    done = run_study(
+        study, Store(store, study.name), Path(work), max_minutes, lane_budget=Path(budget)
+    )
+    return done.trained
+
+
+def _run_submitit(
+    study: Study,
+    store: Store,
+    work: Path,
+    max_minutes: float | None,
+    parallel: int,
+    budget: RunBudget,
+    say: Callable[[str], None],
+    options: dict[str, Any],
+) -> Done:
+    """``parallel`` lane jobs through submitit's AutoExecutor; waits for them all."""
+    try:
+        import submitit
+    except ImportError:
+        raise MtlsegError(
+            "--launcher submitit needs submitit: pip install 'mtlseg[slurm]'"
+        ) from None
+    if study.source is None:
+        raise ValueError("scheduler lanes need a study read from a file")
+    folder = work / study.name / "submitit"
+    cluster = options.pop("cluster", None)
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    timeout = int(max_minutes + 30) if max_minutes is not None else 24 * 60
+    executor.update_parameters(
+        name=f"mtlseg-{study.name}", timeout_min=timeout, cpus_per_task=1, **options
+    )
+    args = (str(study.source), study.data, str(store.root), str(work), max_minutes)
+    jobs = [executor.submit(lane_job, *args, str(budget.path)) for _ in range(parallel)]
+    say(
+        f"submitted {len(jobs)} lane job(s) ({executor.cluster}): {', '.join(j.job_id for j in jobs)}"
+    )
+    done = Done()
+    for job in jobs:
+        try:
+            trained = job.result()
+        except Exception as err:  # a job's own error, with its log's path
+            raise MtlsegError(f"lane job {job.job_id} failed ({folder}): {err}") from None
+        done.trained += trained
+        for cell in trained:
+            say(f"job {job.job_id}: recorded {cell}")
     return done
