@@ -240,7 +240,7 @@ def test_compare_reports_delta_m_and_weights(acdc_small, tmp_path):
         weightings=["uw"],
         single_task=True,
     )
-    table = result["table"]
+    table = result.table
     assert "delta-M % (lower is better)" in table
     section = table.split("delta-M vs the single-task runs")[1]
     row = next(line for line in section.splitlines() if line.startswith("| unet-geometry+uw |"))
@@ -248,7 +248,7 @@ def test_compare_reports_delta_m_and_weights(acdc_small, tmp_path):
     assert "dice/mean" in row
     value = float(row.split("|")[2])
     assert math.isfinite(value)
-    assert result["weights"] is not None and result["weights"].is_file()
+    assert result.weights is not None and result.weights.is_file()
 
 
 # ---------------------------------------------------------------- resnet-unet

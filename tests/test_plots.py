@@ -43,11 +43,34 @@ def test_curves_and_weights_are_read_from_the_logged_rows(tmp_path):
     columns = read_train_columns(run, "weight_")
     assert columns == {"weight_hog": ([9, 19], [0.5, 0.75])}
     assert set(read_train_columns(run, "")) == {"weight_hog", "cos_segmentation-hog", "loss"}
-    out = plot_curves({"a": [run]}, tmp_path / "curves.png")
+    out = plot_curves({"a": [read_val_curve(run)]}, tmp_path / "curves.png")
     assert Image.open(out).size == (720, 480)  # 6 x 4 inches at 120 dpi
+    with_loss = plot_curves(
+        {"a": [read_val_curve(run)]}, tmp_path / "two.png", {"a": [columns_loss(run)]}
+    )
+    assert Image.open(with_loss).size == (1440, 480)  # the training loss beside
     assert plot_weights({"a": [run]}, tmp_path / "weights.png") is not None
     plain = _run(tmp_path, "b", [{"step": "9", "val/dice": "0.2"}])
     assert plot_weights({"b": [plain]}, tmp_path / "none.png") is None, "no weight logged"
+
+
+def columns_loss(run):
+    return read_train_columns(run, "loss")["loss"]
+
+
+def test_a_curve_of_one_validation_is_drawn_as_a_marker(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    markers = []
+    real = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        markers.append(kwargs.get("marker"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    plot_curves({"one": [([5], [0.5])], "two": [([5, 9], [0.4, 0.6])]}, tmp_path / "c.png")
+    assert markers == ["o", None]
 
 
 def test_label_colours_are_tab10_and_background_black():

@@ -161,10 +161,10 @@ def test_compare_of_3d_recipes_reports_volume_dice_tasks_and_figures(acdc_labell
 
     sets = [*TINY_3D, "train.max_steps=2", "train.val_every=1", "train.stages=[]"]
     result = compare(["unet3d", "unet3d-decomp"], str(acdc_labelled), 1, tmp_path / "cmp", sets)
-    table = result["table"]
+    table = result.table
     assert "dice/mean best-on-val" in table and "| unet3d |" in table
     assert "presence" in table and "scene" in table  # the auxiliary tasks' own metrics
     from PIL import Image
 
     # one row per val volume (4 here), columns input, unet3d, unet3d-decomp, ground truth
-    assert Image.open(result["qualitative"]).size == (220 * 4, 220 * 4)
+    assert Image.open(result.qualitative).size == (220 * 4, 220 * 4)

@@ -236,15 +236,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
             args.set,
             **options,
         )
-        print(sweep["table"])
-        print(f"\nefficiency: {sweep['efficiency']}")
+        print(sweep.table)
+        print(f"\nefficiency: {sweep.efficiency}")
         return
     result = compare(args.recipes, args.data, args.seeds, Path(args.out), args.set, **options)
-    print(result["table"])
-    if result["weights"] is not None:
-        print(f"loss weights: {result['weights']}")
+    print(result.table)
+    if result.weights is not None:
+        print(f"loss weights: {result.weights}")
     print(
-        f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}"
+        f"\nresults: {result.results}\ncurves: {result.curves}\nqualitative grid: {result.qualitative}"
     )
 
 
@@ -374,9 +374,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         f"demo: unet vs unet-hog on {data}, {args.steps} steps x {args.seeds} seed(s) -> {args.out}"
     )
     result = compare(["unet", "unet-hog"], str(data), args.seeds, Path(args.out), overrides)
-    print("\n" + result["table"])
+    print("\n" + result.table)
     print(
-        f"\nresults: {result['results']}\ncurves: {result['curves']}\nqualitative grid: {result['qualitative']}"
+        f"\nresults: {result.results}\ncurves: {result.curves}\nqualitative grid: {result.qualitative}"
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mtlseg.config import (
+    DataConfig,
     RunConfig,
     apply_override,
     load_config,
@@ -48,17 +49,42 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of a comparison: a recipe plus overrides of its own."""
+    """One row of a comparison: a recipe plus overrides of its own, and the configuration
+    they resolve to (built once, checked down to every component's params)."""
 
     name: str
     recipe: str
     overrides: tuple[str, ...] = ()
     aux_only: str | None = None  # a single-task run of this auxiliary task (delta-M baseline)
+    config: RunConfig | None = None
 
     @property
     def folder(self) -> str:
         """The row's run folder name (the grid's values made safe for a path)."""
         return re.sub(r"[^A-Za-z0-9._=,@+-]", "_", self.name)
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` made: the rows' records (one per seed), their summary (mean ± std
+    and paired differences per metric), the Markdown report and the files written."""
+
+    records: dict[str, list[Record]]
+    summary: dict[str, dict]
+    table: str
+    results: Path
+    curves: Path
+    weights: Path | None
+    qualitative: Path
+
+
+@dataclass
+class BudgetSweep:
+    """``compare_budgets``: one Comparison per label budget and the efficiency table."""
+
+    budgets: dict[str, Comparison]
+    table: str
+    efficiency: Path
 
 
 def expand(
@@ -77,6 +103,14 @@ def expand(
     ``grid`` (``grid_points``): every recipe after the first (the baseline, run once as
     given) runs once per point, as rows ``<recipe>@<key=value,...>``."""
     variants: list[Variant] = []
+
+    def _resolved(name: str, recipe: str, extra: tuple[str, ...]) -> RunConfig:
+        """The row's configuration; every key exists, under a component's params too,
+        before anything trains."""
+        cfg = load_config(recipe, [*overrides, *extra, f"data.path={data_path}"])
+        check_component_params(cfg, f"compare: {name}")
+        return cfg
+
     for r, recipe in enumerate(recipes):
         stem = Path(recipe).stem
         cfg = load_config(recipe, [*overrides, f"data.path={data_path}"])
@@ -84,16 +118,11 @@ def expand(
         kinds = weightings if (weightings and multi) else [None]
         points = grid if (grid and r > 0) else [()]
         for point in points:
-            # every key exists, under a component's params too, before anything trains
-            check_component_params(
-                load_config(recipe, [*overrides, *point, f"data.path={data_path}"]),
-                f"compare: {stem}{'@' + ','.join(point) if point else ''}",
-            )
             for kind in kinds:
                 name = stem if kind is None else f"{stem}+{kind}"
                 name += f"@{','.join(point)}" if point else ""
                 extra = (*point, *(() if kind is None else (f"weighting.kind={kind}",)))
-                variants.append(Variant(name, recipe, extra))
+                variants.append(Variant(name, recipe, extra, None, _resolved(name, recipe, extra)))
         if not (single_task and multi):
             continue
         raw = load_recipe_dict(recipe)
@@ -105,7 +134,8 @@ def expand(
             task = cfg.tasks[enabled.index(i)]
             drop = [f"tasks.{j}.enabled=false" for j in enabled[1:] if j != i]
             extra = ("tasks.0.weight=0", *drop, "weighting.kind=fixed", "terms=[]")
-            variants.append(Variant(f"{stem}-only-{task.name}", recipe, extra, task.name))
+            name = f"{stem}-only-{task.name}"
+            variants.append(Variant(name, recipe, extra, task.name, _resolved(name, recipe, extra)))
     names = [v.name for v in variants]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
@@ -121,32 +151,27 @@ def compare_budgets(
     budgets: list[str],
     overrides: list[str] | tuple[str, ...] = (),
     **options: Any,
-) -> dict:
+) -> BudgetSweep:
     """``compare`` once per label budget (``data.label_budget``: every recipe, the baseline
     too, on the same split and seeded draw), each in ``out/budget-<b>/``, then the
     data-efficiency curve: ``efficiency.png`` (Dice per case, last checkpoint, against the
     number of labelled patients or cases; the mean and the seeds' range per recipe) and
     ``efficiency.md``."""
     out = Path(out)
-    results: dict[str, dict] = {}
+    results: dict[str, Comparison] = {}
     curves: dict[str, list[tuple[int, list[float]]]] = {}
     cells: dict[str, list[str]] = {}
     for budget in budgets:
         sets = [*overrides, f"data.label_budget={budget}"]
-        results[budget] = compare(
-            recipes, data_path, seeds, out / f"budget-{budget}", sets, **options
-        )
-        summary = json.loads(results[budget]["results"].read_text())
-        for rank, (name, runs) in enumerate(summary["runs"].items()):
-            counts = [
-                _labelled_count(out / f"budget-{budget}" / name / f"seed{s}")
-                for s in range(len(runs))
-            ]
-            dice = [r["last"]["dice/mean"] for r in runs]
-            curves.setdefault(name, []).append((max(counts), dice))
-            cell = f"{max(counts)} labelled: {fmt_stat(mean_std(dice))}"
+        result = compare(recipes, data_path, seeds, out / f"budget-{budget}", sets, **options)
+        results[budget] = result
+        for rank, (name, runs) in enumerate(result.records.items()):
+            count = max(labelled_count(r) for r in runs)
+            dice = [r.dice() for r in runs]
+            curves.setdefault(name, []).append((count, dice))
+            cell = f"{count} labelled: {fmt_stat(mean_std(dice))}"
             if rank > 0:  # against the baseline, the first recipe: compare's paired differences
-                paired = summary["summary"][name]["paired"]["dice/mean"]
+                paired = result.summary[name]["paired"]["dice/mean"]
                 cell += f", {fmt_stat(mean_std(paired), signed=True)}: {verdict(paired)}"
             cells.setdefault(name, []).append(cell)
     figure = plot_efficiency(curves, out / "efficiency.png")
@@ -161,22 +186,14 @@ def compare_budgets(
         + "\n".join(lines)
     )
     (out / "efficiency.md").write_text(table + "\n")
-    return {"table": table, "budgets": results, "efficiency": figure}
+    return BudgetSweep(results, table, figure)
 
 
-def _labelled_count(run_dir: Path) -> int:
-    """How many patients (cases when each is its own) a run's labelled training set holds."""
-    record = json.loads((run_dir / "splits.json").read_text())
-    cfg = load_config({"tasks": [{"kind": "segmentation"}]})
-    pattern = cfg.data.case_pattern
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        import yaml
-
-        pattern = (
-            (yaml.safe_load(saved.read_text()) or {}).get("data", {}).get("case_pattern", pattern)
-        )
-    return len({parse_case_id(c, pattern)[0] for c in record["labelled"]})
+def labelled_count(record: Record) -> int:
+    """How many patients (cases when each is its own) a run's labelled training set held,
+    by its own ``data.case_pattern``."""
+    pattern = record.config.get("data", {}).get("case_pattern") or DataConfig().case_pattern
+    return len({parse_case_id(c, pattern)[0] for c in record.labelled})
 
 
 def compare(
@@ -189,7 +206,7 @@ def compare(
     weightings: list[str] | None = None,
     single_task: bool = False,
     grid: list[tuple[str, ...]] | None = None,
-) -> dict:
+) -> Comparison:
     """Train every recipe with seeds 0..seeds-1 on the same split; write results and figures.
 
     ``weightings``: run each multi-task recipe once per weighting kind; ``single_task``: also
@@ -208,22 +225,25 @@ def compare(
     split = data.split
     (out / "splits.json").write_text(json.dumps({"source": data.split_source, **split}, indent=1))
     variants = expand(recipes, overrides, data_path, weightings, single_task, grid)
-    study, records = _run(variants, seeds, first, data, out, overrides, data_path)
-    scored: dict[str, list[dict[str, dict]]] = {}
+    study, found = _run(variants, seeds, first, data, out, overrides, data_path)
+    records: dict[str, list[Record]] = {}
     dirs: dict[str, list[Path]] = {}
     wanted = protocol(first.metrics.empty)
     for v in study.variants:
-        dirs[v.name] = [_run_folder(out, Cell(v, study.budgets[0], s)) for s in range(seeds)]
-        scored[v.name] = []
-        for s in range(seeds):
-            record = records[Cell(v, study.budgets[0], s).key]
+        cells = [Cell(v, study.budgets[0], s) for s in range(seeds)]
+        dirs[v.name] = [_run_folder(out, c) for c in cells]
+        records[v.name] = [found[c.key] for c in cells]
+        for s, record in enumerate(records[v.name]):
             if record.protocol != wanted:
                 raise MtlsegError(
                     f"{out}: the record of {v.name} seed {s} was scored by protocol "
                     f"v{record.protocol.get('version')}, this mtlseg scores by "
                     f"v{wanted['version']}: records are never rewritten, use a new --out"
                 )
-            scored[v.name].append({k: record.scores[k]["summary"] for k in ("last", "best")})
+    scored = {
+        name: [{k: r.scores[k]["summary"] for k in ("last", "best")} for r in rs]
+        for name, rs in records.items()
+    }
     runs = {name: [r["last"] for r in rs] for name, rs in scored.items()}
     best_runs = {name: [r["best"] for r in rs] for name, rs in scored.items()}
     aux_only = {v.name for v in variants if v.aux_only}
@@ -270,19 +290,22 @@ def compare(
             indent=1,
         )
     )
-    curves = plot_curves(dirs, out / "curves.png")
+    curves = plot_curves(
+        {k: [_curve(r.curves.get("val", [])) for r in rs] for k, rs in records.items()},
+        out / "curves.png",
+        {k: [_curve(r.curves.get("train_loss", [])) for r in rs] for k, rs in records.items()},
+    )
     weights = plot_weights(
         {k: d for k, d in dirs.items() if k not in aux_only}, out / "weights.png"
     )
     main_dirs = {k: d for k, d in dirs.items() if k not in aux_only}
     qualitative = _qualitative(main_dirs, data, out / "qualitative.png", grid_samples)
-    return {
-        "table": report,
-        "results": out / "results.json",
-        "curves": curves,
-        "weights": weights,
-        "qualitative": qualitative,
-    }
+    return Comparison(records, summary, report, out / "results.json", curves, weights, qualitative)
+
+
+def _curve(points: list[list[float]]) -> tuple[list[int], list[float]]:
+    """A record's [[step, value], ...] as (steps, values)."""
+    return [int(p[0]) for p in points], [float(p[1]) for p in points]
 
 
 def _run_folder(out: Path, cell: Cell) -> Path:
@@ -308,7 +331,7 @@ def _run(
             v.name,
             v.recipe,
             (*overrides, *v.overrides),
-            load_config(v.recipe, [*overrides, *v.overrides, f"data.path={data_path}"]),
+            v.config or load_config(v.recipe, [*overrides, *v.overrides, f"data.path={data_path}"]),
             seeds,
             (budget,),
         )

@@ -26,22 +26,37 @@ def read_val_curve(run_dir: Path, key: str = "val/dice") -> tuple[list[int], lis
     return steps, values
 
 
-def plot_curves(run_dirs: dict[str, list[Path]], out: Path, key: str = "val/dice") -> Path:
-    """Mean (line) and min-max band (shaded) over seeds of ``key`` against training step."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, dirs in run_dirs.items():
-        curves = [read_val_curve(d, key) for d in dirs]
-        curves = [c for c in curves if c[0]]
-        if not curves:
-            continue
-        n = min(len(c[0]) for c in curves)
-        steps = curves[0][0][:n]
-        values = np.array([c[1][:n] for c in curves])
-        ax.plot(steps, values.mean(0), label=name)
-        ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"{key} (foreground mean)")
-    return _finish_line_plot(fig, ax, out)
+Curve = tuple[list[int], list[float]]  # (steps, values)
+
+
+def plot_curves(
+    val: dict[str, list[Curve]], out: Path, loss: dict[str, list[Curve]] | None = None
+) -> Path:
+    """Validation Dice against training step, and beside it the training loss when given:
+    per row the mean over seeds (line) and their min-max band (shaded), over the steps every
+    seed has; a row with a single point is drawn as a marker."""
+    panels = [("validation Dice (foreground mean)", val)]
+    if loss and any(c[0] for curves in loss.values() for c in curves):
+        panels.append(("training loss", loss))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (label, series) in zip(axes[0], panels, strict=True):
+        for name, curves in series.items():
+            curves = [c for c in curves if c[0]]
+            if not curves:
+                continue
+            n = min(len(c[0]) for c in curves)
+            steps = curves[0][0][:n]
+            values = np.array([c[1][:n] for c in curves])
+            ax.plot(steps, values.mean(0), label=name, marker="o" if n == 1 else None)
+            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def plot_efficiency(
