@@ -312,3 +312,19 @@ def test_submitit_lanes_train_each_cell_once(kvasir_small, tmp_path):
     assert sorted(done.trained) == sorted(c.describe() for c in study.cells())
     assert len(_records(tmp_path / "results")) == 4
     assert said[0].startswith("submitted 2 lane job(s) (local)")
+
+
+def test_figures_are_drawn_from_the_records(kvasir_small, tmp_path):
+    from PIL import Image
+
+    from mtlseg.study.report import draw_figures
+
+    study = load_study(_study_file(tmp_path, kvasir_small))
+    records = []
+    for variant, seed in [(0, 0), (0, 1), (1, 0)]:
+        record = _fake(study, variant, seed, "A", "n1", 0.5)
+        record.curves = {"val": [[3, 0.2], [6, 0.4]], "train_loss": [[1, 2.0], [6, 1.0]]}
+        records.append(record)
+    (path,) = draw_figures(study, records, tmp_path / "figures")
+    assert path.name == "curves-all.png"
+    assert Image.open(path).size == (1440, 480)  # validation Dice and the training loss

@@ -286,12 +286,16 @@ def _key_value(text: str) -> tuple[str, object]:
 
 def cmd_study_report(args: argparse.Namespace) -> None:
     from mtlseg.study.pages import update_page
-    from mtlseg.study.report import build_report, render
+    from mtlseg.study.report import build_report, draw_figures, render
     from mtlseg.study.spec import load_study
     from mtlseg.study.store import Store
 
     study = load_study(args.study, args.data)
-    text = render(build_report(study, Store(args.store, study.name).records()))
+    records = Store(args.store, study.name).records()
+    text = render(build_report(study, records))
+    if args.figures:
+        for path in draw_figures(study, records, Path(args.figures)):
+            print(f"figure: {path}")
     page = Path(args.page) if args.page else study.page
     if page is None:
         print(text, end="")
@@ -593,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--page",
                 help="write the tables between the study's markers in this page (default: the "
                 "study's page, else print them)",
+            )
+            q.add_argument(
+                "--figures", help="also draw curves-<budget>.png and efficiency.png here"
             )
             q.add_argument(
                 "--check",

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from mtlseg.config import (
-    DataConfig,
     RunConfig,
     apply_override,
     load_config,
@@ -20,7 +19,6 @@ from mtlseg.config import (
     parse_override,
 )
 from mtlseg.data.dataset import SliceDataset
-from mtlseg.data.metadata import parse_case_id
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import load_module
@@ -166,7 +164,7 @@ def compare_budgets(
         result = compare(recipes, data_path, seeds, out / f"budget-{budget}", sets, **options)
         results[budget] = result
         for rank, (name, runs) in enumerate(result.records.items()):
-            count = max(labelled_count(r) for r in runs)
+            count = max(r.labelled_count() for r in runs)
             dice = [r.dice() for r in runs]
             curves.setdefault(name, []).append((count, dice))
             cell = f"{count} labelled: {fmt_stat(mean_std(dice))}"
@@ -187,13 +185,6 @@ def compare_budgets(
     )
     (out / "efficiency.md").write_text(table + "\n")
     return BudgetSweep(results, table, figure)
-
-
-def labelled_count(record: Record) -> int:
-    """How many patients (cases when each is its own) a run's labelled training set held,
-    by its own ``data.case_pattern``."""
-    pattern = record.config.get("data", {}).get("case_pattern") or DataConfig().case_pattern
-    return len({parse_case_id(c, pattern)[0] for c in record.labelled})
 
 
 def compare(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -189,3 +190,43 @@ def render(report: StudyReport) -> str:
             "Machines:\n\n" + "\n".join(f"- `{k}`: {v}" for k, v in sorted(report.machines.items()))
         )
     return "\n\n".join(parts) + "\n"
+
+
+def draw_figures(study: Study, records: list[Record], folder: Path) -> list[Path]:
+    """From the records alone: ``curves-<budget>.png`` (validation Dice and training loss
+    by step, each variant's mean over its records and their band) and, with several
+    budgets, ``efficiency.png`` (last-checkpoint Dice against the labelled count)."""
+    from mtlseg.report.plots import plot_curves, plot_efficiency
+
+    folder.mkdir(parents=True, exist_ok=True)
+    by_cell: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_cell[r.cell].append(r)
+    written: list[Path] = []
+    points: dict[str, list[tuple[int, list[float]]]] = {}
+    for budget in study.budgets:
+        val: dict[str, list] = {}
+        loss: dict[str, list] = {}
+        for v in study.variants:
+            mine = [
+                r
+                for c in study.cells()
+                if c.variant is v and c.budget == budget
+                for r in by_cell.get(c.key, [])
+            ]
+            if not mine:
+                continue
+            val[v.name] = [_curve(r.curves.get("val", [])) for r in mine]
+            loss[v.name] = [_curve(r.curves.get("train_loss", [])) for r in mine]
+            points.setdefault(v.name, []).append(
+                (max(r.labelled_count() for r in mine), [r.dice() for r in mine])
+            )
+        if val:
+            written.append(plot_curves(val, folder / f"curves-{budget}.png", loss))
+    if len(study.budgets) > 1 and points:
+        written.append(plot_efficiency(points, folder / "efficiency.png"))
+    return written
+
+
+def _curve(points: list[list[float]]) -> tuple[list[int], list[float]]:
+    return [int(p[0]) for p in points], [float(p[1]) for p in points]

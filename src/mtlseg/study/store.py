@@ -60,6 +60,15 @@ class Record:
     def dice(self, checkpoint: str = "last", metric: str = "dice/mean") -> float:
         return float(self.scores[checkpoint]["summary"][metric])
 
+    def labelled_count(self) -> int:
+        """How many patients (cases when each is its own) the run's labelled training set
+        held, by its own ``data.case_pattern``."""
+        from mtlseg.config import DataConfig
+        from mtlseg.data.metadata import parse_case_id
+
+        pattern = self.config.get("data", {}).get("case_pattern") or DataConfig().case_pattern
+        return len({parse_case_id(c, pattern)[0] for c in self.labelled})
+
 
 def record_name(machine_id: str, numerics: str) -> str:
     return f"{machine_id}-{numerics}.json"
