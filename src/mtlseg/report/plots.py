@@ -51,12 +51,7 @@ def plot_curves(
             ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish_line_plot(fig, list(axes[0]), out)
 
 
 def plot_efficiency(
@@ -167,9 +162,11 @@ def plot_qualitative(
 
 
 def _finish_line_plot(fig: Any, ax: Any, out: Path) -> Path:
-    """Grid, legend, tight layout; write ``out`` and free the figure."""
-    ax.grid(alpha=0.3)
-    ax.legend()
+    """Grid and legend on ``ax`` (an axis or a list of them), tight layout; write ``out`` and
+    free the figure."""
+    for a in ax if isinstance(ax, list) else [ax]:
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
