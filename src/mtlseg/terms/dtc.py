@@ -20,7 +20,7 @@ class DTCParams:
     segmentation: str = "segmentation"
     distance: str = "distance"  # a ``distance`` task: the signed distance head
     k: float = 1500.0  # the transform's sharpness: sigmoid(-k * sdf) (the authors' value)
-    rampup: float = 0.4  # the weight ramps up over this fraction of the run
+    rampup: float = 1.0  # the weight ramps up over this fraction of the run (the authors')
 
     def __post_init__(self) -> None:
         if self.k <= 0:
@@ -34,9 +34,14 @@ class DualTaskConsistency(Term):
     prediction d_hat (negative inside, as the ``distance`` task's target) and the
     segmentation's foreground probabilities, on every image of the batch, labelled or from
     the pool (it needs no annotation), times the sigmoid ramp-up. The supervised losses
-    (segmentation, and the distance task's on labelled images) are the tasks' own; the
-    authors weight the distance loss 0.3 and this term 0.1 (``unet-dtc``, whose distance
-    head is, as theirs, one 1x1 conv on the last decoder stage: ``hidden: 0``).
+    (segmentation, and the distance task's on labelled images) are the tasks' own.
+
+    The reference (Luo et al.'s ``train_la_dtc.py``), with ``unet-dtc``'s value beside:
+    distance loss weight 0.3 (0.3); consistency weight ``--consistency`` 1.0 (the term's
+    weight, 1.0; their ``--consistency_weight`` 0.1 is never read); its sigmoid ramp-up
+    over ``--consistency_rampup`` 40 x 150 iterations = the whole 6000-iteration run
+    (``rampup: 1.0``); k = 1500 (1500); the distance head one 1x1 conv on the last decoder
+    stage (``hidden: 0``).
 
     Deviation: the authors bound the distance head with tanh and regress a min-max
     normalised distance; mtlseg's ``distance`` head is linear on a distance truncated to
