@@ -5,6 +5,7 @@ import torch
 
 from mtlseg.config import load_config
 from mtlseg.engine.module import build_model_and_tasks
+from mtlseg.errors import ConfigError
 from mtlseg.models import BACKBONES, build_backbone
 from mtlseg.models.heads import RegressionUnit
 from mtlseg.models.registry import TINY_PARAMS
@@ -127,3 +128,27 @@ def test_u2net_side_supervision_is_declared_output_entries_and_its_papers_loss()
     # inference reads the fused output alone
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(model.eval().segment(x), model(x)["segmentation"])
+
+
+def test_encoder_dropout_sits_between_each_levels_convs_as_in_ssl4mis():
+    """model.params.dropout: one rate per encoder level, applied to the input of the level's
+    second conv in training only; the parameters are the plain UNet's."""
+    from mtlseg.models.registry import build_backbone
+
+    torch.manual_seed(0)
+    rates = [0.5, 0.0, 0.25]
+    net = build_backbone("unet", {"channels": [4, 8, 16], "dropout": rates}, 1, 2)
+    plain = build_backbone("unet", {"channels": [4, 8, 16]}, 1, 2)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    seen: dict[int, torch.Tensor] = {}
+    for i, level in enumerate(net.encoder):
+        level.conv2.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+    x = torch.randn(8, 1, 32, 32)
+    net.train()(x)
+    for i, rate in enumerate(rates):  # LeakyReLU outputs are never exactly 0 otherwise
+        assert (seen[i] == 0).float().mean().item() == pytest.approx(rate, abs=0.03)
+    net.eval()(x)
+    assert all((seen[i] == 0).float().mean().item() < 0.01 for i in range(3))
+    for bad, message in (([0.1, 1.0, 0.0], "must be in \\[0, 1\\)"), ([0.1], "one rate per")):
+        with pytest.raises(ConfigError, match=f"model.params: dropout: .*{message}"):
+            build_backbone("unet", {"channels": [4, 8, 16], "dropout": bad}, 1, 2)

@@ -17,11 +17,13 @@ from mtlseg.terms.mean_teacher import sigmoid_rampup
 from tests.conftest import TINY_UNET
 
 CLASSES = ["background", "foreground"]
+# the recipe's SSL4MIS dropout has a rate per level of its 5-level UNet; the tiny one has 3
+TINY_MT = [*TINY_UNET, "model.params.dropout=[0.05,0.1,0.2]"]
 
 
 def _module(*extra: str) -> MultiTaskModule:
     torch.manual_seed(0)
-    cfg = load_config("unet-mean-teacher", [*TINY_UNET, *extra])
+    cfg = load_config("unet-mean-teacher", [*TINY_MT, *extra])
     return MultiTaskModule(cfg.to_dict(), 3, CLASSES).train()
 
 
@@ -83,6 +85,29 @@ def test_the_consistency_is_zero_when_teacher_and_student_agree_and_trains_the_s
     assert term(module.model(batch["image"]), labelled, ctx).item() == 0.0
 
 
+def test_the_teachers_noise_is_a_share_of_each_cases_intensity_range():
+    """SSL4MIS's sigma 0.1 (clipped at 0.2) on [0, 1]-scaled images: the same draw, scaled
+    by each row's case range, whatever the normalisation."""
+    module = _module()
+    (term,) = module.terms
+    seen = []
+
+    def teacher(x, meta=None):
+        seen.append(x)
+        return module.model(x)
+
+    batch = {**_batch(), "intensity_range": torch.tensor([1.0, 1.0, 2.0, 8.0])}
+    outputs = module.model(batch["image"])
+    for ranges in (torch.tensor([1.0, 1.0, 1.0, 1.0]), batch["intensity_range"]):
+        ctx = module.term_context(0)  # the same step: the same draw of noise
+        ctx.teacher = teacher
+        term(outputs, {**batch, "intensity_range": ranges}, ctx)
+    pool = batch["image"][~batch["labelled"]]
+    unit, scaled = seen[0] - pool, seen[1] - pool
+    assert torch.allclose(scaled, unit * torch.tensor([2.0, 8.0]).view(2, 1, 1, 1), atol=1e-6)
+    assert unit.abs().max() <= 0.2 + 1e-6 and unit.std() == pytest.approx(0.088, abs=0.01)
+
+
 def test_the_ramp_up_is_laine_and_ailas_sigmoid():
     assert sigmoid_rampup(0.0, 0.4) == pytest.approx(math.exp(-5))
     assert sigmoid_rampup(0.2, 0.4) == pytest.approx(math.exp(-5 * 0.25))
@@ -92,7 +117,7 @@ def test_the_ramp_up_is_laine_and_ailas_sigmoid():
 def test_mean_teacher_trains_on_the_pool_resumes_and_predicts_with_the_chosen_network(
     kvasir_small, tmp_path, caplog
 ):
-    sets = [*TINY_UNET, f"data.path={kvasir_small}", "data.label_budget=4"]
+    sets = [*TINY_MT, f"data.path={kvasir_small}", "data.label_budget=4"]
     sets += ["train.val_every=2", "data.num_workers=0"]
     cfg = load_config("unet-mean-teacher", [*sets, "train.max_steps=2"])
     data = prepare_data(cfg.data)
@@ -116,7 +141,7 @@ def test_mean_teacher_trains_on_the_pool_resumes_and_predicts_with_the_chosen_ne
     with caplog.at_level("WARNING"):
         train(
             load_config(
-                "unet-mean-teacher", [*TINY_UNET, f"data.path={kvasir_small}", "train.max_steps=1"]
+                "unet-mean-teacher", [*TINY_MT, f"data.path={kvasir_small}", "train.max_steps=1"]
             ),
             tmp_path / "alone",
         )
@@ -364,7 +389,7 @@ def test_separate_pool_forward_keeps_batch_norm_to_each_group_and_the_batch_orde
     of a batch of the labelled rows alone (batch norm never sees the pool with them), the
     pool's those of the pool alone, each put back at its row; ``joint`` normalises all rows
     together, so its labelled outputs differ."""
-    module = _module()  # separate is the default
+    module = _module("model.params.dropout=null")  # separate is the default; no dropout draws
     batch = _batch(n=6)
     batch["labelled"] = torch.tensor([False, True, False, True, True, False])
     rows = batch["labelled"]
@@ -375,7 +400,7 @@ def test_separate_pool_forward_keeps_batch_norm_to_each_group_and_the_batch_orde
     alone_pool, _ = module.model.forward_with_features(x[~rows])
     assert torch.allclose(outputs[seg][rows], alone_labelled[seg], atol=1e-6)
     assert torch.allclose(outputs[seg][~rows], alone_pool[seg], atol=1e-6)
-    joint = _module("train.pool_forward=joint")
+    joint = _module("train.pool_forward=joint", "model.params.dropout=null")
     joint_out, _ = joint._forward(x, batch)
     assert not torch.allclose(joint_out[seg][rows], alone_labelled[seg], atol=1e-3)
     # a loss through the merged outputs reaches every parameter group as a joint one does

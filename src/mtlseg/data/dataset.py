@@ -31,11 +31,18 @@ def model_input(image: np.ndarray, method: str, size: int) -> torch.Tensor:
     return (x - offset) / scale
 
 
+def intensity_range(image: np.ndarray) -> float:
+    """The case's intensity range (max - min over every voxel and channel) in its normalised
+    units: what min-max scaling to [0, 1] divides by (SSL4MIS's ACDC images), so a
+    perturbation defined on that scale can be applied to any normalisation."""
+    return float(np.ptp(image.astype(np.float32)))
+
+
 class SliceDataset(Dataset):
     """2D samples: ``image`` (C,S,S), ``mask`` (S,S), ids and the slice's metadata.
 
     Each sample carries ``case_id``, ``patient_id``, ``slice_index``, ``num_slices``,
-    ``position``, ``meta``: a float vector over ``META_FIELDS`` (NaN where unknown), and
+    ``intensity_range`` (the case's, ``intensity_range``), ``position``, ``meta``: a float vector over ``META_FIELDS`` (NaN where unknown), and
     ``labelled``: False for a case of the unlabelled pool, whose mask was never read (its
     ``mask`` is zeros, for batching; only label-free tasks and terms see such samples).
     Volumes are served slice by slice; a 2D image is a case with one slice. Images are kept
@@ -98,6 +105,7 @@ class SliceDataset(Dataset):
                     "slice_index": z,
                     "num_slices": x.shape[0],
                     "labelled": case.label is not None,
+                    "intensity_range": intensity_range(case.image),
                 }
                 for z in range(x.shape[0])
             ]

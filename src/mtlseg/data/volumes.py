@@ -20,6 +20,7 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
 from mtlseg.data.annotations import Annotations
+from mtlseg.data.dataset import intensity_range
 from mtlseg.data.loading import LoadedCase
 from mtlseg.data.resample import resize_slices
 from mtlseg.errors import DataError
@@ -29,8 +30,8 @@ KEYS = ("image", "mask")
 
 
 class VolumeDataset(Dataset):
-    """``image`` (C, S, S, D) float, ``mask`` (S, S, D) long, ``case_id``, ``patient_id``
-    and, with a labels file, ``labels``. ``patch_size`` (h, w, d): random training patches;
+    """``image`` (C, S, S, D) float, ``mask`` (S, S, D) long, ``case_id``, ``patient_id``,
+    ``intensity_range`` (``dataset.intensity_range``) and, with a labels file, ``labels``. ``patch_size`` (h, w, d): random training patches;
     None: whole volumes (validation, evaluation). Masks are resized in-plane on the images'
     grid by ``label_resize`` (``mtlseg.data.resample``)."""
 
@@ -63,7 +64,13 @@ class VolumeDataset(Dataset):
             )  # (Z, C, S, S), (Z, S, S)
             self.images.append(x.permute(1, 2, 3, 0).half().contiguous())
             self.masks.append(y.permute(1, 2, 0).contiguous())
-            self.meta.append({"case_id": case.case_id, "patient_id": case.meta.patient_id})
+            self.meta.append(
+                {
+                    "case_id": case.case_id,
+                    "patient_id": case.meta.patient_id,
+                    "intensity_range": intensity_range(case.image),
+                }
+            )
         self.patch_size = list(patch_size) if patch_size else None
         self.transform = None
         if self.patch_size:

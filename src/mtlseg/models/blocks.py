@@ -1,4 +1,4 @@
-"""Decoder building block shared by the light UNets."""
+"""Building blocks shared by the light UNets: the encoder level with dropout, the decoder block."""
 
 from __future__ import annotations
 
@@ -29,3 +29,30 @@ class UpBlock(nn.Module):
         if x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+def check_dropout(rates: list[float] | None, levels: int) -> None:
+    """``model.params.dropout``: one rate in [0, 1) per encoder level, or None."""
+    if rates is None:
+        return
+    if len(rates) != levels:
+        raise ValueError(f"dropout: one rate per encoder level ({levels}), got {len(rates)}")
+    bad = [r for r in rates if not 0.0 <= r < 1.0]
+    if bad:
+        raise ValueError(f"dropout: every rate must be in [0, 1), got {bad[0]}")
+
+
+class DropoutBasicBlock(UnetBasicBlock):
+    """MONAI's UnetBasicBlock (conv-norm-LeakyReLU twice) with dropout between its two convs,
+    where SSL4MIS's UNet puts it (``networks/unet.py``, ``ConvBlock``: conv, BN, LeakyReLU,
+    Dropout(p), conv, BN, LeakyReLU). ``dropout`` 0: the plain block, the same parameters."""
+
+    def __init__(self, *args, dropout: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.p = dropout
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        out = self.lrelu(self.norm1(self.conv1(inp)))
+        if self.p > 0:
+            out = F.dropout(out, self.p, self.training)
+        return self.lrelu(self.norm2(self.conv2(out)))

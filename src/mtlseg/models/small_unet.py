@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from monai.networks.blocks import UnetBasicBlock, UnetOutBlock
+from monai.networks.blocks import UnetOutBlock
 from torch import nn
 
 from mtlseg.models.base import Backbone, level_feature_info
-from mtlseg.models.blocks import UpBlock
+from mtlseg.models.blocks import DropoutBasicBlock, UpBlock, check_dropout
 from mtlseg.models.registry import register_backbone
 
 
@@ -19,6 +19,10 @@ class SmallUNetConfig:
     channels: list[int] = field(default_factory=lambda: [48, 96, 192, 384])
     skip_connections: bool = False  # the paper's Small UNet has none
     norm: str = "batch"
+    dropout: list[float] | None = None  # one rate per encoder level, between its two convs
+
+    def __post_init__(self) -> None:
+        check_dropout(self.dropout, len(self.channels))
 
 
 @register_backbone("small-unet", SmallUNetConfig, tiny={"channels": [4, 8, 16]})
@@ -33,9 +37,12 @@ class SmallUNet(Backbone):
         ch = cfg.channels
         if len(ch) < 2:
             raise ValueError("small-unet needs at least two levels of channels")
+        rates = cfg.dropout or [0.0] * len(ch)
         self.encoder = nn.ModuleList(
-            UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1, norm_name=cfg.norm)
-            for c_in, c_out in zip([in_channels, *ch[:-1]], ch, strict=True)
+            DropoutBasicBlock(
+                2, c_in, c_out, kernel_size=3, stride=1, norm_name=cfg.norm, dropout=p
+            )
+            for c_in, c_out, p in zip([in_channels, *ch[:-1]], ch, rates, strict=True)
         )
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
         self.skip = cfg.skip_connections

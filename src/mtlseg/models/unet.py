@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetUpBlock
+from monai.networks.blocks import UnetOutBlock, UnetUpBlock
 from torch import nn
 
 from mtlseg.models.base import Backbone, level_feature_info
+from mtlseg.models.blocks import DropoutBasicBlock, check_dropout
 from mtlseg.models.registry import register_backbone
 
 
@@ -16,14 +17,27 @@ from mtlseg.models.registry import register_backbone
 class UNetConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     norm: str = "batch"  # batch (default: faster on CPU, converges sooner) | instance (nnU-Net)
+    # dropout between the two convs of each encoder level, one rate per level (SSL4MIS's
+    # UNet: [0.05, 0.1, 0.2, 0.3, 0.5]); None: none
+    dropout: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        check_dropout(self.dropout, len(self.channels))
 
 
-def unet_encoder(in_channels: int, channels: list[int], norm: str) -> nn.ModuleList:
-    """Levels of two 3x3 conv blocks (MONAI's UnetBasicBlock), stride 2 from the second on:
-    level i's output has stride 2^i."""
+def unet_encoder(
+    in_channels: int, channels: list[int], norm: str, dropout: list[float] | None = None
+) -> nn.ModuleList:
+    """Levels of two 3x3 conv blocks (MONAI's UnetBasicBlock, with ``dropout[i]`` between
+    them), stride 2 from the second on: level i's output has stride 2^i."""
+    rates = dropout or [0.0] * len(channels)
     return nn.ModuleList(
-        UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=norm)
-        for i, (c_in, c_out) in enumerate(zip([in_channels, *channels[:-1]], channels, strict=True))
+        DropoutBasicBlock(
+            2, c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2, norm_name=norm, dropout=p
+        )
+        for i, (c_in, c_out, p) in enumerate(
+            zip([in_channels, *channels[:-1]], channels, rates, strict=True)
+        )
     )
 
 
@@ -64,7 +78,7 @@ class UNet(SkipUNet):
         ch = cfg.channels
         if len(ch) < 2:
             raise ValueError("unet needs at least two levels of channels")
-        self.encoder = unet_encoder(in_channels, ch, cfg.norm)
+        self.encoder = unet_encoder(in_channels, ch, cfg.norm, cfg.dropout)
         self.decoder = nn.ModuleList(
             UnetUpBlock(
                 2, c_in, c_out, kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=cfg.norm

@@ -19,8 +19,10 @@ from mtlseg.terms.base import TERMS, TeacherSpec, Term, TermContext
 class MeanTeacherParams:
     segmentation: str = "segmentation"
     decay: float = 0.99  # the teacher's EMA decay (SSL4MIS: 0.99)
-    noise: float = 0.1  # std of the teacher's input noise, clipped at 2 std (SSL4MIS)
-    rampup: float = 0.4  # the weight ramps up over this fraction of the run
+    # std of the teacher's input noise as a fraction of the case's intensity range, clipped at
+    # 2 std (SSL4MIS: 0.1, clipped at 0.2, on images min-max scaled to [0, 1])
+    noise: float = 0.1
+    rampup: float = 1.0  # the weight ramps up over this fraction of the run (SSL4MIS: all)
     labelled: bool = False  # also on the labelled images (SSL4MIS: the unlabelled ones only)
 
     def __post_init__(self) -> None:
@@ -43,12 +45,23 @@ def sigmoid_rampup(progress: float, length: float) -> float:
 class MeanTeacherTerm(Term):
     """Tarvainen & Valpola 2017 (eq. 1 with the MSE consistency): the mean squared error
     between the student's class probabilities and the EMA teacher's on the same images, the
-    teacher's input perturbed by Gaussian noise (std ``noise``, clipped at 2 std, as SSL4MIS
-    perturbs it), times the sigmoid ramp-up. The student's input is the (augmented)
-    training image. On the unlabelled pool's images (with ``labelled: true`` every image).
-    The term's weight is the consistency weight (SSL4MIS: 0.1); the teacher (``decay``) is
-    an EMA of the student kept by the model (``build_teacher``) and checkpointed with it.
-    Gradients reach the student only."""
+    teacher's input perturbed by Gaussian noise, times the sigmoid ramp-up. The student's
+    input is the (augmented) training image. On the unlabelled pool's images (with
+    ``labelled: true`` every image). The teacher (``decay``) is an EMA of the student kept
+    by the model (``build_teacher``), checkpointed with it, and run in train mode (its
+    dropout and batch norm as the student's). Gradients reach the student only.
+
+    The reference (SSL4MIS ``code/train_mean_teacher_2D.py`` with ``networks/unet.py``),
+    with ``unet-mean-teacher``'s value beside: noise std 0.1 clipped at +-0.2 on images
+    min-max scaled to [0, 1] per volume (0.1 and 2 std of each case's intensity range in
+    the units the network sees: the same perturbation under z-scoring); EMA decay 0.99
+    (0.99); consistency weight 0.1 against a supervised loss of 0.5 (CE + Dice) (0.2
+    against mtlseg's CE + Dice: the same ratio); its sigmoid ramp over 200 x 150 of 30k
+    iterations, the whole run (``rampup: 1.0``); encoder dropout 0.05, 0.1, 0.2, 0.3, 0.5
+    (``model.params.dropout``, the same); the teacher in train mode (the same).
+    Deviations: the labelled and the pool's rows are forwarded as two batches
+    (``train.pool_forward: separate``: one batch let batch norm tell them apart on ACDC, the
+    archive's "Batch norm and the pool"); Adam at mtlseg's defaults instead of SGD 0.01."""
 
     Config = MeanTeacherParams
     example_tasks = ("segmentation",)
@@ -76,12 +89,20 @@ class MeanTeacherTerm(Term):
         meta = batch.get("meta")
         std = self.params.noise
         noise = torch.randn(x.shape, generator=ctx.generator).to(x.device, x.dtype)
-        noise = (noise * std).clamp(-2 * std, 2 * std)
+        noise = (noise * std).clamp(-2 * std, 2 * std) * _intensity_scale(batch, rows, x)
         teacher = ctx.teacher(x + noise, meta[rows] if meta is not None else None)
         student = self.seg.probabilities(logits[rows])
         target = self.seg.probabilities(teacher[self.seg.name]).detach()
         ramp = sigmoid_rampup(ctx.progress, self.params.rampup)
         return ramp * ((student - target) ** 2).mean()
+
+
+def _intensity_scale(batch: dict[str, Any], rows: torch.Tensor, x: torch.Tensor) -> Any:
+    """Each row's case intensity range, shaped to scale ``x`` (1 where a batch has none)."""
+    ranges = batch.get("intensity_range")
+    if ranges is None:
+        return 1.0
+    return ranges.to(x.device)[rows.to(x.device)].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
 
 
 def _rows(batch: dict[str, Any], labelled: bool, n: int, device: torch.device) -> torch.Tensor:
