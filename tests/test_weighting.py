@@ -390,6 +390,33 @@ def test_gcs_uses_an_auxiliary_gradient_only_where_it_agrees_with_the_primary(we
     assert int(state["gated"][2]) == 2 and int(state["steps"]) == 2
 
 
+@pytest.mark.parametrize("gate", [False, True])
+def test_gcs_leaves_a_label_free_loss_ungated_unless_told(gate):
+    """A consistency term on the pool (label-free) opposing the labelled loss still counts
+    by default; ``gate_label_free: true`` gates it as Du et al. gate a task."""
+    theta = torch.zeros(2, requires_grad=True)
+    names = ["seg", "aux", "consistency"]
+    w = build_weighting(
+        "gcs", {"gate_label_free": gate}, dict.fromkeys(names, 1.0), "seg", None, ["consistency"]
+    )
+    grads = [[1.0, 0.0], [-1.0, 0.5], [-1.0, 0.1]]  # both auxiliary gradients oppose seg's
+    losses = {n: torch.tensor(g) @ theta for n, g in zip(names, grads, strict=True)}
+    w.backward(losses, w(losses), BackwardContext([theta], []))
+    # seg's (1, 0), plus the consistency's (-1, 0.1) unless it is gated
+    assert theta.grad.tolist() == pytest.approx([1.0, 0.0] if gate else [0.0, 0.1])
+    assert w.logs()["weight_aux"] == 0.0  # a task with labels of its own is gated either way
+    assert w.logs()["weight_consistency"] == (0.0 if gate else 1.0)
+
+
+def test_the_module_tells_the_weighting_which_losses_are_label_free():
+    from mtlseg.config import load_config
+    from mtlseg.engine.module import MultiTaskModule
+
+    cfg = load_config("unet-dtc", ["model.params.channels=[4,8,16]", "weighting.kind=gcs"])
+    module = MultiTaskModule(cfg.to_dict(), 1, ["background", "foreground"])
+    assert module.weighting.label_free == {"dtc"}  # the distance task has its masks
+
+
 @pytest.mark.parametrize("scale", [0.1, 10.0])
 def test_gcs_similarity_weights_by_hand_at_any_gradient_scale(scale):
     from mtlseg.weighting.gcs import similarity_weights

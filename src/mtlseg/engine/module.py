@@ -178,6 +178,7 @@ class MultiTaskModule(pl.LightningModule):
             {t.name: t.weight for t in weighed},
             self.tasks[0].name,
             {t.name: t.likelihood for t in weighed},
+            [t.name for t in self.terms if t.needs.learns_without_annotation],
         )
         replacing = [t.name for t in self.terms if self.tasks[0].name in t.replaces]
         if replacing and self.weighting.needs_primary_loss:

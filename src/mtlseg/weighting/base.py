@@ -55,6 +55,10 @@ class Weighting(nn.Module):
     syncs_gradients: bool = False
     # it needs the primary task's loss every step (GCS gates by its gradient)
     needs_primary_loss: bool = False
+    # the losses without labels of their own (a consistency term on the pool: mean teacher,
+    # DTC), set by ``build_weighting``; a method that judges losses by their labels' help to
+    # the primary task (GCS) leaves them be unless told otherwise
+    label_free: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -100,7 +104,12 @@ def build_weighting(
     task_weights: dict[str, float],
     primary: str,
     likelihoods: dict[str, str] | None = None,
+    label_free: Sequence[str] = (),
 ) -> Weighting:
+    """The weighting ``kind`` for these losses; ``label_free``: the losses that learn with
+    no annotation (``Weighting.label_free``)."""
     cls = WEIGHTINGS.get(kind)
     cfg = build_dataclass(cls.Config, params, "weighting.params")  # its checks: ConfigError
-    return cls(task_weights, cfg, primary, likelihoods)
+    weighting = cls(task_weights, cfg, primary, likelihoods)
+    weighting.label_free = frozenset(label_free)
+    return weighting
