@@ -42,6 +42,28 @@ def test_poly_and_cosine_follow_their_formulas_to_zero():
     assert step == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
 
 
+def test_a_stage_may_set_its_own_schedule():
+    """BCP's way: the run's poly decay while pre-training (the first 40 %), then a constant
+    rate at the stage's own lr; an unknown schedule is refused, naming the stage."""
+    from mtlseg.config import StageConfig
+    from mtlseg.engine.stages import StagePlan
+
+    stages = [StageConfig(fraction=0.4), StageConfig(scheduler="constant", lr=0.5)]
+    progress = RunProgress(10)
+    plan = StagePlan(stages, "segmentation", 1.0, progress=progress)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    cfg = TrainConfig(lr=1.0, scheduler="poly", warmup=0.0)
+    sched = build_scheduler(cfg, opt, progress, plan.lr_factor, plan.schedule)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([(1 - s / 10) ** 0.9 for s in range(4)] + [0.5] * 4)
+    with pytest.raises(ConfigError, match="train.stages.1.scheduler: unknown schedule 'flat'"):
+        StagePlan([StageConfig(fraction=0.4), StageConfig(scheduler="flat")], "s", 1.0)
+
+
 def test_warmup_rises_linearly_then_hands_over():
     lrs = _lrs(TrainConfig(lr=1.0, scheduler="constant", warmup=0.4), RunProgress(10), 6)
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])

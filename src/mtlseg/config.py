@@ -170,8 +170,8 @@ class StageConfig:
     """One stage of staged training (paper 003's three steps): how long it lasts, in one
     unit for every stage (steps, epochs, or a fraction of the run as the LR schedule counts
     it), which tasks and terms train (null: all; the primary task always does, unless a
-    training term replaces its loss) and optionally its base learning rate.
-    ``reset_teacher``: at the stage's first step the EMA teacher becomes a copy of the
+    training term replaces its loss) and optionally its base learning rate and its own
+    schedule (``scheduler``). ``reset_teacher``: at the stage's first step the EMA teacher becomes a copy of the
     student (BCP's self-training starts from the pre-trained network as teacher). The last
     stage may leave its length out: it lasts until the run ends."""
 
@@ -181,6 +181,9 @@ class StageConfig:
     tasks: list[str] | None = None
     terms: list[str] | None = None
     lr: float | None = None
+    # the stage's own learning-rate schedule (a train.scheduler name; None: the run's),
+    # over the run's progress: BCP self-trains at a constant rate
+    scheduler: str | None = None
     reset_teacher: bool = False
     name: str = ""
 

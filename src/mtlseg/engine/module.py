@@ -547,7 +547,9 @@ class MultiTaskModule(pl.LightningModule):
                 steps_per_epoch=_steps_per_epoch(self.trainer),
                 progress=progress,
             )
-        scheduler = build_scheduler(self.cfg.train, optimizer, progress, self.stages.lr_factor)
+        scheduler = build_scheduler(
+            self.cfg.train, optimizer, progress, self.stages.lr_factor, self.stages.schedule
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

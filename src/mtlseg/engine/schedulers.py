@@ -69,15 +69,21 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer,
     progress: RunProgress,
     stage_factor: Callable[[int], float] | None = None,
+    stage_schedule: Callable[[int], str | None] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR of the named schedule, with ``cfg.warmup`` of linear warm-up in front;
-    ``stage_factor(step)`` scales it by the current stage's learning rate (train.stages)."""
-    factor = SCHEDULERS.get(cfg.scheduler)(cfg)
+    ``stage_factor(step)`` scales it by the current stage's learning rate and
+    ``stage_schedule(step)`` names the stage's own schedule, None: the run's (train.stages;
+    BCP self-trains at a constant rate)."""
+    run_factor = SCHEDULERS.get(cfg.scheduler)(cfg)
+    factors = {name: SCHEDULERS.get(name)(cfg) for name in SCHEDULERS.names()}
 
     def multiplier(step: int) -> float:
         done = progress(step)
         warm = min(1.0, (done + 1.0 / progress.total_steps) / cfg.warmup) if cfg.warmup else 1.0
         stage = stage_factor(step) if stage_factor is not None else 1.0
+        own = stage_schedule(step) if stage_schedule is not None else None
+        factor = factors[own] if own is not None else run_factor
         return warm * factor(step, done) * stage
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

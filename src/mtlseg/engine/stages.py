@@ -12,6 +12,8 @@ import itertools
 from collections.abc import Callable
 
 from mtlseg.config import StageConfig
+from mtlseg.engine.schedulers import SCHEDULERS
+from mtlseg.errors import ConfigError
 
 
 class StagePlan:
@@ -36,6 +38,12 @@ class StagePlan:
         scale = max(1, steps_per_epoch) if unit == "epochs" else 1
         lengths = [(s.length or 0) * scale for s in self.stages[:-1]]  # config checked: set
         self.ends = list(itertools.accumulate(lengths))  # where stages 0..n-2 end
+        for i, stage in enumerate(self.stages):
+            if stage.scheduler is not None and stage.scheduler not in SCHEDULERS:
+                raise ConfigError(
+                    f"train.stages.{i}.scheduler: unknown schedule {stage.scheduler!r}; "
+                    f"valid: {', '.join(SCHEDULERS.names())}"
+                )
 
     def index(self, step: int) -> int:
         if len(self.stages) < 2:
@@ -64,3 +72,9 @@ class StagePlan:
         if stage is None or stage.lr is None or self.base_lr <= 0:
             return 1.0
         return stage.lr / self.base_lr
+
+    def schedule(self, step: int) -> str | None:
+        """The stage's own learning-rate schedule (``StageConfig.scheduler``), None: the
+        run's."""
+        stage = self.stage(step)
+        return stage.scheduler if stage is not None else None

@@ -125,10 +125,18 @@ class BidirectionalCopyPaste(Term):
 
     The term's loss is the segmentation's supervision: the task's own loss on the batch is
     not computed while it trains (``replaces``), and it runs the student on its mixed
-    images only. Deviations: the teacher starts from the student at the end of
-    pre-training (the authors take the best-on-validation pre-training checkpoint); the
-    mixed images take the outer image's metadata (FiLM); only the full-size logits are
-    supervised (deep supervision heads get no gradient: the recipe turns it off); 2D only.
+    images only.
+
+    The reference (``code/ACDC_BCP_train.py``) with ``unet-bcp``'s value beside: 10k
+    pre-training iterations of 40k (a quarter of the run: the stage ``fraction: 0.25``);
+    student and teacher start self-training from the pre-trained network (``reset_teacher``);
+    self-training at a constant learning rate (the stage's ``scheduler: constant``, at
+    ``train.lr``); EMA decay 0.99 (0.99); alpha 0.5 (0.5); box 2/3 of the side (2/3).
+    Deviations: the teacher starts from the student at the end of pre-training (the
+    authors take the best-on-validation pre-training checkpoint); Adam at mtlseg's defaults
+    instead of SGD 0.01; the mixed images take the outer image's metadata (FiLM); only the
+    full-size logits are supervised (deep supervision heads get no gradient: the recipe
+    turns it off); 2D only.
     """
 
     Config = BCPParams
