@@ -152,3 +152,25 @@ def test_encoder_dropout_sits_between_each_levels_convs_as_in_ssl4mis():
     for bad, message in (([0.1, 1.0, 0.0], "must be in \\[0, 1\\)"), ([0.1], "one rate per")):
         with pytest.raises(ConfigError, match=f"model.params: dropout: .*{message}"):
             build_backbone("unet", {"channels": [4, 8, 16], "dropout": bad}, 1, 2)
+
+
+def test_big_unet_dropout_drops_each_encoder_levels_output():
+    """One rate per level (the stem, then each stage): the level's output, as the skip and
+    the next level's input, keeps each value with probability 1 - p, scaled by 1 / (1 - p)."""
+    from mtlseg.models.registry import build_backbone
+
+    x = torch.randn(4, 3, 32, 32)
+    for level, rates in ((0, [0.5, 0, 0, 0]), (3, [0, 0, 0, 0.2])):
+        torch.manual_seed(0)
+        params = {"layers": [1, 1, 1], "width": 4, "dropout": rates}
+        net = build_backbone("big-unet", params, 3, 2).train()
+        dropped = net._encode(x)
+        net.rates = [0.0] * 4
+        plain = net._encode(x)  # batch norm in train mode: the same statistics, no dropout
+        assert all(torch.equal(dropped[i], plain[i]) for i in range(level))
+        alive = plain[level] != 0
+        kept = dropped[level][alive] != 0
+        assert 1 - kept.float().mean().item() == pytest.approx(rates[level], abs=0.05)
+        scale = 1 / (1 - rates[level])
+        expected = plain[level][alive][kept] * scale
+        assert torch.allclose(dropped[level][alive][kept], expected, atol=1e-5)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock
 from torch import nn
 
 from mtlseg.models.base import Backbone, FeatureInfo
-from mtlseg.models.blocks import UpBlock
+from mtlseg.models.blocks import UpBlock, check_dropout
 from mtlseg.models.context import PyramidPooling
 from mtlseg.models.registry import register_backbone
 from mtlseg.models.resnet import ResNetEncoder
@@ -27,6 +28,12 @@ class BigUNetConfig:
     freeze: int = 0  # freeze the first N encoder children (4: the stem, as paper 001 tried)
     norm: str = "batch"
     pyramid: list[int] = field(default_factory=list)  # PSP bins at the bottleneck ([]: none)
+    # dropout on each encoder level's output (the stem, then every stage), one rate per
+    # level: ResNet blocks have no place between two convs as SSL4MIS's UNet levels do
+    dropout: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        check_dropout(self.dropout, 1 + len(self.layers))
 
 
 @dataclass
@@ -64,6 +71,7 @@ class BigUNet(Backbone):
             for c_in, c_skip, c_out in zip(ins, skips, dec, strict=True)
         )
         self.out = UnetOutBlock(2, dec[-1], num_classes)
+        self.rates = cfg.dropout or [0.0] * (1 + len(cfg.layers))
         self.film_channels = enc[0]
         self.film_module = "encoder.relu"  # the stem's output: conv1, bn1, relu
         n = len(enc) - 1
@@ -78,11 +86,24 @@ class BigUNet(Backbone):
             module.eval()
         return self
 
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stem's and every stage's output, each after its level's dropout."""
+        h = self._drop(self.encoder.stem(x), 0)
+        levels = [h]
+        h = self.encoder.maxpool(h)
+        for i in range(self.encoder.num_stages):
+            h = self._drop(getattr(self.encoder, f"layer{i + 1}")(h), i + 1)
+            levels.append(h)
+        return levels
+
+    def _drop(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        p = self.rates[level]
+        return F.dropout(x, p, self.training) if p > 0 else x
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.replicate:
             x = x.expand(-1, 3, -1, -1)
-        stem = self.encoder.stem(x)
-        skips = [x, stem, *self.encoder.stages(stem)]
+        skips = [x, *self._encode(x)]
         h = skips.pop()
         if self.pyramid is not None:
             h = self.pyramid(h)
