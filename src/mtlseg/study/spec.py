@@ -283,7 +283,8 @@ def resolve(spec: StudySpec, data: str, source: Path | None = None) -> Study:
             f"{where}: ceiling: {spec.ceiling!r} is not a variant that runs at budget all"
         )
     name = spec.name or (source.stem if source else "study")
-    page = (source.parent if source else Path()) / spec.page if spec.page else None
+    base = source.parent if source else Path()
+    page = Path(os.path.normpath(base / spec.page)) if spec.page else None
     return Study(
         name,
         data_path,
