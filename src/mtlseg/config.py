@@ -169,8 +169,8 @@ class TermConfig:
 class StageConfig:
     """One stage of staged training (paper 003's three steps): how long it lasts, in one
     unit for every stage (steps, epochs, or a fraction of the run as the LR schedule counts
-    it), which tasks and terms train (null: all; the primary task always does, unless a
-    training term replaces its loss) and optionally its base learning rate and its own
+    it), which tasks and terms train (null: all; the primary task does unless the stage
+    says ``primary: false`` or a training term replaces its loss) and optionally its base learning rate and its own
     schedule (``scheduler``). ``reset_teacher``: at the stage's first step the EMA teacher becomes a copy of the
     student (BCP's self-training starts from the pre-trained network as teacher). The last
     stage may leave its length out: it lasts until the run ends."""
@@ -186,6 +186,7 @@ class StageConfig:
     scheduler: str | None = None
     reset_teacher: bool = False
     name: str = ""
+    primary: bool = True  # false: the primary task does not train (pretraining on the pool)
 
     def __post_init__(self) -> None:
         given = [u for u in ("steps", "epochs", "fraction") if getattr(self, u) is not None]

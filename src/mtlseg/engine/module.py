@@ -278,8 +278,9 @@ class MultiTaskModule(pl.LightningModule):
         features: dict[str, torch.Tensor] = {}
         if tasks or any(term.reads_outputs for term in terms):
             x = batch["image"]
+            g = self.step_generator(step or 0, salt=1)
             for task in tasks:  # e.g. denoising trains every task on a noisy input
-                x = task.training_input(x)
+                x = task.training_input(x, g)
             outputs, features = self._forward(x, batch)
         # a task that needs an annotation learns from the labelled rows only (the pool's
         # rows carry zero masks for batching, never read)
@@ -399,10 +400,14 @@ class MultiTaskModule(pl.LightningModule):
                 with torch.no_grad():
                     return network(x, meta)
 
-        generator = torch.Generator().manual_seed(
-            (self.cfg.train.seed * 1_000_003 + step) * 64 + self.global_rank
-        )
+        generator = self.step_generator(step)
         return TermContext(step, self._progress_now(step), self.model, teacher, generator)
+
+    def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded by the run's seed, the step, the process and ``salt`` (one
+        stream per user): a resumed run draws what an uninterrupted one did."""
+        seed = (self.cfg.train.seed * 1_000_003 + step) * 64 + self.global_rank
+        return torch.Generator().manual_seed(seed * 8 + salt if salt else seed)
 
     def _progress_now(self, step: int) -> float:
         """The run's progress at ``step`` in [0, 1] (the LR schedule's measure)."""

@@ -65,6 +65,14 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
                 "mixing on labelled images alone",
                 ", ".join(mixing),
             )
+        wanting = [who for who, (_, req) in needs.items() if req.wants_pool]
+        if wanting:
+            log.warning(
+                "%s would learn from the unlabelled pool too, and there is none "
+                "(data.label_budget, data.unlabelled_dirs): it learns from the labelled "
+                "images alone",
+                ", ".join(wanting),
+            )
         lonely = [who for who, (_, req) in needs.items() if req.unlabelled_only]
         if lonely:
             log.warning(

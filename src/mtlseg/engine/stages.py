@@ -62,9 +62,14 @@ class StagePlan:
         """The task (``key="tasks"``) or term names of ``names`` that train at ``step``."""
         stage = self.stage(step)
         chosen = getattr(stage, key) if stage is not None else None
+        primary = stage is None or stage.primary
         if chosen is None:
-            return list(names)
-        return [n for n in names if n in chosen or n == self.primary]
+            return [n for n in names if primary or n != self.primary]
+        return [
+            n
+            for n in names
+            if (n in chosen and n != self.primary) or (n == self.primary and primary)
+        ]
 
     def lr_factor(self, step: int) -> float:
         """The stage's learning rate relative to ``train.lr`` (1 when it sets none)."""

@@ -283,8 +283,8 @@ def resolve(spec: StudySpec, data: str, source: Path | None = None) -> Study:
             f"{where}: ceiling: {spec.ceiling!r} is not a variant that runs at budget all"
         )
     name = spec.name or (source.stem if source else "study")
-    base = source.parent if source else Path()
-    page = Path(os.path.normpath(base / spec.page)) if spec.page else None
+    home = source.parent if source else Path()
+    page = Path(os.path.normpath(home / spec.page)) if spec.page else None
     return Study(
         name,
         data_path,

@@ -46,6 +46,8 @@ class Requirements:
     channels: int | None = None  # input channels the data must have (3: RGB)
     dense_channels: int = 1  # channels of the ``dense`` array
     unlabelled_only: bool = False  # learns from the unlabelled pool only (a consistency term)
+    # made to learn from the pool too (pretraining on it), though labelled images also serve
+    wants_pool: bool = False
     # reads the labelled and the pool's rows of one batch together (BCP mixes them), telling
     # them apart by ``batch["labelled"]``; it cannot train without a pool
     mixes_pool: bool = False
@@ -95,8 +97,12 @@ class Task:
     def build_head(self) -> nn.Module | None:
         return None
 
-    def training_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The training input as this task wants every task to see it (denoising adds noise)."""
+    def training_input(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The training input as this task wants every task to see it (denoising adds
+        noise; Models Genesis corrupts it); ``generator``: seeded by the step, so a resumed
+        run draws what an uninterrupted one did."""
         return x
 
     def metrics(self) -> Metric | MetricCollection | None:

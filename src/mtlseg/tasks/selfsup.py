@@ -1,5 +1,6 @@
-"""Self-supervised dense auxiliary tasks of paper 002 (section 2.4): denoising, Canny edges,
-colourisation. Targets are made from the batch on its device every step."""
+"""Self-supervised dense tasks: paper 002's (section 2.4) denoising, Canny edges and
+colourisation, and Models Genesis' restoration for pretraining on the unlabelled pool.
+Targets are made from the batch on its device every step."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlseg.models.heads import DenseHead
+from mtlseg.targets.genesis import corrupt, to_unit
 from mtlseg.targets.image import canny_edges, lab
 from mtlseg.tasks.base import Requirements, Task, register_task
 
@@ -72,7 +74,9 @@ class DenoiseTask(DenseTask):
     def out_dim(self) -> int:
         return self.ctx.in_channels
 
-    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+    def training_input(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         flat = x.flatten(1)
         spread = (flat.max(1).values - flat.min(1).values)[:, None, None, None]
         return x + torch.randn_like(x) * self.params.std * spread
@@ -127,6 +131,56 @@ class ColouriseTask(DenseTask):
 
     def target(self, batch: dict[str, Any]) -> Any:
         return lab(batch["image"])[:, 1:]
+
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        return F.mse_loss(output.float(), target)
+
+
+@dataclass
+class GenesisParams(DenseParams):
+    features: str = "decoder"  # the last decoder stage: the whole network restores
+    hidden: int = 0  # a 1x1 conv, as the authors' output layer
+    nonlinear: float = 0.9  # each corruption's probability (the authors' rates)
+    shuffle: float = 0.5
+    paint: float = 0.9
+    outpaint: float = 0.8  # the share of painting that is out-painting
+    blocks: int = 50  # windows shuffled per image
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("nonlinear", "shuffle", "paint", "outpaint"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
+
+
+@register_task("genesis")
+class GenesisTask(DenseTask):
+    """Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021, Sec. 2.1, eq. 1): the network
+    sees each image corrupted by the authors' chain (``mtlseg.targets.genesis.corrupt``:
+    local pixel shuffling, a non-linear intensity mapping, in- or out-painting, on the image
+    min-max scaled to [0, 1] and mapped back to its own range) and restores the original
+    with MSE. It reads no annotation, so it learns from the unlabelled pool too: in
+    ``unet-genesis`` a first stage trains it alone (pretraining) and the rest fine-tunes the
+    segmentation on clean images. Deviations: 2D slices, not 3D cubes; in the same run and
+    optimiser as the fine-tuning (the authors pretrain once, apart); no flips."""
+
+    Config = GenesisParams
+    requires = Requirements(wants_pool=True)
+
+    def out_dim(self) -> int:
+        return self.ctx.in_channels
+
+    def training_input(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        p = self.params
+        unit, low, spread = to_unit(x.float())
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        out = corrupt(unit, g, p.nonlinear, p.shuffle, p.paint, p.outpaint, p.blocks)
+        return (out * spread + low).to(x.dtype)
+
+    def target(self, batch: dict[str, Any]) -> Any:
+        return batch["image"].float()
 
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         return F.mse_loss(output.float(), target)
