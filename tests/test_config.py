@@ -66,7 +66,8 @@ def test_unknown_task_backbone_weighting_list_valid_names():
     with pytest.raises(
         ConfigError,
         match="unknown task .nosuch.; valid tasks: bbox, canny, classification, colourise, "
-        "contrastive, denoise, depth, distance, hog, normals, position, presence, scene, segmentation$",
+        "contrastive, denoise, depth, distance, genesis, hog, normals, position, presence, scene, "
+        "segmentation$",
     ):
         TASKS.get("nosuch")
     with pytest.raises(
