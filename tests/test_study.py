@@ -162,21 +162,27 @@ def test_pairs_never_cross_machines_or_code(kvasir_small, tmp_path):
     ]:
         record = _fake(study, variant, seed, machine, numerics, dice)
         store.write(record, Cell(study.variants[variant], "all", seed).folder)
+    # seed 1 on machine D, both cells, but of two copies of the data: no pair either
+    for variant, data in ((0, "copy-a"), (1, "copy-b")):
+        record = _fake(study, variant, 1, "D", "n1", 0.3)
+        record.data = {"id": data}
+        store.write(record, Cell(study.variants[variant], "all", 1).folder)
     report = build_report(study, store.records())
     base, wide = report.rows
     assert sorted(base.scores) == [0, 1] and base.n == 2
     # seed 0: +0.10 on A, +0.15 on B, averaged; seed 1 has no pair on one machine and code
     assert wide.diffs == pytest.approx({0: 0.125}) and wide.n == 1 and wide.exploratory
     assert wide.missing == [1] and report.missing_cells() == ["wide budget all seed 1"]
-    assert wide.unpaired == pytest.approx({0: 0.65, 1: 0.90})
+    assert wide.unpaired == pytest.approx({0: 0.65, 1: (0.90 + 0.3) / 2})
     text = render(report)
     assert "| all | wide | 1 of 2, exploratory | 0.6500 | +0.1250 |" in text
+    assert wide.diffs.keys() == {0}  # a pair across two copies of the data would add seed 1
     assert "Missing cells (no pair yet): wide budget all seed 1." in text
 
     # what each machine still has to train: A its baseline of seed 1 (it holds wide's);
     # a new machine C both cells of seed 1
     def on(machine: str):
-        return lambda cell: (machine, "n1")
+        return lambda cell: (machine, "n1", None)
 
     assert [c.describe() for c in todo(study, store.records(), on("A"))] == [
         "unet budget all seed 1"

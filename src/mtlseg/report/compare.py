@@ -344,7 +344,7 @@ def _run(
     machine, numerics = machine_for(first)
     found: dict[str, Record] = {}
     for record in store.records():
-        here = (record.machine_id, record.numerics) == (machine.id, numerics)
+        here = record.pairing[:2] == (machine.id, numerics)
         if here or record.cell not in found:
             found[record.cell] = record
     return study, found

@@ -1,7 +1,7 @@
 """``mtlseg study report``: the study's tables, from its records alone.
 
 Paired differences are formed only between records of the same seed, budget, machine
-fingerprint and numerics key; a seed paired on several machines is averaged over them first,
+fingerprint, numerics key and data (``Record.pairing``); a seed paired on several machines is averaged over them first,
 so a row's n is its number of distinct paired seeds. A row with fewer seeds than the study
 asks of it is marked exploratory, and every cell still without a pair is listed. Means of
 all of a row's records, paired or not, stand beside, labelled unpaired.
@@ -86,15 +86,8 @@ def build_report(study: Study, records: list[Record]) -> StudyReport:
                 mine = by_cell.get(cell.key, [])
                 if mine:
                     row.unpaired[seed] = _mean([r.dice() for r in mine])
-                theirs = {
-                    (r.machine_id, r.numerics): r
-                    for r in by_cell.get(Cell(base, budget, seed).key, [])
-                }
-                pairs = [
-                    (r, theirs[(r.machine_id, r.numerics)])
-                    for r in mine
-                    if (r.machine_id, r.numerics) in theirs
-                ]
+                theirs = {r.pairing: r for r in by_cell.get(Cell(base, budget, seed).key, [])}
+                pairs = [(r, theirs[r.pairing]) for r in mine if r.pairing in theirs]
                 if not pairs:
                     row.missing.append(seed)
                     continue
@@ -111,13 +104,13 @@ def build_report(study: Study, records: list[Record]) -> StudyReport:
                             row.classes.setdefault(name, {}).setdefault(seed, float(value))
                 if ceiling_variant is not None and "all" in ceiling_variant.budgets:
                     top = {
-                        (r.machine_id, r.numerics): r
+                        r.pairing: r
                         for r in by_cell.get(Cell(ceiling_variant, "all", seed).key, [])
                     }
                     shares = [
-                        (r.dice() - b.dice()) / (top[k].dice() - b.dice())
+                        (r.dice() - b.dice()) / (top[r.pairing].dice() - b.dice())
                         for r, b in pairs
-                        if (k := (r.machine_id, r.numerics)) in top and top[k].dice() != b.dice()
+                        if r.pairing in top and top[r.pairing].dice() != b.dice()
                     ]
                     if shares:
                         row.gaps[seed] = _mean(shares)

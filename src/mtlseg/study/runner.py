@@ -79,17 +79,18 @@ def machine_for(cfg: RunConfig) -> tuple[Machine, str]:
     return this_machine(precision, cfg.train.accelerator), numerics_key(precision)
 
 
-Where = Callable[[Cell], tuple[str, str]]  # a cell -> (machine id, numerics key) here
+Where = Callable[[Cell], tuple[str, str, str | None]]  # a cell -> its ``Record.pairing`` here
 
 
 def todo(study: Study, records: list[Record], where: Where) -> list[Cell]:
     """The cells this machine should train, in order: for every cell without a pair on any
     machine, its baseline (when this machine lacks it) and itself. A pair is a record of
-    the cell and one of its baseline with the same machine id and numerics key."""
-    held = {(r.cell, r.machine_id, r.numerics) for r in records}
-    groups: dict[tuple[str, str], set[str]] = {}
+    the cell and one of its baseline with the same ``Record.pairing`` (machine, numerics
+    key, data)."""
+    held = {(r.cell, *r.pairing) for r in records}
+    groups: dict[tuple[str, str, str | None], set[str]] = {}
     for r in records:
-        groups.setdefault((r.machine_id, r.numerics), set()).add(r.cell)
+        groups.setdefault(r.pairing, set()).add(r.cell)
 
     def here(cell: Cell) -> bool:
         return (cell.key, *where(cell)) in held
@@ -117,7 +118,8 @@ def todo(study: Study, records: list[Record], where: Where) -> list[Cell]:
 
 
 def data_fingerprint(path: str) -> dict[str, Any]:
-    """The data folder's file list and sizes, hashed: records of other data never pair."""
+    """The data folder's file list and sizes, hashed: records of other data never pair
+    (``Record.pairing``)."""
     root = Path(path)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     h = hashlib.sha256()
@@ -162,6 +164,7 @@ class Lane:
         self.split = split
         self.claims = claims or Path(work) / study.name / "claims"
         self._data: tuple[Any, PreparedData] | None = None
+        self._data_id: str | None = None
 
     def run(self) -> Done:
         done = Done()
@@ -200,7 +203,15 @@ class Lane:
         return None
 
     def _todo(self) -> list[Cell]:
-        return todo(self.study, self.store.records(), _where)
+        if self._data_id is None:
+            self._data_id = data_fingerprint(self.study.data)["id"]
+        data_id = self._data_id
+
+        def where(cell: Cell) -> tuple[str, str, str | None]:
+            machine, numerics = machine_for(cell.config)
+            return machine.id, numerics, data_id
+
+        return todo(self.study, self.store.records(), where)
 
     def _prepared(self, cfg: RunConfig) -> PreparedData:
         """The cell's data, read once for every cell that prepares it alike."""
@@ -264,11 +275,6 @@ class Lane:
         path = self.store.write(record, cell.folder)
         self.say(f"recorded: {cell.describe()}: Dice {record.dice():.4f} -> {path}")
         return True
-
-
-def _where(cell: Cell) -> tuple[str, str]:
-    machine, numerics = machine_for(cell.config)
-    return machine.id, numerics
 
 
 def _for_study(cfg: RunConfig, precision: str) -> RunConfig:

@@ -57,6 +57,12 @@ class Record:
     def machine_id(self) -> str:
         return str(self.machine["id"])
 
+    @property
+    def pairing(self) -> tuple[str, str, str | None]:
+        """Records pair only when this agrees: the machine, the code's numerics and the
+        data (its fingerprint; None in a record without one)."""
+        return self.machine_id, self.numerics, self.data.get("id")
+
     def dice(self, checkpoint: str = "last", metric: str = "dice/mean") -> float:
         return float(self.scores[checkpoint]["summary"][metric])
 
