@@ -9,6 +9,7 @@ number, so the numerics key hashes the package's source itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -94,8 +95,10 @@ def this_machine(precision: str, accelerator: str = "cpu") -> Machine:
     return Machine(device, cpu, flags, torch.get_num_threads(), torch.__version__, precision)
 
 
+@functools.cache
 def source_digest(root: Path = PACKAGE) -> str:
-    """A hash of every source file of the package (Python and recipes), by relative path."""
+    """A hash of every source file of the package (Python and recipes), by relative path;
+    once per process, so it is the code this process loaded even if the files change."""
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml")):
         if "__pycache__" in path.parts:
