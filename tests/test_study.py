@@ -334,3 +334,15 @@ def test_figures_are_drawn_from_the_records(kvasir_small, tmp_path):
     (path,) = draw_figures(study, records, tmp_path / "figures")
     assert path.name == "curves-all.png"
     assert Image.open(path).size == (1440, 480)  # validation Dice and the training loss
+
+
+def test_a_record_of_older_code_still_counts_for_its_row(kvasir_small, tmp_path):
+    """A record whose configuration had other fields (so another cell key) is matched by
+    its row, recipe, overrides, budget and seed; another seed or row is not."""
+    study = load_study(_study_file(tmp_path, kvasir_small))
+    cell = Cell(study.variants[1], "all", 0)
+    old = _fake(study, 1, 0, "A", "n1", 0.5)
+    old.cell, old.recipe, old.overrides = "0123456789", "unet", list(cell.variant.overrides)
+    assert cell.holds(old)
+    assert not Cell(study.variants[1], "all", 1).holds(old)
+    assert not Cell(study.variants[0], "all", 0).holds(old)

@@ -9,7 +9,6 @@ all of a row's records, paired or not, stand beside, labelled unpaired.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,9 +67,10 @@ def _mean(values: list[float]) -> float:
 
 def build_report(study: Study, records: list[Record]) -> StudyReport:
     """Pair ``records`` by the study's cells (``module docstring``)."""
-    by_cell: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_cell[r.cell].append(r)
+
+    def of(cell: Cell) -> list[Record]:
+        return [r for r in records if cell.holds(r)]
+
     rows: list[Row] = []
     base = study.baseline
     ceiling = study.ceiling
@@ -83,10 +83,10 @@ def build_report(study: Study, records: list[Record]) -> StudyReport:
             row = Row(v.name, budget, v.seeds if v is not base else len(seeds))
             for seed in seeds:
                 cell = Cell(v, budget, seed)
-                mine = by_cell.get(cell.key, [])
+                mine = of(cell)
                 if mine:
                     row.unpaired[seed] = _mean([r.dice() for r in mine])
-                theirs = {r.pairing: r for r in by_cell.get(Cell(base, budget, seed).key, [])}
+                theirs = {r.pairing: r for r in of(Cell(base, budget, seed))}
                 pairs = [(r, theirs[r.pairing]) for r in mine if r.pairing in theirs]
                 if not pairs:
                     row.missing.append(seed)
@@ -103,10 +103,7 @@ def build_report(study: Study, records: list[Record]) -> StudyReport:
                         if key.startswith("dice/") and name not in ("mean", "background"):
                             row.classes.setdefault(name, {}).setdefault(seed, float(value))
                 if ceiling_variant is not None and "all" in ceiling_variant.budgets:
-                    top = {
-                        r.pairing: r
-                        for r in by_cell.get(Cell(ceiling_variant, "all", seed).key, [])
-                    }
+                    top = {r.pairing: r for r in of(Cell(ceiling_variant, "all", seed))}
                     shares = [
                         (r.dice() - b.dice()) / (top[r.pairing].dice() - b.dice())
                         for r, b in pairs
@@ -192,9 +189,6 @@ def draw_figures(study: Study, records: list[Record], folder: Path) -> list[Path
     from mtlseg.report.plots import plot_curves, plot_efficiency
 
     folder.mkdir(parents=True, exist_ok=True)
-    by_cell: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_cell[r.cell].append(r)
     written: list[Path] = []
     points: dict[str, list[tuple[int, list[float]]]] = {}
     for budget in study.budgets:
@@ -205,7 +199,8 @@ def draw_figures(study: Study, records: list[Record], folder: Path) -> list[Path
                 r
                 for c in study.cells()
                 if c.variant is v and c.budget == budget
-                for r in by_cell.get(c.key, [])
+                for r in records
+                if c.holds(r)
             ]
             if not mine:
                 continue

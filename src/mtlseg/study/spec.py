@@ -115,6 +115,20 @@ class Cell:
     def describe(self) -> str:
         return f"{self.variant.name} budget {self.budget} seed {self.seed}"
 
+    def holds(self, record: Any) -> bool:
+        """Whether ``record`` (a ``store.Record``) is a run of this cell: its key, or, for a
+        record made by code whose configuration had other fields (the key then differs), the
+        same row, recipe, overrides, budget and seed."""
+        if record.cell == self.key:
+            return True
+        v = self.variant
+        return (record.variant, record.recipe, tuple(record.overrides), record.budget) == (
+            v.name,
+            v.recipe,
+            v.overrides,
+            self.budget,
+        ) and record.seed == self.seed
+
 
 @dataclass(frozen=True)
 class Study:
