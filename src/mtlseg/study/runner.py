@@ -87,19 +87,22 @@ def todo(study: Study, records: list[Record], where: Where) -> list[Cell]:
     machine, its baseline (when this machine lacks it) and itself. A pair is a record of
     the cell and one of its baseline with the same ``Record.pairing`` (machine, numerics
     key, data)."""
-    held = {(r.cell, *r.pairing) for r in records}
+    cells = study.cells()
+    held: set[tuple] = set()
     groups: dict[tuple[str, str, str | None], set[str]] = {}
     for r in records:
-        groups.setdefault(r.pairing, set()).add(r.cell)
+        for c in cells:
+            if c.holds(r):
+                held.add((c.key, *r.pairing))
+                groups.setdefault(r.pairing, set()).add(c.key)
 
     def here(cell: Cell) -> bool:
         return (cell.key, *where(cell)) in held
 
     def paired(cell: Cell) -> bool:
         keys = {cell.key, Cell(study.baseline, cell.budget, cell.seed).key}
-        return any(keys <= cells for cells in groups.values())
+        return any(keys <= held_here for held_here in groups.values())
 
-    cells = study.cells()
     out: list[Cell] = []
     for cell in cells:
         if cell.variant is study.baseline:

@@ -22,6 +22,7 @@ display name, so renaming a row keeps its records and changing a setting starts 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -104,7 +105,7 @@ class Cell:
             train=dataclasses.replace(cfg.train, seed=self.seed),
         )
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return config_key(self.config)
 
