@@ -307,3 +307,16 @@ def test_help_says_what_mtlseg_does_with_examples_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"mtlseg {__version__}"
+
+
+def test_building_the_parser_imports_neither_torch_nor_monai():
+    """``mtlseg --help`` and ``--version`` stay fast: argparse alone, no deep-learning stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mtlseg.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'monai', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -120,7 +120,7 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def _empty_arg(p: argparse.ArgumentParser, default: str) -> None:
-    from mtlseg.metrics import EMPTY_CONVENTIONS
+    from mtlseg.conventions import EMPTY_CONVENTIONS
 
     p.add_argument(
         "--empty",

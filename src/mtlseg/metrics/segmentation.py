@@ -37,7 +37,8 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 from torchmetrics import Metric
 
-EMPTY_CONVENTIONS = ("exclude", "one", "zero")
+from mtlseg.conventions import EMPTY_CONVENTIONS
+
 # bump the version when any rule above changes: compare re-scores runs of another version
 PROTOCOL_VERSION = 2
 
