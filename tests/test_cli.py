@@ -320,3 +320,22 @@ def test_building_the_parser_imports_neither_torch_nor_monai():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from mtlseg.cli import build_parser
+    from mtlseg.cli_doc import _subparsers
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, where: str) -> None:
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction) and action.help is None:
+                missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+        for name, sub in _subparsers(parser).items():
+            walk(sub, f"{where} {name}")
+
+    walk(build_parser(), "mtlseg")
+    assert missing == []

@@ -458,16 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
     p = with_set(sub.add_parser("lr-find", help="learning-rate range test (Lightning's finder)"))
-    p.add_argument("--recipe", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--recipe", required=True, help="recipe name or YAML file")
+    p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="folder for lr_find.png and lr_find.json")
     p.add_argument("--steps", type=int, default=100, help="training steps of the range test")
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--max-lr", type=float, default=1.0)
+    p.add_argument("--min-lr", type=float, default=1e-6, help="the range's lowest rate")
+    p.add_argument("--max-lr", type=float, default=1.0, help="the range's highest rate")
     p.set_defaults(func=cmd_lr_find)
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split or on any data")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--ckpt", required=True, help="an mtlseg checkpoint (.ckpt)")
+    p.add_argument("--data", required=True, help="the dataset to score it on")
     p.add_argument(
         "--split",
         default="val",
@@ -497,11 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="an ONNX file from `mtlseg export` (runs in onnxruntime, no Lightning)"
     )
     p.add_argument("--input", required=True, help="an image/NIfTI file or a folder of them")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the predicted masks")
     _inference_args(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="a checkpoint as ONNX or a torch.export program")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help="an mtlseg checkpoint (.ckpt)")
     p.add_argument("--format", required=True, help="onnx or torch-export (torch.export's program)")
     p.add_argument("--out", required=True, help="the file to write (.onnx, .pt2)")
     p.add_argument(
@@ -514,9 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     p = with_set(sub.add_parser("compare", help="train recipes x seeds on one split and compare"))
     p.add_argument("--recipes", nargs="+", required=True, help="the first one is the baseline")
-    p.add_argument("--data", required=True)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every recipe (default 3)")
+    p.add_argument("--out", required=True, help="folder for the runs, their records and the tables")
     p.add_argument(
         "--weightings",
         nargs="+",
@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="fail when the page differs from the records, write nothing",
             )
     p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
-    p.add_argument("data")
+    p.add_argument("data", help="dataset folder")
     p.set_defaults(func=cmd_check_data)
     p = sub.add_parser("download", help="fetch a public dataset and lay it out for mtlseg")
     p.add_argument("name", nargs="?", help="dataset name (see --list)")
@@ -636,9 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-download", action="store_true", help="fail instead of downloading Kvasir-SEG"
     )
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1000)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per recipe (default 1)")
     p.set_defaults(func=cmd_demo)
     return parser
 
