@@ -162,3 +162,17 @@ def test_onnx_inference_does_not_import_lightning():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_exporting_without_onnx_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from mtlseg.errors import MtlsegError
+    from mtlseg.export.formats import write_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if it were not installed
+    with pytest.raises(
+        MtlsegError, match=r"needs onnx and onnxscript: pip install 'mtlseg\[export\]'"
+    ):
+        write_onnx(None, (), Path("unused.onnx"), {})  # type: ignore[arg-type]

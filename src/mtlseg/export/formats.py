@@ -32,7 +32,13 @@ def write_onnx(
     program: torch.export.ExportedProgram, example: tuple, out: Path, metadata: dict[str, Any]
 ) -> None:
     """ONNX through torch's dynamo exporter (opset 18+: Resize with antialias)."""
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it)
+    except ImportError:
+        raise MtlsegError(
+            "exporting to ONNX needs onnx and onnxscript: pip install 'mtlseg[export]'"
+        ) from None
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step progress
