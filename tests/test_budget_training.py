@@ -358,3 +358,21 @@ def test_the_resolved_precision_is_recorded_and_kept_on_resume(acdc_small, tmp_p
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     assert with_resolved_precision(cfg, out, resume=True).train.precision == "bf16-mixed"
     assert with_resolved_precision(cfg, out, resume=False).train.precision == "32"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_precision_on_a_gpu_is_bf16_where_native(monkeypatch, caplog, native, expected):
+    """With the GPU mocked (no GPU has run this): bf16-mixed needs no loss scaling where the
+    GPU computes bf16, else float16; the reason is logged once."""
+    import logging
+
+    from mtlseg.engine import precision
+
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda: native)
+    monkeypatch.setattr(precision, "_SAID", set())
+    with caplog.at_level(logging.INFO, logger="mtlseg.engine.precision"):
+        assert precision.resolve_precision("auto") == expected
+        assert precision.resolve_precision("auto") == expected
+    said = [r.getMessage() for r in caplog.records if "precision: auto is" in r.getMessage()]
+    assert len(said) == 1 and ("natively" in said[0]) == native

@@ -247,7 +247,8 @@ class TrainConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes (one per GPU, or CPU processes): > 1 trains with DDP
     strategy: str = "auto"  # Lightning strategy; auto: ddp when devices > 1
-    # auto: 16-mixed on GPU; on CPU bf16-mixed where it is native and faster, else 32
+    # auto: on GPU bf16-mixed where native, else 16-mixed; on CPU bf16-mixed where it is
+    # native and faster, else 32 (the reason is logged)
     # (mtlseg.engine.precision; the run's config.yaml records what it resolved to)
     precision: str | int = "auto"  # auto | 32 | bf16-mixed | 16-mixed
     grad_clip: float | None = None  # clip the gradient's global norm (after any aggregator)

@@ -1,6 +1,7 @@
 """``train.precision: auto``: the fastest precision that is as accurate, decided per machine.
 
-On a GPU: 16-bit mixed. On a CPU: ``bf16-mixed`` only where the CPU computes bf16 natively
+On a GPU: ``bf16-mixed`` where it computes bf16 natively, else ``16-mixed`` (float16 with
+loss scaling). On a CPU: ``bf16-mixed`` only where the CPU computes bf16 natively
 (AVX512-BF16 or AMX, read from its flags) and a short micro-benchmark of a convolutional
 training step finds it faster than fp32; otherwise fp32. Without native bf16 the CPU
 emulates it, many times slower (measured here: see docs/archive.md, "Precision"). The
@@ -126,17 +127,37 @@ def bf16_is_faster() -> bool:
 
 
 def auto_precision(gpu: bool) -> str:
-    """What ``auto`` resolves to on this machine (a ``train.precision`` value)."""
+    """What ``auto`` resolves to on this machine (a ``train.precision`` value); why is
+    logged once (``auto_reason``)."""
+    precision, reason = auto_reason(gpu)
+    if precision not in _SAID:
+        _SAID.add(precision)
+        log.info("precision: auto is %s (%s)", precision, reason)
+    return precision
+
+
+_SAID: set[str] = set()
+
+
+def auto_reason(gpu: bool) -> tuple[str, str]:
+    """``auto``'s choice and the reason for it. On a GPU bf16-mixed where it computes bf16
+    natively (no loss scaling needed), else 16-mixed; on a CPU see the module docstring."""
     if gpu:
-        return "16-mixed"
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed", "the GPU computes bf16 natively"
+        return "16-mixed", "the GPU has no native bf16: float16 with loss scaling"
     forced = os.environ.get(AUTO_ENV)
     if forced:
         if forced not in AUTO_CHOICES:
             raise ConfigError(f"${AUTO_ENV}={forced!r}: use one of {', '.join(AUTO_CHOICES)}")
-        return forced
-    if BF16_ACCURATE and has_native_bf16() and bf16_is_faster():
-        return "bf16-mixed"
-    return "32"
+        return forced, f"${AUTO_ENV} sets it"
+    if not has_native_bf16():
+        return "32", "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would be emulated"
+    if not BF16_ACCURATE:
+        return "32", "bf16-mixed was not as accurate in benchmarks/precision.py"
+    if bf16_is_faster():
+        return "bf16-mixed", "native bf16 on this CPU, and faster than fp32 here"
+    return "32", "native bf16 on this CPU, but not faster than fp32 here"
 
 
 def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:

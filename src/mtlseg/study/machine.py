@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 import mtlseg
+from mtlseg.engine.precision import cpu_flags, cpu_model
 
 # CPU flags that change which kernels (and so which rounding) torch runs
 NUMERIC_FLAGS = (
@@ -43,24 +43,6 @@ PACKAGE = Path(mtlseg.__file__).parent
 
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    """The CPU's model name and which of ``NUMERIC_FLAGS`` it has (Linux /proc/cpuinfo;
-    elsewhere the platform's processor string and no flags)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), []
-    model, flags = platform.machine(), set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "cpu model") and model == platform.machine():
-            model = value.strip()
-        elif key in ("flags", "features"):
-            flags |= set(value.split())
-    return model, sorted(f for f in NUMERIC_FLAGS if f in flags)
 
 
 @dataclass(frozen=True)
@@ -88,7 +70,7 @@ class Machine:
 
 def this_machine(precision: str, accelerator: str = "cpu") -> Machine:
     """The fingerprint of this process for a run at ``precision`` (already resolved)."""
-    cpu, flags = _cpuinfo()
+    cpu, flags = cpu_model(), sorted(f for f in NUMERIC_FLAGS if f in cpu_flags())
     device = "cpu"
     if accelerator != "cpu" and torch.cuda.is_available():
         device = f"cuda {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
