@@ -269,3 +269,19 @@ def test_resolve_split_prefers_given_file(acdc_small):
     ids = [p.name.removesuffix(".nii.gz") for p in (acdc_small / "labelsTr").iterdir()]
     split, source = resolve_split(acdc_small, {c: c.split("_")[0] for c in ids}, DataConfig())
     assert source.endswith("splits.json") and len(split["val"]) == 2
+
+
+def test_a_split_with_no_patient_in_the_case_ids_says_it_splits_by_image(kvasir_small, capsys):
+    """Frames named 1.jpg, 2.jpg ...: the pattern finds no patient, so the patient split is a
+    split by image; check-data says so and how to give patients."""
+    from mtlseg.cli import main
+
+    (kvasir_small / "splits.json").unlink(missing_ok=True)
+    data = prepare_data(DataConfig(path=str(kvasir_small), image_size=32))
+    assert data.split_source.startswith("seeded split by image (no patient id found")
+    assert main(["check-data", str(kvasir_small)]) == 0
+    out = capsys.readouterr().out
+    assert "split: seeded split by image" in out and "data.case_pattern" in out
+    # a pattern that finds the patients makes it a patient split again
+    named = DataConfig(path=str(kvasir_small), image_size=32, case_pattern=r"^(?P<patient>cju\w)")
+    assert prepare_data(named).split_source.startswith("seeded patient split")

@@ -313,7 +313,7 @@ def cmd_check_data(args: argparse.Namespace) -> None:
     from mtlseg.config import load_config
     from mtlseg.data.loading import load_dataset
     from mtlseg.data.sources import discover
-    from mtlseg.data.splits import resolve_split
+    from mtlseg.data.splits import PATIENT_HINT, resolve_split
 
     cfg = load_config("unet", [*args.set, f"data.path={args.data}"]).data
     dataset, source = None, ""
@@ -339,6 +339,8 @@ def cmd_check_data(args: argparse.Namespace) -> None:
         f"ok: {len(dataset.cases)} cases, {n_slices} slices, {dataset.in_channels} channel(s), "
         f"classes {dataset.class_names}, format {index.format}, split: {source}"
     )
+    if "split by image" in source:
+        print(f"note: {PATIENT_HINT}")
 
 
 def demo_data(explicit: str | None, allow_download: bool = True) -> Path:

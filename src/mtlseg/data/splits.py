@@ -123,6 +123,11 @@ def resolve_split(
     if path is None:
         if mode == "case":
             return seeded_split(list(patients), fraction, seed), seeded
+        if len(patients) > 1 and all(p == c for c, p in patients.items()):
+            seeded = (
+                f"seeded split by image (no patient id found in the case ids by "
+                f"data.case_pattern; seed {seed}, val fraction {fraction})"
+            )
         return seeded_patient_split(patients, fraction, seed), seeded
     split = read_split_file(path, cfg.fold)
     validate_split(split, list(patients), str(path), cfg.allow_unlisted)
@@ -172,3 +177,10 @@ def write_split(
     record = {"source": source, "label_source": label_source, **split, "labelled": split["train"]}
     record.setdefault("unlabelled", [])
     path.write_text(json.dumps(record, indent=1))
+
+
+PATIENT_HINT = (
+    "frames of one patient or video on both sides of a split inflate the scores: give the "
+    "patient of each case by a pattern (--set data.case_pattern='^(?P<patient>[^_]+)_') or "
+    "by a splits.json listing train and val cases (docs/data.md)"
+)
