@@ -272,16 +272,23 @@ def test_resolve_split_prefers_given_file(acdc_small):
 
 
 def test_a_split_with_no_patient_in_the_case_ids_says_it_splits_by_image(kvasir_small, capsys):
-    """Frames named 1.jpg, 2.jpg ...: the pattern finds no patient, so the patient split is a
-    split by image; check-data says so and how to give patients."""
+    """Frames of three videos named vid0_0, vid1_1, ...: the default pattern finds no patient,
+    so the patient split is a split by image; check-data says so and how to give patients,
+    and the pattern it suggests makes the videos the patients."""
     from mtlseg.cli import main
 
     (kvasir_small / "splits.json").unlink(missing_ok=True)
+    for i, image in enumerate(sorted((kvasir_small / "images").iterdir())):
+        name = f"vid{i % 3}_{i}{image.suffix}"
+        image.rename(image.with_name(name))
+        (kvasir_small / "masks" / image.name).rename(kvasir_small / "masks" / name)
     data = prepare_data(DataConfig(path=str(kvasir_small), image_size=32))
     assert data.split_source.startswith("seeded split by image (no patient id found")
     assert main(["check-data", str(kvasir_small)]) == 0
     out = capsys.readouterr().out
     assert "split: seeded split by image" in out and "data.case_pattern" in out
-    # a pattern that finds the patients makes it a patient split again
-    named = DataConfig(path=str(kvasir_small), image_size=32, case_pattern=r"^(?P<patient>cju\w)")
-    assert prepare_data(named).split_source.startswith("seeded patient split")
+    named = DataConfig(path=str(kvasir_small), image_size=32, case_pattern="^(?P<patient>[^_]+)_")
+    split = prepare_data(named)
+    assert split.split_source.startswith("seeded patient split")
+    videos = [{c.split("_")[0] for c in split.split[k]} for k in ("train", "val")]
+    assert not videos[0] & videos[1]  # no video on both sides
