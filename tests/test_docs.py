@@ -57,3 +57,28 @@ def test_every_study_page_is_what_its_records_give(path):
     assert generated_block(study.page.read_text(), study.name, study.page) == expected, (
         f"run: mtlseg study report {path.relative_to(REPO)}"
     )
+
+
+def test_the_site_renders_every_table(tmp_path):
+    """A table right after a code fence (no blank line) stays raw text on the site, which
+    ``mkdocs --strict`` does not catch: build it and look for table rows outside tables."""
+    import importlib.util
+    import os
+    import re
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--quiet", "--site-dir", str(site)],
+        cwd=REPO,
+        check=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    raw = []
+    for page in site.rglob("*.html"):
+        text = re.sub(r"<pre.*?</pre>", "", page.read_text(), flags=re.S)
+        raw += [f"{page.relative_to(site)}: {m[:60]}" for m in re.findall(r"\n\|---\|.*", text)]
+    assert raw == []
