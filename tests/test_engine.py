@@ -192,3 +192,21 @@ def test_resume_with_a_different_setup_is_refused(kvasir_small, tmp_path):
 def test_resume_without_a_run_is_a_clear_error(kvasir_small, tmp_path):
     with pytest.raises(MtlsegError, match="nothing to resume"):
         train(_cfg("unet", kvasir_small), tmp_path / "empty", resume=True)
+
+
+def test_output_that_is_not_a_terminal_gets_a_plain_line_per_validation(
+    kvasir_small, tmp_path, caplog
+):
+    """No ``\\r`` progress bar into a file or pipe (pytest's capture is not a terminal): a
+    line per validation with the step, the Dice, the time spent and the time left."""
+    import logging
+
+    from mtlseg.config import load_config
+    from mtlseg.engine.train import train
+
+    sets = [*TINY_UNET, f"data.path={kvasir_small}", "train.max_steps=4", "train.val_every=2"]
+    with caplog.at_level(logging.INFO, logger="mtlseg.engine.callbacks"):
+        train(load_config("unet", [*sets, "train.progress_bar=true"]), tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if r.name == "mtlseg.engine.callbacks"]
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    assert "val Dice" in lines[0] and "left" in lines[0] and "left" not in lines[1]

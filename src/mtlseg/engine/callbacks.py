@@ -1,12 +1,15 @@
 """Training callbacks of our own: throughput and the share of time spent waiting for data,
-and resuming a crash checkpoint at its last finished step."""
+progress as plain lines, and resuming a crash checkpoint at its last finished step."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import lightning.pytorch as pl
+
+log = logging.getLogger(__name__)
 
 
 class ThroughputMonitor(pl.Callback):
@@ -93,3 +96,31 @@ class ResumeAtLastFinishedStep(pl.Callback):
         if getattr(self, "_restarted", False):  # after the epoch loop's restart bookkeeping
             trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
             self._restarted = False
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class ProgressLines(pl.Callback):
+    """One plain line per validation (the step, the validation Dice, the time spent and
+    about how long is left at this pace), where a progress bar cannot draw: output that is
+    not a terminal gets these lines instead of ``\r`` bars."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.started, self.first_step = time.monotonic(), trainer.global_step
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(self, "started"):
+            return
+        step, total = trainer.global_step, trainer.max_steps
+        spent = time.monotonic() - self.started
+        dice = trainer.callback_metrics.get("val/dice")
+        line = f"step {step}" + (f"/{total}" if total and total > 0 else "")
+        if dice is not None:
+            line += f": val Dice {float(dice):.4f}"
+        line += f", {_minutes(spent)}"
+        done = step - self.first_step
+        if total and total > step and done > 0:
+            line += f", about {_minutes(spent / done * (total - step))} left"
+        log.info(line)

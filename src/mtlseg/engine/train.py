@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from mtlseg.config import RunConfig, TrainConfig, with_saved_defaults
 from mtlseg.data.dataset import SliceDataset
-from mtlseg.engine.callbacks import ResumeAtLastFinishedStep, ThroughputMonitor
+from mtlseg.engine.callbacks import ProgressLines, ResumeAtLastFinishedStep, ThroughputMonitor
 from mtlseg.engine.checkpoint import AtomicCheckpointIO, writable_dir
 from mtlseg.engine.data import (
     PreparedData,
@@ -108,8 +109,8 @@ def build_trainer(cfg: RunConfig, out: Path, extra: Sequence[pl.Callback] = ()) 
             "val/dice", mode="max", patience=t.early_stopping, check_on_train_epoch_end=False
         )
         callbacks.append(stop)  # checked after each validation, never mid-epoch
-    if t.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every)))
+    bar = t.progress_bar and sys.stderr.isatty()  # a file or a pipe gets plain lines
+    callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every)) if bar else ProgressLines())
     if t.max_steps < 0 and t.max_epochs is None and t.max_minutes is None:
         raise ConfigError("train: set max_steps, max_epochs or max_minutes (all are unlimited now)")
     if t.max_minutes is not None and t.max_minutes <= 0:
@@ -132,7 +133,7 @@ def build_trainer(cfg: RunConfig, out: Path, extra: Sequence[pl.Callback] = ()) 
         callbacks=callbacks,
         logger=build_loggers(cfg, out),
         log_every_n_steps=t.log_every,
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
         deterministic=False,
