@@ -247,10 +247,12 @@ class Lane:
             if run_dir.is_dir():
                 wall_file.write_text(f"{earlier + time.monotonic() - started:.1f}")
         wall = float(wall_file.read_text())
-        scores = {
-            name: _scores(ckpt, cfg, data)
-            for name, ckpt in (("last", result.last_checkpoint), ("best", result.best_checkpoint))
-        }
+        best_step = _step_of(result.best_checkpoint)
+        scores = {"last": _scores(result.last_checkpoint, cfg, data)}
+        if best_step == result.steps:  # the best checkpoint is the last one: scored once
+            scores["best"] = {"summary": scores["last"]["summary"], "cases": "as last"}
+        else:
+            scores["best"] = _scores(result.best_checkpoint, cfg, data)
         record = Record(
             study=self.study.name,
             variant=cell.variant.name,
@@ -268,7 +270,7 @@ class Lane:
             code=code_version(),
             data=data_fingerprint(cfg.data.path),
             protocol=protocol(cfg.metrics.empty),
-            best_step=_step_of(result.best_checkpoint),
+            best_step=best_step,
             curves=read_curves(run_dir / "logs" / "metrics.csv"),
             steps=result.steps,
             wall_s=wall,
@@ -291,7 +293,12 @@ def _scores(ckpt: Path, cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
     """The checkpoint's per-case scores at the data's own resolution on the val split, and
     the means of every metric (the auxiliary tasks' too)."""
     summary, rows = score_cases(ckpt, cfg.data.path, data)
-    return {"summary": summary, "cases": rows}
+    return {"summary": _rounded(summary), "cases": [_rounded(r) for r in rows]}
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """Scores to 7 significant digits: more than a table shows, at half the size."""
+    return {k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in row.items()}
 
 
 def _step_of(ckpt: Path) -> int | None:

@@ -35,7 +35,9 @@ class Record:
     config: dict[str, Any]  # resolved, every default filled in
     machine: dict[str, Any]  # ``machine.Machine`` as a dict, with its ``id``
     numerics: str  # ``machine.numerics_key``
-    scores: dict[str, Any]  # {"last"|"best": {"summary": {metric: mean}, "cases": [rows]}}
+    # {"last"|"best": {"summary": {metric: mean}, "cases": [rows]}}, 7 significant digits;
+    # the best's "cases" is "as last" when the best checkpoint is the last one
+    scores: dict[str, Any]
     schema: int = SCHEMA
     recipe: str = ""
     overrides: list[str] = field(default_factory=list)
