@@ -36,9 +36,6 @@ def test_local_shuffling_only_permutes_pixels_within_small_windows():
     y = local_shuffle(x, torch.Generator().manual_seed(0), blocks=20)
     assert torch.equal(y.flatten().sort().values, x.flatten().sort().values)
     assert not torch.equal(x, y)
-    moved = (x != y)[0]
-    rows, cols = moved.any(1).nonzero(), moved.any(0).nonzero()
-    assert len(rows) > 0 and len(cols) > 0
 
 
 def test_in_painting_fills_boxes_and_out_painting_keeps_them():

@@ -33,6 +33,30 @@ def requirements(cfg: RunConfig) -> dict[str, tuple[str, Requirements]]:
     return out
 
 
+# what a component that uses the pool does without one: (Requirements flag, (what it does,
+# what happens instead)), one warning each
+NO_POOL_WARNINGS = (
+    (
+        "mixes_pool",
+        (
+            "mix(es) labelled images with the unlabelled pool's",
+            "training is labelled-only, the mixing on labelled images alone",
+        ),
+    ),
+    (
+        "wants_pool",
+        (
+            "would learn from the unlabelled pool too",
+            "it learns from the labelled images alone",
+        ),
+    ),
+    (
+        "unlabelled_only",
+        ("learn(s) from the unlabelled pool only", "training is labelled-only"),
+    ),
+)
+
+
 def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None:
     """Raise ``ConfigError`` for what the configuration cannot give (2D/3D, pair batches),
     and with ``data`` ``DataError`` for what the data lacks (a labels column or its classes,
@@ -57,29 +81,14 @@ def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None
     if data is None:
         return
     if not data.split.get("unlabelled"):
-        mixing = [who for who, (_, req) in needs.items() if req.mixes_pool]
-        if mixing:
-            log.warning(
-                "%s mix(es) labelled images with the unlabelled pool's, and there is none "
-                "(data.label_budget, data.unlabelled_dirs): training is labelled-only, the "
-                "mixing on labelled images alone",
-                ", ".join(mixing),
-            )
-        wanting = [who for who, (_, req) in needs.items() if req.wants_pool]
-        if wanting:
-            log.warning(
-                "%s would learn from the unlabelled pool too, and there is none "
-                "(data.label_budget, data.unlabelled_dirs): it learns from the labelled "
-                "images alone",
-                ", ".join(wanting),
-            )
-        lonely = [who for who, (_, req) in needs.items() if req.unlabelled_only]
-        if lonely:
-            log.warning(
-                "%s learn(s) from the unlabelled pool only, and there is none "
-                "(data.label_budget, data.unlabelled_dirs): training is labelled-only",
-                ", ".join(lonely),
-            )
+        for flag, what in NO_POOL_WARNINGS:
+            names = [who for who, (_, req) in needs.items() if getattr(req, flag)]
+            if names:
+                log.warning(
+                    "%s %s, and there is none (data.label_budget, data.unlabelled_dirs): %s",
+                    ", ".join(names),
+                    *what,
+                )
     ann = data.annotations
     cases = [*data.split["train"], *data.split["val"]]
     dense = data.dataset.cases[0].dense
