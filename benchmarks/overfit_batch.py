@@ -18,6 +18,7 @@ import torch
 
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
+from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module
 from mtlseg.metrics.segmentation import confusion_counts, pooled_scores
 
@@ -41,7 +42,7 @@ def main() -> None:
     opt = torch.optim.Adam(module.parameters(), lr=args.lr or cfg.train.lr)
     batch = next(iter(train_loader(data, args.batch, 0, 0, cfg.train.sampler)))
     for step in range(1, args.steps + 1):
-        loss = module.optimisation_step(batch, opt, step).total
+        loss = module.train_step(batch, step, Optimisation(opt)).total
         if step % args.every == 0:
             with torch.no_grad():
                 logits = module.model(batch["image"])["segmentation"]

@@ -31,6 +31,7 @@ from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.inference import evaluate_cases
 from mtlseg.engine.precision import auto_precision, cpu_flags, cpu_model, has_native_bf16
+from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module, train
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -53,7 +54,7 @@ def _timed(fn) -> float:
 def _step(module, batch, opt, dtype: torch.dtype | None):
     """The public training step, under CPU bf16 autocast for ``bf16``."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        module.optimisation_step(batch, opt)
+        module.train_step(batch, 0, Optimisation(opt))
 
 
 def speed(cfg, data, mode: str, steps: int, compiled: bool) -> dict:

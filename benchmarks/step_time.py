@@ -35,6 +35,7 @@ import torch
 
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data
+from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module, loaders
 
 
@@ -81,7 +82,7 @@ def time_steps(
         _sync(device)
         t = time.perf_counter()
         with torch.autocast(device, dtype=torch.float16, enabled=amp):
-            module.optimisation_step(b, opt, last + i if cfg.train.stages else i)
+            module.train_step(b, last + i if cfg.train.stages else i, Optimisation(opt))
         _sync(device)
         if i >= 5:  # warm-up excluded
             times.append(time.perf_counter() - t)

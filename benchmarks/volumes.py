@@ -24,6 +24,7 @@ import torch
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module
 
 
@@ -55,7 +56,7 @@ def train_step(module, data, batch: int, steps: int, device: str) -> tuple[float
     for i in range(steps + 3):
         _sync(device)
         t = time.perf_counter()
-        module.optimisation_step(batches[i % 3], opt, i)
+        module.train_step(batches[i % 3], i, Optimisation(opt))
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - t)

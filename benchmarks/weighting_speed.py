@@ -34,6 +34,7 @@ import torch
 from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module
 from mtlseg.weighting import WEIGHTINGS
 from mtlseg.weighting.aggregator import AggregatorWeighting
@@ -62,7 +63,7 @@ def build(recipe: str, kind: str, data_path: str, overrides: list[str], data, de
 def step(module: MultiTaskModule, opt, batch, index: int) -> None:
     """One training step through the public step training uses: losses, the weighting's
     update (an aggregator's backward included), the optimiser."""
-    module.optimisation_step(batch, opt, index)
+    module.train_step(batch, index, Optimisation(opt))
 
 
 def main() -> None:

@@ -177,7 +177,7 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
         * torch.nn.functional.cross_entropy(o, mask[:, :: 32 // o.shape[-1], :: 32 // o.shape[-1]])
         for w, o in zip((4 / 7, 2 / 7, 1 / 7), outputs, strict=True)
     )
-    got = module.compute_losses({"image": image, "mask": mask}).losses["segmentation"]
+    got = module.train_step.losses({"image": image, "mask": mask}).losses["segmentation"]
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     # inference reads the full-size logits only, equal to the first output
     assert torch.equal(module.model.segment(image), outputs[0])
@@ -187,7 +187,7 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
         w * torch.nn.functional.cross_entropy(o, resize_labels(mask, o.shape[-2:], "linear"))
         for w, o in zip((4 / 7, 2 / 7, 1 / 7), outputs, strict=True)
     )
-    got = module.compute_losses({"image": image, "mask": mask}).losses["segmentation"]
+    got = module.train_step.losses({"image": image, "mask": mask}).losses["segmentation"]
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -15,6 +15,7 @@ import torch
 from mtlseg.config import FiLMConfig, RunConfig, build_dataclass
 from mtlseg.data.metadata import META_FIELDS
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.step import Optimisation
 from mtlseg.models import BACKBONES, MultiTaskModel, build_backbone
 from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.registry import TINY_PARAMS
@@ -131,7 +132,7 @@ def _task_setup(kind: str):
 @pytest.mark.parametrize("kind", TASKS.names())
 def test_every_task_trains_its_own_head_and_the_backbone(kind):
     module, batch = _task_setup(kind)
-    out = module.compute_losses(batch)
+    out = module.train_step.losses(batch)
     assert all(torch.isfinite(v) for v in out.losses.values()), out.losses
     assert out.losses[kind] > 0
     out.losses[kind].backward()  # this task's loss alone
@@ -147,7 +148,7 @@ def test_every_task_trains_its_own_head_and_the_backbone(kind):
 @pytest.mark.parametrize("kind", TASKS.names())
 def test_every_task_scores_and_survives_a_checkpoint(kind):
     module, batch = _task_setup(kind)
-    module.apply_update(module.compute_losses(batch))
+    module.train_step.backward(module.train_step.losses(batch))
     module.eval()
     with torch.no_grad():
         module.score_batch(batch)
@@ -173,7 +174,7 @@ def test_every_weighting_updates_every_network_part_and_keeps_its_state(kind):
     batch = _batch()
     for step in range(3):
         torch.manual_seed(step)  # random weightings (RLW) draw the same in both
-        module.optimisation_step(batch, opt, step)
+        module.train_step(batch, step, Optimisation(opt))
     for part in (module.model.backbone, module.model.heads["presence"]):
         grads = _grads(part.parameters())
         assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -183,7 +184,7 @@ def test_every_weighting_updates_every_network_part_and_keeps_its_state(kind):
     for m in (module, clone):
         torch.manual_seed(3)
         m.zero_grad(set_to_none=True)
-        m.apply_update(m.compute_losses(batch, 3))
+        m.train_step.backward(m.train_step.losses(batch, 3))
     for (name, p), q in zip(module.named_parameters(), clone.parameters(), strict=True):
         if p.grad is not None:
             assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
@@ -197,10 +198,10 @@ def test_every_weighting_updates_from_a_forward_under_bf16_autocast(kind):
     tasks = [{"kind": "segmentation"}, {"kind": "presence", "params": {"hidden": 8}}]
     module = _module(tasks, weighting=kind)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        step = module.compute_losses(_batch(), 0)
-    assert step.autocast and not module.compute_losses(_batch(), 0).autocast
+        step = module.train_step.losses(_batch(), 0)
+    assert step.autocast and not module.train_step.losses(_batch(), 0).autocast
     module.zero_grad(set_to_none=True)
-    module.apply_update(step)
+    module.train_step.backward(step)
     for part in (module.model.backbone, module.model.heads["presence"]):
         grads = _grads(part.parameters())
         assert grads and all(torch.isfinite(g).all() for g in grads), kind
@@ -216,9 +217,9 @@ def test_every_term_gives_a_finite_loss_and_declares_its_needs(kind):
     batch = _batch()
     if term.needs.mixes_pool:  # two labelled images and two of the pool
         batch["labelled"] = torch.tensor([True, True, False, False])
-    out = module.compute_losses(batch)
+    out = module.train_step.losses(batch)
     assert torch.isfinite(out.losses[kind])
     if not term.needs.masks:  # a term that needs no mask runs on an image without one
         outputs = module.model(batch["image"])
         unlabelled = {k: v for k, v in batch.items() if k != "mask"}
-        assert torch.isfinite(term(outputs, unlabelled, module.term_context(0)))
+        assert torch.isfinite(term(outputs, unlabelled, module.train_step.term_context(0)))

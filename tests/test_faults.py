@@ -105,9 +105,9 @@ def test_bf16_mixed_precision_trains_on_cpu(kvasir_small, tmp_path):
     module = build_module(cfg, data).train()
     batch = next(iter(train_loader(data, cfg.train.batch_size, cfg.train.seed, 0)))
     with torch.no_grad():
-        fp32 = float(module.compute_losses(batch, 0).total)
+        fp32 = float(module.train_step.losses(batch, 0).total)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = float(module.compute_losses(batch, 0).total)
+            bf16 = float(module.train_step.losses(batch, 0).total)
     assert losses["32"] == pytest.approx(fp32, abs=1e-5)
     assert losses["bf16-mixed"] == pytest.approx(bf16, abs=1e-5)
     assert bf16 != fp32

@@ -93,9 +93,9 @@ def test_the_recipe_pretrains_then_fine_tunes():
     cfg = load_config("unet-genesis", [*TINY_UNET])
     module = MultiTaskModule(cfg.to_dict(), 1, ["background", "foreground"])
     batch = {"image": torch.randn(4, 1, 32, 32), "mask": torch.zeros(4, 32, 32, dtype=torch.long)}
-    assert list(module.compute_losses(batch, 0).losses) == ["genesis"]
+    assert list(module.train_step.losses(batch, 0).losses) == ["genesis"]
     # outside a trainer a fraction stage counts steps: step 1 is past 0.3, the fine-tuning
-    assert list(module.compute_losses(batch, 1).losses) == ["segmentation"]
+    assert list(module.train_step.losses(batch, 1).losses) == ["segmentation"]
 
 
 def test_pretraining_without_a_pool_warns_that_it_learns_from_labelled_images(kvasir_small, caplog):

@@ -13,7 +13,8 @@ import torch
 from mtlseg.config import load_config
 from mtlseg.data.budgets import resolve_label_budget
 from mtlseg.engine.data import TwoStreamBatches, prepare_data
-from mtlseg.engine.module import MultiTaskModule, select_rows
+from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.rows import select_rows
 from mtlseg.engine.train import loaders, train
 from mtlseg.errors import ConfigError, DataError
 from tests.conftest import ACDC, TINY_UNET, copy_acdc_cases, require_data
@@ -168,8 +169,8 @@ def test_the_pool_feeds_only_the_tasks_that_learn_without_annotation(kvasir_smal
     assert batch["labelled"].tolist() == [True] * 4 + [False] * 4  # batch 4 + 4 pool images
     module = MultiTaskModule(cfg.to_dict(), data.dataset.in_channels, data.class_names)
     module.eval()  # batch norm on running statistics: rows do not see each other
-    both = module.compute_losses(batch).losses
-    labelled_only = module.compute_losses(select_rows(batch, batch["labelled"])).losses
+    both = module.train_step.losses(batch).losses
+    labelled_only = module.train_step.losses(select_rows(batch, batch["labelled"])).losses
     # segmentation saw the labelled rows only, HOG (label-free) every row
     assert torch.allclose(both["segmentation"], labelled_only["segmentation"])
     assert not torch.allclose(both["hog"], labelled_only["hog"])

@@ -62,7 +62,7 @@ def test_multitask_model_outputs_one_entry_per_task(recipe, stages, sizes):
     assert list(out) == ["segmentation", *deep, "hog"]
     seg = [out[k] for k in ["segmentation", *deep]]
     assert [tuple(o.shape) for o in seg] == [(2, 3, n, n) for n in sizes]
-    assert out["hog"].shape == (stages, 2, 512)
+    assert out["hog"].shape == (2, stages, 512)  # batch-first
     batch = {"image": torch.randn(2, 1, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
     losses = {t.name: t.loss(t.output(out), t.target(batch)) for t in tasks}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())

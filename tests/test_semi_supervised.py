@@ -11,6 +11,7 @@ from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import load_module
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import loaders, train
 from mtlseg.errors import ConfigError
 from mtlseg.terms.mean_teacher import sigmoid_rampup
@@ -45,7 +46,7 @@ def test_the_teacher_is_torchs_ema_of_the_student_with_the_mean_teacher_ramp():
     name = "backbone.out.conv.conv.weight"
     seen = []
     for step in range(3):
-        module.optimisation_step(_batch(), opt, step)
+        module.train_step(_batch(), step, Optimisation(opt))
         seen.append(dict(module.model.named_parameters())[name].detach().clone())
     # update n (from 0): a copy first, then a = min(1 - 1/(n + 1), 0.99): 1/2, 2/3
     expected = seen[0]
@@ -59,9 +60,9 @@ def test_the_teacher_is_torchs_ema_of_the_student_with_the_mean_teacher_ramp():
 def test_the_consistency_is_zero_when_teacher_and_student_agree_and_trains_the_student_only():
     module = _module("terms.0.params.noise=0.0")
     batch = _batch()
-    module.update_teacher()  # the first update copies the student
+    module.teacher.follow(module.model)  # the first update copies the student
     module.eval()  # batch norm on running statistics: teacher and student compute alike
-    ctx = module.term_context(0)
+    ctx = module.train_step.term_context(0)
     ctx.progress = 1.0  # past the ramp-up: weight 1
     (term,) = module.terms
     outputs = module.model(batch["image"])
@@ -99,7 +100,7 @@ def test_the_teachers_noise_is_a_share_of_each_cases_intensity_range():
     batch = {**_batch(), "intensity_range": torch.tensor([1.0, 1.0, 2.0, 8.0])}
     outputs = module.model(batch["image"])
     for ranges in (torch.tensor([1.0, 1.0, 1.0, 1.0]), batch["intensity_range"]):
-        ctx = module.term_context(0)  # the same step: the same draw of noise
+        ctx = module.train_step.term_context(0)  # the same step: the same draw of noise
         ctx.teacher = teacher
         term(outputs, {**batch, "intensity_range": ranges}, ctx)
     pool = batch["image"][~batch["labelled"]]
@@ -333,21 +334,21 @@ def test_bcp_pretrains_then_self_trains_from_the_pretrained_student_as_teacher()
     module = MultiTaskModule(cfg.to_dict(), 3, CLASSES).train()
     opt = torch.optim.SGD(module.model.parameters(), lr=0.1)
     assert module.seg_task.name in module.terms[0].replaces
-    out = module.optimisation_step(_batch(6, 4), opt, 0)
+    out = module.train_step(_batch(6, 4), 0, Optimisation(opt))
     assert set(out.losses) == {"bcp-pretrain"}, "the segmentation's own loss is not computed"
-    module.optimisation_step(_batch(6, 4), opt, 1)
+    module.train_step(_batch(6, 4), 1, Optimisation(opt))
     student = {k: v.clone() for k, v in module.model.state_dict().items()}
-    module.enter_stage(2)  # the self-training stage starts: the teacher is the student
+    module.train_step.enter_stage(2)  # the self-training stage starts: the teacher is the student
     for k, v in module.teacher.module.state_dict().items():
         assert torch.equal(v, student[k]), k
-    out = module.optimisation_step(_batch(6, 4), opt, 2)
+    out = module.train_step(_batch(6, 4), 2, Optimisation(opt))
     assert set(out.losses) == {"bcp"}
     name = "backbone.out.conv.conv.weight"
     after = dict(module.model.named_parameters())[name].detach()
     # a fixed decay from the pre-trained copy: 0.99 teacher + 0.01 student
     want = 0.99 * student[name] + 0.01 * after
     assert torch.allclose(dict(module.teacher.module.named_parameters())[name], want, atol=1e-6)
-    module.enter_stage(3)  # within a stage: no reset
+    module.train_step.enter_stage(3)  # within a stage: no reset
     assert not torch.equal(dict(module.teacher.module.named_parameters())[name], after)
 
 
@@ -394,18 +395,18 @@ def test_separate_pool_forward_keeps_batch_norm_to_each_group_and_the_batch_orde
     batch["labelled"] = torch.tensor([False, True, False, True, True, False])
     rows = batch["labelled"]
     x = batch["image"]
-    outputs, _ = module._forward(x, batch)
+    outputs, _ = module.train_step.pool_forward(module.model, x, batch)
     seg = module.seg_task.name
     alone_labelled, _ = module.model.forward_with_features(x[rows])
     alone_pool, _ = module.model.forward_with_features(x[~rows])
     assert torch.allclose(outputs[seg][rows], alone_labelled[seg], atol=1e-6)
     assert torch.allclose(outputs[seg][~rows], alone_pool[seg], atol=1e-6)
     joint = _module("train.pool_forward=joint", "model.params.dropout=null")
-    joint_out, _ = joint._forward(x, batch)
+    joint_out, _ = joint.train_step.pool_forward(joint.model, x, batch)
     assert not torch.allclose(joint_out[seg][rows], alone_labelled[seg], atol=1e-3)
     # a loss through the merged outputs reaches every parameter group as a joint one does
-    out = module.compute_losses(batch, 0)
-    module.apply_update(out)
+    out = module.train_step.losses(batch, 0)
+    module.train_step.backward(out)
     assert all(p.grad is not None for p in module.model.backbone.parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="train.pool_forward: expected joint or separate"):
         load_config("unet-mean-teacher", ["train.pool_forward=apart"])

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from mtlseg.errors import MtlsegError
@@ -419,34 +420,25 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mtlseg import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="mtlseg",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _with_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. train.max_steps=100 (repeatable)",
     )
-    parser.add_argument("--version", action="version", version=f"mtlseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_set(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a recipe key, e.g. train.max_steps=100 (repeatable)",
-        )
-        return p
 
-    p = with_set(sub.add_parser("recipes", help="list the shipped recipes"))
+def _recipes_args(p: argparse.ArgumentParser) -> None:
+    _with_set(p)
     p.add_argument("--verbose", action="store_true", help="also count each model's parameters")
     p.add_argument("--channels", type=int, default=3, help="input channels assumed for counting")
     p.add_argument("--classes", type=int, default=2, help="segmentation classes (background too)")
-    p.set_defaults(func=cmd_recipes)
-    p = with_set(sub.add_parser("train", help="train a recipe on a dataset"))
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _with_set(p)
     p.add_argument(
         "--recipe", required=True, help="recipe name (see `mtlseg recipes`) or YAML file"
     )
@@ -458,16 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run Lightning's learning-rate finder first and train with its suggestion",
     )
-    p.set_defaults(func=cmd_train)
-    p = with_set(sub.add_parser("lr-find", help="learning-rate range test (Lightning's finder)"))
+
+
+def _lr_find_args(p: argparse.ArgumentParser) -> None:
+    _with_set(p)
     p.add_argument("--recipe", required=True, help="recipe name or YAML file")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="folder for lr_find.png and lr_find.json")
     p.add_argument("--steps", type=int, default=100, help="training steps of the range test")
     p.add_argument("--min-lr", type=float, default=1e-6, help="the range's lowest rate")
     p.add_argument("--max-lr", type=float, default=1.0, help="the range's highest rate")
-    p.set_defaults(func=cmd_lr_find)
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split or on any data")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="an mtlseg checkpoint (.ckpt)")
     p.add_argument("--data", required=True, help="the dataset to score it on")
     p.add_argument(
@@ -481,18 +476,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
     _empty_arg(p, "the run's metrics.empty (default exclude)")
     _inference_args(p)
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser(
-        "evaluate-folder", help="score a folder of predicted masks against ground truth"
-    )
+
+
+def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted masks (PNG/TIFF/NIfTI)")
     p.add_argument("--gt", required=True, help="ground-truth masks with the same file stems")
     p.add_argument("--labels", help="nnU-Net dataset.json naming the classes")
     p.add_argument("--out", help="write the summary as JSON here, per case beside it")
     p.add_argument("--no-hd95", action="store_true", help="skip the (slow) Hausdorff distance")
     _empty_arg(p, "exclude")
-    p.set_defaults(func=cmd_evaluate_folder)
-    p = sub.add_parser("predict", help="predicted masks for images or volumes")
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="an mtlseg checkpoint")
     source.add_argument(
@@ -501,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="an image/NIfTI file or a folder of them")
     p.add_argument("--out", required=True, help="folder for the predicted masks")
     _inference_args(p)
-    p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("export", help="a checkpoint as ONNX or a torch.export program")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="an mtlseg checkpoint (.ckpt)")
     p.add_argument("--format", required=True, help="onnx or torch-export (torch.export's program)")
     p.add_argument("--out", required=True, help="the file to write (.onnx, .pt2)")
@@ -513,8 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="graph: the file takes raw images and normalises each (2D images); outside: it "
         "takes normalised images (volumes, which mtlseg normalises per case)",
     )
-    p.set_defaults(func=cmd_export)
-    p = with_set(sub.add_parser("compare", help="train recipes x seeds on one split and compare"))
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    _with_set(p)
     p.add_argument("--recipes", nargs="+", required=True, help="the first one is the baseline")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every recipe (default 3)")
@@ -550,68 +548,66 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take the --grid keys' values side by side (the i-th of each) instead of their product",
     )
-    p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("study", help="run a study file's missing runs, or report its tables")
-    study = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
-    for action, text in (
-        ("run", "train and record every run the study still lacks"),
-        ("report", "the study's tables from its records"),
-    ):
-        q = study.add_parser(action, help=text, description=text)
-        q.add_argument("study", help="the study file (YAML)")
-        q.add_argument("--data", help="the dataset, replacing the study file's data")
-        q.add_argument(
-            "--store", default="results", help="the results store folder (default: results)"
-        )
-        q.set_defaults(func=cmd_study_run if action == "run" else cmd_study_report)
-        if action == "run":
-            q.add_argument(
-                "--work",
-                default="runs/studies",
-                help="where run folders and checkpoints go (default: runs/studies)",
-            )
-            q.add_argument(
-                "--parallel", type=int, default=1, help="runs at a time, one thread each"
-            )
-            q.add_argument("--max-runs", type=int, help="stop after this many runs")
-            q.add_argument(
-                "--max-minutes",
-                type=float,
-                help="stop after this many minutes, between runs or mid-run (resumable)",
-            )
-            q.add_argument(
-                "--launcher",
-                choices=("local", "submitit"),
-                default="local",
-                help="local: lanes are processes here; submitit: lanes are scheduler jobs "
-                "(SLURM where sbatch is found, else local; pip install 'mtlseg[slurm]')",
-            )
-            q.add_argument(
-                "--launcher-set",
-                action="append",
-                default=[],
-                metavar="KEY=VALUE",
-                help="a submitit executor parameter, e.g. slurm_partition=gpu (repeatable)",
-            )
-            q.add_argument("--lane-budget", help=argparse.SUPPRESS)
-        else:
-            q.add_argument(
-                "--page",
-                help="write the tables between the study's markers in this page (default: the "
-                "study's page, else print them)",
-            )
-            q.add_argument(
-                "--figures", help="also draw curves-<budget>.png and efficiency.png here"
-            )
-            q.add_argument(
-                "--check",
-                action="store_true",
-                help="fail when the page differs from the records, write nothing",
-            )
-    p = with_set(sub.add_parser("check-data", help="report every problem in a dataset"))
+
+
+def _study_common_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("study", help="the study file (YAML)")
+    q.add_argument("--data", help="the dataset, replacing the study file's data")
+    q.add_argument("--store", default="results", help="the results store folder (default: results)")
+
+
+def _study_run_args(q: argparse.ArgumentParser) -> None:
+    _study_common_args(q)
+    q.add_argument(
+        "--work",
+        default="runs/studies",
+        help="where run folders and checkpoints go (default: runs/studies)",
+    )
+    q.add_argument("--parallel", type=int, default=1, help="runs at a time, one thread each")
+    q.add_argument("--max-runs", type=int, help="stop after this many runs")
+    q.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this many minutes, between runs or mid-run (resumable)",
+    )
+    q.add_argument(
+        "--launcher",
+        choices=("local", "submitit"),
+        default="local",
+        help="local: lanes are processes here; submitit: lanes are scheduler jobs "
+        "(SLURM where sbatch is found, else local; pip install 'mtlseg[slurm]')",
+    )
+    q.add_argument(
+        "--launcher-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a submitit executor parameter, e.g. slurm_partition=gpu (repeatable)",
+    )
+    q.add_argument("--lane-budget", help=argparse.SUPPRESS)
+
+
+def _study_report_args(q: argparse.ArgumentParser) -> None:
+    _study_common_args(q)
+    q.add_argument(
+        "--page",
+        help="write the tables between the study's markers in this page (default: the "
+        "study's page, else print them)",
+    )
+    q.add_argument("--figures", help="also draw curves-<budget>.png and efficiency.png here")
+    q.add_argument(
+        "--check",
+        action="store_true",
+        help="fail when the page differs from the records, write nothing",
+    )
+
+
+def _check_data_args(p: argparse.ArgumentParser) -> None:
+    _with_set(p)
     p.add_argument("data", help="dataset folder")
-    p.set_defaults(func=cmd_check_data)
-    p = sub.add_parser("download", help="fetch a public dataset and lay it out for mtlseg")
+
+
+def _download_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="dataset name (see --list)")
     p.add_argument("--list", action="store_true", help="list the datasets mtlseg knows")
     p.add_argument(
@@ -628,8 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing folder NAME/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_download)
-    p = with_set(sub.add_parser("demo", help="short unet vs unet-hog comparison on real data"))
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    _with_set(p)
     p.add_argument(
         "--data",
         help="folder holding kvasir-seg/ (default: $MTLSEG_DATA, ../shared/data, the cache; "
@@ -641,7 +639,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1000)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per recipe (default 1)")
-    p.set_defaults(func=cmd_demo)
+
+
+# a command: (name, help, what adds its arguments, what runs it; None: its actions do)
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., None] | None]
+STUDY_ACTIONS: list[Command] = [
+    ("run", "train and record every run the study still lacks", _study_run_args, cmd_study_run),
+    ("report", "the study's tables from its records", _study_report_args, cmd_study_report),
+]
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    for action, text, add_args, func in STUDY_ACTIONS:
+        q = actions.add_parser(action, help=text, description=text)
+        add_args(q)
+        q.set_defaults(func=func)
+
+
+COMMANDS: list[Command] = [
+    ("recipes", "list the shipped recipes", _recipes_args, cmd_recipes),
+    ("train", "train a recipe on a dataset", _train_args, cmd_train),
+    ("lr-find", "learning-rate range test (Lightning's finder)", _lr_find_args, cmd_lr_find),
+    (
+        "evaluate",
+        "metrics of a checkpoint on a split or on any data",
+        _evaluate_args,
+        cmd_evaluate,
+    ),
+    (
+        "evaluate-folder",
+        "score a folder of predicted masks against ground truth",
+        _evaluate_folder_args,
+        cmd_evaluate_folder,
+    ),
+    ("predict", "predicted masks for images or volumes", _predict_args, cmd_predict),
+    ("export", "a checkpoint as ONNX or a torch.export program", _export_args, cmd_export),
+    ("compare", "train recipes x seeds on one split and compare", _compare_args, cmd_compare),
+    ("study", "run a study file's missing runs, or report its tables", _study_args, None),
+    ("check-data", "report every problem in a dataset", _check_data_args, cmd_check_data),
+    ("download", "fetch a public dataset and lay it out for mtlseg", _download_args, cmd_download),
+    ("demo", "short unet vs unet-hog comparison on real data", _demo_args, cmd_demo),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """mtlseg's parser: one subcommand per row of ``COMMANDS``, in the order ``--help``
+    lists them."""
+    from mtlseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mtlseg",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mtlseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text, add_args, func in COMMANDS:
+        p = sub.add_parser(name, help=text)
+        add_args(p)
+        if func is not None:
+            p.set_defaults(func=func)
     return parser
 
 

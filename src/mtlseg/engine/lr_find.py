@@ -49,7 +49,7 @@ def find_lr(
         default_root_dir=out,
         accelerator=cfg.train.accelerator,
         devices=1,
-        precision=trainer_precision(cfg.train.precision, cfg.train.accelerator),
+        **trainer_precision(cfg.train.precision, cfg.train.accelerator),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -1,29 +1,30 @@
-"""The LightningModule: wires model, tasks and weighting; Lightning owns the loop."""
+"""The LightningModule: wires model, tasks, terms and weighting; Lightning runs the loop,
+``engine.step.TrainingStep`` each optimiser step (manual optimisation)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from monai.inferers import sliding_window_inference
-from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size, with_saved_defaults
-from mtlseg.distributed import average_over_processes
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.requirements import check_requirements
+from mtlseg.engine.rows import PoolForward
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.engine.stages import StagePlan
-from mtlseg.errors import ConfigError, TrainingError
+from mtlseg.engine.step import Optimisation, TrainingStep
+from mtlseg.engine.teacher import build_teacher
+from mtlseg.errors import ConfigError
 from mtlseg.metrics import SegmentationMetrics
 from mtlseg.models import MultiTaskModel, build_backbone
 from mtlseg.models.film import FiLMGenerator
@@ -31,20 +32,10 @@ from mtlseg.models.inputs import INPUTS
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.tasks.base import Task
 from mtlseg.tasks.segmentation import SegmentationTask
-from mtlseg.terms import TERMS, Term, TermContext, build_terms
-from mtlseg.weighting import BackwardContext, build_weighting
+from mtlseg.terms import TERMS, Term, build_terms
+from mtlseg.weighting import build_weighting
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepLosses:
-    """What a training step's forward gives its backward."""
-
-    losses: dict[str, torch.Tensor]  # per task and cross-task term, unweighted
-    features: dict[str, torch.Tensor]  # the backbone's (gradient methods read them)
-    total: torch.Tensor  # the weighting's combination of ``losses``
-    autocast: bool = False  # the forward ran under a bf16/fp16 autocast (mixed precision)
 
 
 def build_model_and_tasks(
@@ -186,9 +177,17 @@ class MultiTaskModule(pl.LightningModule):
                 f"weighting {self.cfg.weighting.kind!r} needs the {self.tasks[0].name!r} loss "
                 f"every step; terms {', '.join(replacing)} replace it (use weighting fixed)"
             )
-        self._pending: StepLosses | None = None
-        self._run_progress: RunProgress | None = None
-        self.stages = StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr)
+        self.automatic_optimization = False  # the step is ours: ``training_step`` runs it
+        self.train_step = TrainingStep(
+            self.model,
+            self.tasks,
+            self.terms,
+            self.weighting,
+            self.teacher,
+            StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr),
+            PoolForward(self.cfg.train.pool_forward),
+            self.cfg.train.seed,
+        )
         self.val_metrics = SegmentationMetrics(
             self.class_names, self.seg_task.params.ignore_index, self.cfg.metrics.empty
         )
@@ -228,7 +227,7 @@ class MultiTaskModule(pl.LightningModule):
         """The network inference runs: the student, or the EMA teacher where the recipe says
         ``model.predict_with: teacher`` and a term keeps one."""
         if self.cfg.model.predict_with == "teacher" and self.teacher is not None:
-            return cast(MultiTaskModel, self.teacher.module)
+            return self.teacher.network
         return self.model
 
     def _segment_once(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
@@ -261,219 +260,33 @@ class MultiTaskModule(pl.LightningModule):
             pad += [0, -size % m]
         return F.pad(x, pad) if any(pad) else x
 
-    def compute_losses(self, batch: dict[str, Any], step: int | None = None) -> StepLosses:
-        """The public training step's forward: every task's and cross-task term's loss that
-        trains at ``step`` (all when None), the backbone's features, and the weighting's
-        total (what is logged as ``train/loss``). A non-finite loss is an error naming it."""
-        tasks, terms = self.tasks, self.terms
-        if step is not None:
-            self.enter_stage(step)
-            names = self.stages.active(step, [t.name for t in tasks], "tasks")
-            tasks = [t for t in tasks if t.name in names]
-            names = self.stages.active(step, [t.name for t in terms], "terms")
-            terms = [t for t in terms if t.name in names]
-        replaced = {name for term in terms for name in term.replaces}
-        tasks = [t for t in tasks if t.name not in replaced]
-        outputs: dict[str, Any] = {}
-        features: dict[str, torch.Tensor] = {}
-        if tasks or any(term.reads_outputs for term in terms):
-            x = batch["image"]
-            g = self.step_generator(step or 0, salt=1)
-            for task in tasks:  # e.g. denoising trains every task on a noisy input
-                x = task.training_input(x, g)
-            outputs, features = self._forward(x, batch)
-        # a task that needs an annotation learns from the labelled rows only (the pool's
-        # rows carry zero masks for batching, never read)
-        labelled = batch.get("labelled")
-        annotated = (outputs, batch)
-        if labelled is not None and not bool(labelled.all()):
-            annotated = (select_rows(outputs, labelled), select_rows(batch, labelled))
-        losses = {}
-        for t in tasks:
-            out, b = (outputs, batch) if t.needs.reads_whole_batch else annotated
-            losses[t.name] = t.loss(t.output(out), t.target(b))
-        ctx = self.term_context(step or 0)
-        for term in terms:
-            out, b = (outputs, batch) if term.needs.reads_whole_batch else annotated
-            losses[term.name] = term(out, b, ctx)
-        for name, value in losses.items():
-            if not torch.isfinite(value):
-                raise TrainingError(
-                    f"step {step}: loss of task {name!r} is {value.item()} "
-                    "(lower train.lr, or check the data for extreme values)"
-                )
-        total = self.weighting(losses, step or 0, self.current_epoch)
-        autocast = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
-        return StepLosses(losses, features, total, autocast)
-
-    def _forward(
-        self, x: torch.Tensor, batch: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """The training forward. ``train.pool_forward: separate`` (default) runs the labelled
-        rows and the pool's rows as two batches, so batch norm never normalises one with the
-        other's statistics; ``joint`` (SSL4MIS's way) runs them as one batch, which lets the
-        network set the labelled rows apart in its deep batch-norm layers (docs/archive.md,
-        "Batch norm and the pool")."""
-        labelled = batch.get("labelled")
-        meta = batch.get("meta")
-        if (
-            self.cfg.train.pool_forward == "joint"
-            or labelled is None
-            or bool(labelled.all())
-            or not bool(labelled.any())
-        ):
-            return self.model.forward_with_features(x, meta)
-        parts = [
-            self.model.forward_with_features(
-                x[rows], meta[rows] if isinstance(meta, torch.Tensor) else meta
-            )
-            for rows in (labelled, ~labelled)
-        ]
-        order = torch.cat([labelled.nonzero()[:, 0], (~labelled).nonzero()[:, 0]])
-        inverse = torch.argsort(order)
-        return (
-            merge_rows(parts[0][0], parts[1][0], inverse),
-            merge_rows(parts[0][1], parts[1][1], inverse),
-        )
-
-    def enter_stage(self, step: int) -> None:
-        """What a stage does at its first step: a stage with ``reset_teacher`` makes the EMA
-        teacher a copy of the student (decided by the step alone, so a resumed run does it
-        exactly once)."""
-        stage = self.stages.stage(step)
-        if self.teacher is None or stage is None or not stage.reset_teacher:
-            return
-        if self.stages.starts(step):
-            with torch.no_grad():
-                for mine, theirs in zip(
-                    self.teacher.module.state_dict().values(),
-                    self.model.state_dict().values(),
-                    strict=True,
-                ):
-                    mine.copy_(theirs)
-            self.teacher.n_averaged.fill_(1)  # the copy counts as its first average
-
-    def apply_update(self, step: StepLosses, scale: float = 1.0) -> None:
-        """The public training step's backward: fill every parameter's ``.grad`` as the
-        weighting decides (loss weightings differentiate the total, an aggregator combines
-        the task gradients). ``scale``: the AMP loss scale ``step.total`` already carries."""
-        ctx = BackwardContext(
-            shared_params=self.model.shared_parameters(),
-            task_params=self.model.task_parameters(),
-            features=step.features,
-            scale=scale,
-            shared_feature=self.model.backbone.shared_feature,
-            mixed_precision=step.autocast,
-        )
-        self.weighting.backward(step.losses, step.total, ctx)
-        if self.weighting.syncs_gradients:  # DDP's reducer is off for it (on_train_start)
-            average_over_processes([p.grad for p in self.parameters() if p.grad is not None])
-
-    def optimisation_step(
-        self, batch: dict[str, Any], optimizer: torch.optim.Optimizer, step: int = 0
-    ) -> StepLosses:
-        """One whole training step outside Lightning (benchmarks, tools): ``compute_losses``,
-        ``apply_update``, ``optimizer.step()``, the teacher's update; no AMP scaling, no
-        gradient clipping."""
-        out = self.compute_losses(batch, step)
-        optimizer.zero_grad(set_to_none=True)
-        self.apply_update(out)
-        optimizer.step()
-        self.update_teacher()
-        return out
-
-    def update_teacher(self) -> None:
-        """The EMA teacher follows the student after each optimiser step (if there is one)."""
-        if self.teacher is not None:
-            self.teacher.update_parameters(self.model)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.update_teacher()
-
-    def term_context(self, step: int) -> TermContext:
-        """What the terms may use this step: progress, the student's and teacher's forward."""
-        teacher = None
-        if self.teacher is not None:
-            network = cast(MultiTaskModel, self.teacher.module)
-
-            def teacher(x: torch.Tensor, meta: torch.Tensor | None = None) -> dict:
-                with torch.no_grad():
-                    return network(x, meta)
-
-        generator = self.step_generator(step)
-        return TermContext(step, self._progress_now(step), self.model, teacher, generator)
-
-    def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded by the run's seed, the step, the process and ``salt`` (one
-        stream per user): a resumed run draws what an uninterrupted one did."""
-        seed = (self.cfg.train.seed * 1_000_003 + step) * 64 + self.global_rank
-        return torch.Generator().manual_seed(seed * 8 + salt if salt else seed)
-
-    def _progress_now(self, step: int) -> float:
-        """The run's progress at ``step`` in [0, 1] (the LR schedule's measure)."""
-        if self._trainer is None:
-            return 0.0
-        if self._run_progress is None:
-            self._run_progress = self._progress()
-        return float(self._run_progress(step))
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.compute_losses(batch, self.global_step)
-        self._pending = out  # for backward: gradient methods need the losses and features
+        """One optimiser step (``TrainingStep``) through Lightning's optimiser (which counts
+        it) and precision (AMP's scale, DDP's reducer by ``manual_backward``), then the
+        schedule's step; logs the losses."""
+        optimizer = cast(LightningOptimizer, self.optimizers())
         bs = batch["image"].shape[0]
+        step = self.global_step
+        self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=bs)
+        optimisation = Optimisation(
+            optimizer.optimizer,
+            step=optimizer.step,
+            scaler=getattr(self.trainer.precision_plugin, "scaler", None),
+            clip=self.cfg.train.grad_clip,
+            backward=self.manual_backward,
+        )
+        out = self.train_step(batch, step, optimisation, self.current_epoch)
+        cast(Any, self.lr_schedulers()).step()
         self.log_dict({f"train/loss_{k}": v.detach() for k, v in out.losses.items()}, batch_size=bs)
         self.log("train/loss", out.total.detach(), prog_bar=True, batch_size=bs)
-        if self._trainer is not None:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         if self.cfg.train.stages:
-            self.log("train/stage", float(self.stages.index(self.global_step)), batch_size=bs)
-        return out.total
-
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Lightning's backward hook: ``apply_update`` with the step's losses; ``loss`` is
-        the total, already scaled under AMP."""
-        if self._pending is None:  # not from training_step (e.g. Lightning's LR finder internals)
-            loss.backward(*args, **kwargs)
-            return
-        step, self._pending = self._pending, None
-        self.apply_update(dataclasses.replace(step, total=loss), self._loss_scale())
-
-    def _loss_scale(self) -> float:
-        """The AMP grad scaler's current factor (1 without one)."""
-        if self._trainer is None:
-            return 1.0
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-
-    def _ddp_without_reducer(self) -> DistributedDataParallel | None:
-        """The DDP wrapper when the weighting syncs gradients itself (None otherwise)."""
-        ddp = self.trainer.strategy.model if self._trainer is not None else None
-        if self.weighting.syncs_gradients and isinstance(ddp, DistributedDataParallel):
-            return ddp
-        return None
-
-    def on_train_start(self) -> None:
-        """Under DDP, a weighting that reads gradients averages them itself: DDP's reducer,
-        which would average each process's own gradients during backward, is switched off."""
-        if (ddp := self._ddp_without_reducer()) is not None:
-            ddp.require_backward_grad_sync = False
-
-    def _broadcast_buffers_at_next_forward(self) -> None:
-        """Without its reducer DDP stops broadcasting the first process's buffers (BatchNorm
-        statistics) before each forward; ask for it, as it does with the reducer on."""
-        if (ddp := self._ddp_without_reducer()) is not None:
-            ddp.require_forward_param_sync = True
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._broadcast_buffers_at_next_forward()
-
-    def on_validation_start(self) -> None:
-        self._broadcast_buffers_at_next_forward()
-
-    def on_after_backward(self) -> None:
-        logs = self.weighting.logs()
-        if logs:
+            self.log("train/stage", float(self.train_step.stages.index(step)), batch_size=bs)
+        if logs := self.weighting.logs():
             self.log_dict({f"train/{k}": v for k, v in logs.items()})
+        return out.total.detach()  # Lightning's LR finder reads it
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[STEP_OWNER_KEY] = STEP_OWNER  # ``engine.train.check_resumable`` reads it
 
     @property
     def val_aux_tasks(self) -> list[Task]:
@@ -500,7 +313,7 @@ class MultiTaskModule(pl.LightningModule):
                 cast(Metric, self.task_metrics[task.name]).update(
                     task.metric_input(outputs[task.name]), task.metric_target(target)
                 )
-        ctx = self.term_context(self.global_step if self._trainer is not None else 0)
+        ctx = self.train_step.term_context(self.global_step)
         losses.update({term.name: term(outputs, batch, ctx) for term in self.terms})
         return losses
 
@@ -544,16 +357,17 @@ class MultiTaskModule(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train, self.lr)
         progress = self._progress()
-        if self._trainer is not None:
-            self.stages = StagePlan(
-                self.cfg.train.stages,
-                self.tasks[0].name,
-                self.cfg.train.lr,
-                steps_per_epoch=_steps_per_epoch(self.trainer),
-                progress=progress,
-            )
+        step = self.train_step
+        step.progress = progress
+        step.stages = StagePlan(
+            self.cfg.train.stages,
+            self.tasks[0].name,
+            self.cfg.train.lr,
+            steps_per_epoch=_steps_per_epoch(self.trainer),
+            progress=progress,
+        )
         scheduler = build_scheduler(
-            self.cfg.train, optimizer, progress, self.stages.lr_factor, self.stages.schedule
+            self.cfg.train, optimizer, progress, step.stages.lr_factor, step.stages.schedule
         )
         return {
             "optimizer": optimizer,
@@ -562,8 +376,6 @@ class MultiTaskModule(pl.LightningModule):
 
     def _progress(self) -> RunProgress:
         """Run progress from the planned steps and, with ``train.max_minutes``, the clock."""
-        if self._trainer is None:
-            return RunProgress(1)
         total = self.trainer.estimated_stepping_batches
         timer = next((c for c in trainer_callbacks(self.trainer) if isinstance(c, Timer)), None)
         minutes = self.cfg.train.max_minutes
@@ -574,68 +386,8 @@ class MultiTaskModule(pl.LightningModule):
         )
 
 
-def build_teacher(model: MultiTaskModel, terms: list[Term]) -> AveragedModel | None:
-    """The EMA teacher the terms ask for (one, shared), or None. torch's ``AveragedModel``
-    over parameters and buffers (batch-norm statistics) alike, averaged as the terms'
-    ``TeacherSpec`` says; checkpointed with the module."""
-    specs = {t.teacher for t in terms if t.teacher is not None}
-    if not specs:
-        return None
-    if len(specs) > 1:
-        raise ConfigError(
-            "terms: one EMA teacher is kept; the terms ask for "
-            + ", ".join(f"decay {s.decay} (ramp {s.ramp})" for s in specs)
-        )
-    spec = specs.pop()
-
-    def ema(teacher: torch.Tensor, student: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
-        a = min(1.0 - 1.0 / (float(n) + 1.0), spec.decay) if spec.ramp else spec.decay
-        return a * teacher + (1.0 - a) * student
-
-    teacher = AveragedModel(model, avg_fn=ema, use_buffers=True)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
-
-
-def select_rows(value: Any, rows: torch.Tensor) -> Any:
-    """``value`` (a batch or the model's outputs: tensors, lists, dicts of them) restricted to
-    the samples where ``rows`` (B,) is true: dim 0 of tensors and lists of length B."""
-    n = rows.shape[0]
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[rows]
-    if isinstance(value, dict):
-        return {k: select_rows(v, rows) for k, v in value.items()}
-    if isinstance(value, list) and len(value) == n:
-        keep = rows.tolist()
-        return [v for v, k in zip(value, keep, strict=True) if k]
-    return value
-
-
-def merge_rows(first: Any, second: Any, inverse: torch.Tensor) -> Any:
-    """The outputs of two row groups put back in batch order (``inverse``: the batch position
-    of each row of ``first`` then ``second``, argsorted); the inverse of ``select_rows``. A
-    tensor's row dimension is its first one whose sizes are the two groups' (dim 1 of a
-    stack of per-stage outputs, (stages, B, ...))."""
-    if isinstance(first, torch.Tensor) and first.dim() > 0:
-        n = len(inverse)
-        for dim in range(first.dim()):
-            if first.shape[dim] + second.shape[dim] == n and all(
-                a == b
-                for d, (a, b) in enumerate(zip(first.shape, second.shape, strict=True))
-                if d != dim
-            ):
-                joined = torch.cat([first, second], dim)
-                return joined.index_select(dim, inverse.to(first.device))
-        raise ValueError(f"no row dimension in outputs of shapes {first.shape}, {second.shape}")
-    if isinstance(first, dict):
-        return {k: merge_rows(v, second[k], inverse) for k, v in first.items()}
-    if isinstance(first, list) and len(first) + len(second) == len(inverse):
-        items = [*first, *second]
-        return [items[i] for i in inverse.tolist()]
-    if isinstance(first, list):  # a list of per-row tensors (e.g. side outputs)
-        return [merge_rows(a, b, inverse) for a, b in zip(first, second, strict=True)]
-    return first
+# new checkpoints say that mtlseg's training step counted their steps (manual optimisation)
+STEP_OWNER_KEY, STEP_OWNER = "mtlseg_step", "manual-optimisation"
 
 
 def trainer_callbacks(trainer: Any) -> list[Any]:

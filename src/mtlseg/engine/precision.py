@@ -19,10 +19,12 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from mtlseg.errors import ConfigError
 
@@ -171,7 +173,26 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
     return "32" if precision == "32-true" else precision
 
 
-def trainer_precision(precision: str | int, accelerator: str = "auto") -> Any:
-    """``train.precision``, resolved, as Lightning's Trainer takes it (one of its literals)."""
+class ScaledByTheStep(MixedPrecision):
+    """Lightning's 16-mixed, where mtlseg's training step unscales the gradients (to clip
+    them, ``engine.step.Optimisation``) before Lightning's optimiser step: the step goes
+    through the scaler (skipped on overflow) and the scaler updates, as in torch's AMP
+    recipe; unscaling twice would be an error."""
+
+    def optimizer_step(  # type: ignore[override]
+        self, optimizer: Any, model: Any, closure: Callable[[], Any], **kwargs: Any
+    ) -> Any:
+        closure()
+        assert self.scaler is not None  # 16-mixed always has one
+        result = self.scaler.step(optimizer, **kwargs)
+        self.scaler.update()
+        return result
+
+
+def trainer_precision(precision: str | int, accelerator: str = "auto") -> dict[str, Any]:
+    """``train.precision``, resolved, as Lightning's Trainer takes it: ``{"precision": ...}``
+    (one of its literals), or for 16-mixed ``{"plugins": [ScaledByTheStep]}``."""
     resolved = resolve_precision(precision, accelerator)
-    return "32-true" if resolved == "32" else resolved
+    if resolved == "16-mixed":
+        return {"plugins": [ScaledByTheStep("16-mixed", "cuda", torch.amp.GradScaler("cuda"))]}
+    return {"precision": "32-true" if resolved == "32" else resolved}

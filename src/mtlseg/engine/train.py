@@ -38,7 +38,7 @@ from mtlseg.engine.data import (
     write_split_file,
 )
 from mtlseg.engine.loggers import build_loggers
-from mtlseg.engine.module import MultiTaskModule, trainer_callbacks
+from mtlseg.engine.module import STEP_OWNER, STEP_OWNER_KEY, MultiTaskModule, trainer_callbacks
 from mtlseg.engine.precision import resolve_precision, trainer_precision
 from mtlseg.engine.requirements import check_requirements, unlabelled_batch_size
 from mtlseg.errors import ConfigError, DataError, MtlsegError
@@ -115,6 +115,7 @@ def build_trainer(cfg: RunConfig, out: Path, extra: Sequence[pl.Callback] = ()) 
         raise ConfigError("train: set max_steps, max_epochs or max_minutes (all are unlimited now)")
     if t.max_minutes is not None and t.max_minutes <= 0:
         raise ConfigError(f"train.max_minutes: expected a positive number, got {t.max_minutes}")
+    precision = trainer_precision(t.precision, t.accelerator)
     return pl.Trainer(
         default_root_dir=out,
         max_steps=t.max_steps,
@@ -127,15 +128,13 @@ def build_trainer(cfg: RunConfig, out: Path, extra: Sequence[pl.Callback] = ()) 
         devices=t.devices,
         strategy=_strategy(t),
         use_distributed_sampler=False,  # ResumableBatches shares the batches out itself
-        precision=trainer_precision(t.precision, t.accelerator),
-        gradient_clip_val=t.grad_clip,
-        gradient_clip_algorithm="norm",
+        precision=precision.get("precision"),
         callbacks=callbacks,
         logger=build_loggers(cfg, out),
         log_every_n_steps=t.log_every,
         enable_progress_bar=bar,
         enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *precision.get("plugins", [])],  # the step clips
         deterministic=False,
     )
 
@@ -162,6 +161,19 @@ def _saved_step(path: Path) -> int | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+
+
+def check_step_owner(ckpt: Path) -> None:
+    """Refuse to resume a checkpoint whose optimiser steps Lightning counted (mtlseg before
+    its training step was its own, under manual optimisation): Lightning would restart it
+    at step 0 with the weights of step N."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    if saved.get(STEP_OWNER_KEY) != STEP_OWNER and saved.get("global_step", 0) > 0:
+        raise MtlsegError(
+            f"{ckpt}: written by an earlier mtlseg, whose optimiser steps Lightning counted; "
+            "this version cannot resume it (evaluate and predict read it as before): finish "
+            "the run with the version that started it, or start it again in a new --out"
+        )
 
 
 RESUME_MUST_MATCH = ("data", "model", "tasks", "terms", "weighting")
@@ -247,6 +259,7 @@ def train(
         )
     if resume:
         check_resumable(cfg, out)
+        check_step_owner(cast(Path, resume_from))
     # under DDP every process runs this function; only the first one writes files
     first = cast(Any, rank_zero_only).rank == 0  # Lightning sets rank at import
     if first:

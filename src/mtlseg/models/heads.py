@@ -41,14 +41,15 @@ class RegressionUnit(nn.Module):
 
 
 class FeatureHeads(nn.Module):
-    """One head per named feature; forward stacks their outputs: {name: feat} -> (S, B, ...)."""
+    """One head per named feature; forward stacks their outputs batch-first:
+    {name: feat} -> (B, S, ...)."""
 
     def __init__(self, heads: dict[str, nn.Module]) -> None:
         super().__init__()
         self.heads = nn.ModuleDict(heads)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([head(features[name]) for name, head in self.heads.items()])
+        return torch.stack([head(features[name]) for name, head in self.heads.items()], 1)
 
 
 def regression_heads(

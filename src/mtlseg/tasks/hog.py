@@ -25,7 +25,7 @@ class HOGParams(HOGConfig):
 class HOGTask(Task):
     """Target: ``hog_descriptor(image)`` computed on device each step, (B, D).
 
-    Output: (S, B, D), one prediction per attached feature stage. Loss: the mean over
+    Output: (B, S, D), one prediction per attached feature stage. Loss: the mean over
     stages of the MSE (every stage weighted equally), paper 000 eq. 1's L_HOG.
     """
 
@@ -41,4 +41,6 @@ class HOGTask(Task):
         return hog_descriptor(batch["image"], self.params)
 
     def loss(self, output: Any, target: Any) -> torch.Tensor:
-        return F.mse_loss(output.float(), target.expand_as(output))
+        # stage-major, as the mean was summed before outputs were batch-first (same bits)
+        stages = output.float().transpose(0, 1).contiguous()
+        return F.mse_loss(stages, target.expand_as(stages))

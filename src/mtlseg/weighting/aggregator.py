@@ -49,14 +49,8 @@ class AggregatorWeighting(Weighting):
     optional_modules: tuple[str, ...] = ()  # installed with mtlseg's extras
     extra: str = ""  # the pip extra that installs them
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
+    def setup(self) -> None:
+        super().setup()
         missing = [m for m in self.optional_modules if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigError(

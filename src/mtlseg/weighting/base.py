@@ -8,7 +8,7 @@ and let autograd do the rest. Gradient methods (``nash-mtl``, ``pcgrad``, ...) a
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
@@ -31,9 +31,11 @@ class BackwardContext:
     shared_params: Sequence[torch.Tensor]  # the backbone's (and FiLM's): every task reaches them
     task_params: Sequence[torch.Tensor]  # the task heads'
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # the backbone's, this step
-    scale: float = 1.0  # AMP loss scale already applied to the total handed to ``backward``
+    scale: float = 1.0  # the AMP loss scale ``backward`` applies (aggregators apply it themselves)
     shared_feature: str = "bottleneck"  # the backbone's feature every task depends on
     mixed_precision: bool = False  # the forward ran under a bf16/fp16 autocast
+    # differentiates a scalar loss, scaled by ``scale`` (the engine's: AMP, DDP's reducer)
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward
 
 
 class Weighting(nn.Module):
@@ -73,6 +75,11 @@ class Weighting(nn.Module):
         self.primary = primary
         self.likelihoods = {n: (likelihoods or {}).get(n, "regression") for n in task_weights}
         self.last: dict[str, float] = {}  # what the last step logs (effective weights, ...)
+        self.setup()
+
+    def setup(self) -> None:
+        """The method's own state (buffers, parameters) and checks of its settings, made
+        once the common fields above are set; a subclass extends it, never ``__init__``."""
 
     def weights(
         self, losses: dict[str, torch.Tensor], step: int, epoch: int = 0
@@ -89,9 +96,9 @@ class Weighting(nn.Module):
     def backward(
         self, losses: dict[str, torch.Tensor], total: torch.Tensor, ctx: BackwardContext
     ) -> None:
-        """Fill the parameters' ``.grad`` for this step; ``total`` is forward's result (scaled
-        by ``ctx.scale`` under AMP). Loss weightings just differentiate it."""
-        total.backward()
+        """Fill the parameters' ``.grad`` for this step; ``total`` is forward's result. Loss
+        weightings just differentiate it, by ``ctx.backward`` (which scales it under AMP)."""
+        ctx.backward(total)
 
     def logs(self) -> dict[str, float]:
         """Values to log after the last step: ``weight_<task>`` and method-specific ones."""

@@ -68,15 +68,9 @@ class GCSWeighting(AggregatorWeighting):
     gated: torch.Tensor  # (K,) steps each loss was left out
     steps: torch.Tensor
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
-        self.all_names = list(task_weights)
+    def setup(self) -> None:
+        super().setup()
+        self.all_names = list(self.task_weights)
         self.register_buffer("gated", torch.zeros(len(self.all_names), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -40,15 +39,9 @@ class GradNormWeighting(Weighting):
     syncs_gradients = True
     initial: torch.Tensor  # each loss at the first step (the inverse training rate's reference)
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
-        self.names = list(task_weights)
+    def setup(self) -> None:
+        super().setup()
+        self.names = list(self.task_weights)
         self.logits = nn.Parameter(torch.zeros(len(self.names)))
         self.register_buffer("initial", torch.full((len(self.names),), float("nan")))
 
@@ -97,7 +90,7 @@ class GradNormWeighting(Weighting):
         self.last.update(
             {f"grad_norm_{n}": float(v) for n, v in zip(names, g.detach(), strict=True)}
         )
-        total.backward()
+        ctx.backward(total)
 
 
 def _whole_batch(  # pragma: no mutate block (DDP only)

@@ -41,16 +41,10 @@ class LossHistoryWeighting(Weighting):
     period: torch.Tensor
     active: torch.Tensor  # (K,) bool: the losses being weighted now
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
-        k = len(task_weights)
-        self.all_names = list(task_weights)
+    def setup(self) -> None:
+        super().setup()
+        k = len(self.task_weights)
+        self.all_names = list(self.task_weights)
         self.register_buffer("history", torch.full((2, k), float("nan"), dtype=torch.float64))
         self.register_buffer("running", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))

@@ -35,28 +35,22 @@ class UncertaintyWeighting(Weighting):
 
     Config = UWParams
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
-        unknown = sorted(set(cfg.forms) - set(task_weights))
+    def setup(self) -> None:
+        super().setup()
+        unknown = sorted(set(self.cfg.forms) - set(self.task_weights))
         if unknown:
             raise ConfigError(
-                f"weighting.params.forms: no task {unknown[0]!r}; tasks: {', '.join(task_weights)}"
+                f"weighting.params.forms: no task {unknown[0]!r}; tasks: {', '.join(self.task_weights)}"
             )
-        self.forms = {**self.likelihoods, **cfg.forms}
+        self.forms = {**self.likelihoods, **self.cfg.forms}
         bad = {n: f for n, f in self.forms.items() if f not in LIKELIHOODS}
         if bad:
             name, form = next(iter(bad.items()))
             raise ConfigError(
                 f"weighting.params.forms.{name}: {form!r}; valid: {', '.join(LIKELIHOODS)}"
             )
-        self.names = list(task_weights)
-        self.log_vars = nn.Parameter(torch.full((len(self.names),), float(cfg.init)))
+        self.names = list(self.task_weights)
+        self.log_vars = nn.Parameter(torch.full((len(self.names),), float(self.cfg.init)))
 
     def _coef(self, name: str) -> float:
         return 0.5 if self.forms[name] == "regression" else 1.0
@@ -108,21 +102,17 @@ class FAMOWeighting(Weighting):
     Config = FAMOParams
     prev: torch.Tensor  # the last step's losses
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
-        self.names = list(task_weights)
+    def setup(self) -> None:
+        super().setup()
+        self.names = list(self.task_weights)
         k = len(self.names)
         # FAMO steps its logits itself: requires_grad False keeps them out of the model's
         # optimiser and of DDP's reducer (a parameter, so .to(device) keeps Adam's reference)
         self.logits = nn.Parameter(torch.zeros(k), requires_grad=False)
         self.register_buffer("prev", torch.full((k,), float("nan")))
-        self._optimizer = torch.optim.Adam([self.logits], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._optimizer = torch.optim.Adam(
+            [self.logits], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
 
     def _shifted(self, values: torch.Tensor) -> torch.Tensor:
         """L_i - b_i, kept above 0 by eps."""

@@ -53,14 +53,8 @@ class NashMTLWeighting(AggregatorWeighting):
     optional_modules = ("cvxpy", "ecos")
     extra = "nash-mtl"
 
-    def __init__(
-        self,
-        task_weights: dict[str, float],
-        cfg: Any,
-        primary: str,
-        likelihoods: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(task_weights, cfg, primary, likelihoods)
+    def setup(self) -> None:
+        super().setup()
         self.register_buffer("failures", torch.zeros((), dtype=torch.long))
         self._pending_state: dict[str, Any] | None = None
         self._watch: SolveWatch | None = None
