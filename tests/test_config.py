@@ -93,9 +93,18 @@ def test_task_params_are_validated_against_the_task():
         build_model_and_tasks(cfg, 3, 2)
 
 
-def test_recipe_needs_segmentation_first():
-    with pytest.raises(ConfigError, match="first task must be the primary 'segmentation'"):
+def test_the_primary_task_is_declared_or_the_first_segmentation_task():
+    with pytest.raises(
+        ConfigError, match="needs a segmentation task .its primary task.; it has hog"
+    ):
         load_config({"tasks": [{"kind": "hog"}]})
+    tasks = [{"kind": "hog"}, {"kind": "segmentation", "name": "a"}, {"kind": "segmentation"}]
+    assert load_config({"tasks": tasks}).primary == "a"
+    assert load_config({"tasks": tasks, "primary": "segmentation"}).primary == "segmentation"
+    with pytest.raises(ConfigError, match="primary: task 'hog' is a hog task"):
+        load_config({"tasks": tasks, "primary": "hog"})
+    with pytest.raises(ConfigError, match="primary: no task named 'b'; tasks: hog, a, segm"):
+        load_config({"tasks": tasks, "primary": "b"})
 
 
 def test_documented_ablation_recipes_load():

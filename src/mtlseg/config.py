@@ -316,6 +316,9 @@ class RunConfig:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # the segmentation task that the predictor, the metrics, the stages and the
+    # semi-supervised terms use; empty: the recipe's first segmentation task
+    primary: str = ""
 
     def __post_init__(self) -> None:
         self.tasks = [t for t in self.tasks if t.enabled]
@@ -325,9 +328,30 @@ class RunConfig:
         names = [t.name for t in self.tasks] + [t.name for t in self.terms]
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks, terms: names must be unique, got {names}")
-        if self.tasks[0].kind != "segmentation":
-            raise ConfigError("tasks.0: the first task must be the primary 'segmentation' task")
+        self.primary = self._primary()
         self._check_stages()
+
+    def _primary(self) -> str:
+        """The primary task's name: ``primary``, checked, or the first segmentation task."""
+        kinds = {t.name: t.kind for t in self.tasks}
+        if not self.primary:
+            first = next((n for n, k in kinds.items() if k == "segmentation"), None)
+            if first is None:
+                raise ConfigError(
+                    "tasks: a recipe needs a segmentation task (its primary task); "
+                    f"it has {', '.join(kinds.values())}"
+                )
+            return first
+        if self.primary not in kinds:
+            raise ConfigError(
+                f"primary: no task named {self.primary!r}; tasks: {', '.join(map(str, kinds))}"
+            )
+        if kinds[self.primary] != "segmentation":
+            raise ConfigError(
+                f"primary: task {self.primary!r} is a {kinds[self.primary]} task; the primary "
+                "task is a segmentation task"
+            )
+        return self.primary
 
     def _check_stages(self) -> None:
         """Stages name tasks and terms of this recipe, and start before the run ends."""

@@ -46,9 +46,9 @@ def load_module(ckpt_path: Path | str, device: str = "cpu") -> MultiTaskModule:
             **hparams["config"],
             "model": {**hparams["config"]["model"], "params": {**params, "weights": None}},
         }
-    seg = hparams["config"]["tasks"][0]
-    if "deep_supervision" not in seg.get("params", {}):  # written before params were resolved,
-        seg["params"] = {**seg.get("params", {}), "deep_supervision": 0}  # when 0 was the default
+    for task in hparams["config"]["tasks"]:  # written before params were resolved, when
+        if task["kind"] == "segmentation" and "deep_supervision" not in task.get("params", {}):
+            task["params"] = {**task.get("params", {}), "deep_supervision": 0}  # 0 was the default
     module = MultiTaskModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval().to(device)

@@ -44,7 +44,8 @@ def build_model_and_tasks(
     num_classes: int,
     label_values: dict[str, list[str]] | None = None,
 ) -> tuple[MultiTaskModel, list[Task]]:
-    """RunConfig -> (MultiTaskModel, tasks). The first task is the segmentation task.
+    """RunConfig -> (MultiTaskModel, tasks), in the recipe's order; ``cfg.primary`` names the
+    segmentation task (``primary_task``).
 
     ``label_values``: the labels file's values per column, for image-level tasks."""
     check_requirements(cfg)  # what the configuration can give: 2D/3D, pair batches
@@ -54,7 +55,7 @@ def build_model_and_tasks(
             f"model.input={cfg.model.input} needs {model_input.needs_channels}-channel (RGB) "
             f"images; the data has {in_channels} channel(s)"
         )
-    seg = cfg.tasks[0]
+    seg = next(t for t in cfg.tasks if t.name == cfg.primary)
     seg_cls = TASKS.get(seg.kind)
     seg_params = build_dataclass(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
     out_channels = seg_cls.output_channels(seg_params, num_classes)
@@ -104,9 +105,17 @@ def build_model_and_tasks(
         except ValueError as err:
             raise ConfigError(str(err)) from None
     model = MultiTaskModel(
-        backbone, heads, seg_name=tasks[0].name, film=film, input_transform=model_input.transform
+        backbone, heads, seg_name=cfg.primary, film=film, input_transform=model_input.transform
     )
     return model, tasks
+
+
+def primary_task(tasks: list[Task], name: str) -> SegmentationTask:
+    """The task named ``name``, the recipe's primary segmentation task."""
+    task = next((t for t in tasks if t.name == name), None)
+    if not isinstance(task, SegmentationTask):
+        raise ConfigError(f"primary: {name!r} is not a segmentation task of this recipe")
+    return task
 
 
 def with_resolved_task_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -160,21 +169,22 @@ class MultiTaskModule(pl.LightningModule):
         self.model, self.tasks = build_model_and_tasks(
             self.cfg, in_channels, len(class_names), label_values
         )
-        self.terms = build_terms(self.cfg.terms, self.tasks)
+        self.seg_task = primary_task(self.tasks, self.cfg.primary)
+        self.terms = build_terms(self.cfg.terms, self.tasks, self.seg_task)
         self.teacher = build_teacher(self.model, self.terms)
         weighed: list[Task | Term] = [*self.tasks, *self.terms]
         self.weighting = build_weighting(
             self.cfg.weighting.kind,
             self.cfg.weighting.params,
             {t.name: t.weight for t in weighed},
-            self.tasks[0].name,
+            self.cfg.primary,
             {t.name: t.likelihood for t in weighed},
             [t.name for t in self.terms if t.needs.learns_without_annotation],
         )
-        replacing = [t.name for t in self.terms if self.tasks[0].name in t.replaces]
+        replacing = [t.name for t in self.terms if self.cfg.primary in t.replaces]
         if replacing and self.weighting.needs_primary_loss:
             raise ConfigError(
-                f"weighting {self.cfg.weighting.kind!r} needs the {self.tasks[0].name!r} loss "
+                f"weighting {self.cfg.weighting.kind!r} needs the {self.cfg.primary!r} loss "
                 f"every step; terms {', '.join(replacing)} replace it (use weighting fixed)"
             )
         self.automatic_optimization = False  # the step is ours: ``training_step`` runs it
@@ -184,7 +194,7 @@ class MultiTaskModule(pl.LightningModule):
             self.terms,
             self.weighting,
             self.teacher,
-            StagePlan(self.cfg.train.stages, self.tasks[0].name, self.cfg.train.lr),
+            StagePlan(self.cfg.train.stages, self.cfg.primary, self.cfg.train.lr),
             PoolForward(self.cfg.train.pool_forward),
             self.cfg.train.seed,
         )
@@ -193,14 +203,15 @@ class MultiTaskModule(pl.LightningModule):
         )
         # the auxiliary tasks' own validation metrics (accuracy, box IoU, ...)
         self.task_metrics = torch.nn.ModuleDict(
-            {t.name: m for t in self.tasks[1:] if (m := t.metrics()) is not None}
+            {t.name: m for t in self.aux_tasks if (m := t.metrics()) is not None}
         )
         self.case_index = {c: i for i, c in enumerate(val_case_ids or [])}
         self.lr = self.cfg.train.lr  # Lightning's LR finder reads and writes this attribute
 
     @property
-    def seg_task(self) -> SegmentationTask:
-        return cast(SegmentationTask, self.tasks[0])
+    def aux_tasks(self) -> list[Task]:
+        """Every task but the primary one."""
+        return [t for t in self.tasks if t is not self.seg_task]
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.model(x, meta)
@@ -291,7 +302,7 @@ class MultiTaskModule(pl.LightningModule):
     @property
     def val_aux_tasks(self) -> list[Task]:
         """Auxiliary tasks scored on validation batches (pair tasks need paired batches)."""
-        return [t for t in self.tasks[1:] if not t.needs.pairs]
+        return [t for t in self.aux_tasks if not t.needs.pairs]
 
     def score_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Validation's (and ``evaluate``'s) work on one batch: the segmentation by the one
@@ -361,7 +372,7 @@ class MultiTaskModule(pl.LightningModule):
         step.progress = progress
         step.stages = StagePlan(
             self.cfg.train.stages,
-            self.tasks[0].name,
+            self.cfg.primary,
             self.cfg.train.lr,
             steps_per_epoch=_steps_per_epoch(self.trainer),
             progress=progress,

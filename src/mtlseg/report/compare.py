@@ -128,10 +128,13 @@ def expand(
             apply_override(raw, *parse_override(text))
         # indices into the recipe's task list, as --set tasks.N.* counts them
         enabled = [i for i, t in enumerate(raw["tasks"]) if t.get("enabled", True)]
-        for i in enabled[1:]:
+        task_names = [t.name for t in cfg.tasks]  # the enabled ones, in order
+        primary = enabled[task_names.index(cfg.primary)]
+        aux = [i for i in enabled if i != primary]
+        for i in aux:
             task = cfg.tasks[enabled.index(i)]
-            drop = [f"tasks.{j}.enabled=false" for j in enabled[1:] if j != i]
-            extra = ("tasks.0.weight=0", *drop, "weighting.kind=fixed", "terms=[]")
+            drop = [f"tasks.{j}.enabled=false" for j in aux if j != i]
+            extra = (f"tasks.{primary}.weight=0", *drop, "weighting.kind=fixed", "terms=[]")
             name = f"{stem}-only-{task.name}"
             variants.append(Variant(name, recipe, extra, task.name, _resolved(name, recipe, extra)))
     names = [v.name for v in variants]

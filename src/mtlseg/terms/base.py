@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from mtlseg.config import TermConfig, build_dataclass
 from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
-from mtlseg.tasks.base import Requirements, Task
+from mtlseg.tasks.base import TASKS, Requirements, Task
+
+if TYPE_CHECKING:
+    from mtlseg.tasks.segmentation import SegmentationTask
+
+TaskT = TypeVar("TaskT", bound=Task)
 
 Forward = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, torch.Tensor]]
 
@@ -68,26 +73,40 @@ class Term:
     def requirements(cls, params: Any) -> Requirements:
         return cls.requires
 
-    def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
+    def __init__(
+        self, cfg: TermConfig, tasks: dict[str, Task], primary: SegmentationTask | None = None
+    ) -> None:
         self.name: str = cfg.name or cfg.kind
         self.kind, self.weight = cfg.kind, cfg.weight
         self.params = build_dataclass(self.Config, cfg.params, f"terms.{self.name}.params")
         self.tasks = tasks
+        self.primary = primary
         self.needs = self.requirements(self.params)
 
-    def task(self, name: str, kinds: tuple[str, ...]) -> Task:
-        """The recipe's task ``name``, checked to be of one of ``kinds``."""
+    def task(self, name: str, cls: type[TaskT]) -> TaskT:
+        """The recipe's task ``name``, checked to be a ``cls`` (e.g. ``PresenceTask``)."""
         task = self.tasks.get(name)
         if task is None:
             raise ConfigError(
                 f"terms.{self.name}: no task named {name!r}; tasks: {', '.join(self.tasks)}"
             )
-        if task.kind not in kinds:
+        if not isinstance(task, cls):
+            kinds = [k for k in TASKS.names() if issubclass(TASKS.get(k), cls)]
             raise ConfigError(
                 f"terms.{self.name}: task {name!r} is a {task.kind} task, expected "
                 f"{' or '.join(kinds)}"
             )
         return task
+
+    def segmentation_task(self, name: str) -> SegmentationTask:
+        """The segmentation task ``name``; empty: the recipe's primary task."""
+        from mtlseg.tasks.segmentation import SegmentationTask
+
+        if name:
+            return self.task(name, SegmentationTask)
+        if self.primary is None:
+            raise ConfigError(f"terms.{self.name}: the recipe has no segmentation task")
+        return self.primary
 
     @property
     def teacher(self) -> TeacherSpec | None:
@@ -108,6 +127,14 @@ class Term:
 TERMS: Registry[type[Term]] = Registry("term", needs_config=True)
 
 
-def build_terms(cfgs: list[TermConfig], tasks: list[Task]) -> list[Term]:
+def build_terms(
+    cfgs: list[TermConfig], tasks: list[Task], primary: SegmentationTask | None = None
+) -> list[Term]:
+    """The recipe's terms over its tasks; ``primary``: the segmentation task a term reads
+    unless its params name another (None: the first segmentation task)."""
+    from mtlseg.tasks.segmentation import SegmentationTask
+
+    if primary is None:
+        primary = next((t for t in tasks if isinstance(t, SegmentationTask)), None)
     by_name = {t.name: t for t in tasks}
-    return [TERMS.get(c.kind)(c, by_name) for c in cfgs]
+    return [TERMS.get(c.kind)(c, by_name, primary) for c in cfgs]

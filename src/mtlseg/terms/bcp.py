@@ -5,7 +5,7 @@ pseudo-labels mixed the same way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from mtlseg.terms.base import TERMS, Forward, TeacherSpec, Term, TermContext
 
 @dataclass
 class BCPParams:
-    segmentation: str = "segmentation"
+    segmentation: str = ""  # empty: the recipe's primary task
     pool: bool = True  # False: the pre-training stage, two labelled images mixed
     alpha: float = 0.5  # weight of the pseudo-labelled region (the authors' u_weight)
     box: float = 2 / 3  # side of the pasted box, as a fraction of the image's
@@ -143,9 +143,11 @@ class BidirectionalCopyPaste(Term):
     reads_outputs = False
     example_tasks = ("segmentation",)
 
-    def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
-        super().__init__(cfg, tasks)
-        self.seg = cast(SegmentationTask, self.task(self.params.segmentation, ("segmentation",)))
+    def __init__(
+        self, cfg: TermConfig, tasks: dict[str, Task], primary: SegmentationTask | None = None
+    ) -> None:
+        super().__init__(cfg, tasks, primary)
+        self.seg = self.segmentation_task(self.params.segmentation)
         if self.seg.params.mode != "softmax":
             raise ConfigError(
                 f"terms.{self.name}: BCP mixes class-index masks; tasks.{self.seg.name} must "

@@ -4,12 +4,13 @@ segmentation implied by a signed-distance head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
 from mtlseg.config import TermConfig
 from mtlseg.tasks.base import Task
+from mtlseg.tasks.geometry import DistanceTask
 from mtlseg.tasks.segmentation import SegmentationTask
 from mtlseg.terms.base import TERMS, Term, TermContext
 from mtlseg.terms.mean_teacher import sigmoid_rampup
@@ -17,7 +18,7 @@ from mtlseg.terms.mean_teacher import sigmoid_rampup
 
 @dataclass
 class DTCParams:
-    segmentation: str = "segmentation"
+    segmentation: str = ""  # empty: the recipe's primary task
     distance: str = "distance"  # a ``distance`` task: the signed distance head
     k: float = 1500.0  # the transform's sharpness: sigmoid(-k * sdf) (the authors' value)
     rampup: float = 1.0  # the weight ramps up over this fraction of the run (the authors')
@@ -51,10 +52,12 @@ class DualTaskConsistency(Term):
     Config = DTCParams
     example_tasks = ("segmentation", "distance")
 
-    def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
-        super().__init__(cfg, tasks)
-        self.seg = cast(SegmentationTask, self.task(self.params.segmentation, ("segmentation",)))
-        self.distance = self.task(self.params.distance, ("distance",))
+    def __init__(
+        self, cfg: TermConfig, tasks: dict[str, Task], primary: SegmentationTask | None = None
+    ) -> None:
+        super().__init__(cfg, tasks, primary)
+        self.seg = self.segmentation_task(self.params.segmentation)
+        self.distance = self.task(self.params.distance, DistanceTask)
 
     def __call__(
         self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -17,7 +17,7 @@ from mtlseg.terms.base import TERMS, TeacherSpec, Term, TermContext
 
 @dataclass
 class MeanTeacherParams:
-    segmentation: str = "segmentation"
+    segmentation: str = ""  # empty: the recipe's primary task
     decay: float = 0.99  # the teacher's EMA decay (SSL4MIS: 0.99)
     # std of the teacher's input noise as a fraction of the case's intensity range, clipped at
     # 2 std (SSL4MIS: 0.1, clipped at 0.2, on images min-max scaled to [0, 1])
@@ -66,9 +66,11 @@ class MeanTeacherTerm(Term):
     Config = MeanTeacherParams
     example_tasks = ("segmentation",)
 
-    def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
-        super().__init__(cfg, tasks)
-        self.seg = cast(SegmentationTask, self.task(self.params.segmentation, ("segmentation",)))
+    def __init__(
+        self, cfg: TermConfig, tasks: dict[str, Task], primary: SegmentationTask | None = None
+    ) -> None:
+        super().__init__(cfg, tasks, primary)
+        self.seg = self.segmentation_task(self.params.segmentation)
 
     @classmethod
     def requirements(cls, params: Any) -> Requirements:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from mtlseg.terms.base import TERMS, Term, TermContext
 
 @dataclass
 class SyncParams:
-    segmentation: str = "segmentation"  # the task whose pixel probabilities give presence
+    segmentation: str = ""  # whose probabilities give presence; empty: the primary
     presence: str = "presence"  # the task predicting which classes are present
     eps: float = 1e-6
 
@@ -28,10 +28,12 @@ class _SegmentationPresenceTerm(Term):
     Config = SyncParams
     example_tasks = ("segmentation", "presence")
 
-    def __init__(self, cfg: TermConfig, tasks: dict[str, Task]) -> None:
-        super().__init__(cfg, tasks)
-        self.seg = cast(SegmentationTask, self.task(self.params.segmentation, ("segmentation",)))
-        self.presence = cast(PresenceTask, self.task(self.params.presence, ("presence",)))
+    def __init__(
+        self, cfg: TermConfig, tasks: dict[str, Task], primary: SegmentationTask | None = None
+    ) -> None:
+        super().__init__(cfg, tasks, primary)
+        self.seg = self.segmentation_task(self.params.segmentation)
+        self.presence = self.task(self.params.presence, PresenceTask)
 
 
 @TERMS.register("sync")
