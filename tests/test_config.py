@@ -22,7 +22,8 @@ def test_shipped_recipes_load_and_are_the_decided_set():
     assert paper000 | paper001 | paper002 | paper003 | paper004 | issue21 == set(recipe_names())
     for name in recipe_names():
         cfg = load_config(name)
-        assert cfg.tasks[0].kind == "segmentation" and cfg.name == name
+        kinds = {t.name: t.kind for t in cfg.tasks}
+        assert kinds[cfg.primary] == "segmentation" and cfg.name == name
 
 
 def test_the_two_quick_run_keys_apply_to_every_recipe():

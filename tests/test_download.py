@@ -270,3 +270,12 @@ def test_demo_downloads_when_no_data_is_found(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--no-download"]) == 2
     assert "mtlseg download kvasir-seg --resize 256" in capsys.readouterr().err
     assert len(calls) == 1
+
+
+def test_demo_looks_only_in_the_data_folder_it_is_given(tmp_path, monkeypatch, capsys):
+    """The shared data (found from the repository) holds kvasir-seg; --data names another."""
+    monkeypatch.chdir(Path(__file__).parents[1])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["demo", "--data", str(empty), "--no-download"]) == 2
+    assert f"no kvasir-seg in {empty};" in capsys.readouterr().err

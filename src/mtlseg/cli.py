@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from mtlseg.errors import MtlsegError
+from mtlseg.errors import Interrupted, MtlsegError
 
 DESCRIPTION = """\
 mtlseg trains medical image segmentation networks together with auxiliary tasks (HOG
@@ -241,12 +242,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(f"\nefficiency: {sweep.efficiency}")
         return
     result = compare(args.recipes, args.data, args.seeds, Path(args.out), args.set, **options)
-    print(result.table)
-    if result.weights is not None:
-        print(f"loss weights: {result.weights}")
-    print(
-        f"\nresults: {result.results}\ncurves: {result.curves}\nqualitative grid: {result.qualitative}"
-    )
+    print(result.table + "\n")
+    for label, path in result.files():
+        print(f"{label}: {path}")
 
 
 def cmd_study_run(args: argparse.Namespace) -> None:
@@ -345,12 +343,16 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def demo_data(explicit: str | None, allow_download: bool = True) -> Path:
-    """The demo's Kvasir-SEG: in ``--data``, ``$MTLSEG_DATA``, ``../shared/data`` or the cache
-    folder when present there, else downloaded (at 256 px, the size the documented demo used)."""
+    """The demo's Kvasir-SEG: in ``--data`` when it is given, else in ``$MTLSEG_DATA``,
+    ``../shared/data`` or the cache folder; where there is none, downloaded (into ``--data``,
+    else the cache; at 256 px, the size the documented demo used)."""
     from mtlseg.download import default_data_root, download
 
-    roots = [explicit, os.environ.get("MTLSEG_DATA"), "../shared/data", str(default_data_root())]
-    roots.append(str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    if explicit:  # the folder the user named, and no other
+        roots = [explicit]
+    else:
+        roots = [os.environ.get("MTLSEG_DATA"), "../shared/data", str(default_data_root())]
+        roots.append(str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     for root in roots:
         if root and (Path(root) / DEMO_DATASET).is_dir():
             return Path(root) / DEMO_DATASET
@@ -381,10 +383,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         f"demo: unet vs unet-hog on {data}, {args.steps} steps x {args.seeds} seed(s) -> {args.out}"
     )
     result = compare(["unet", "unet-hog"], str(data), args.seeds, Path(args.out), overrides)
-    print("\n" + result.table)
-    print(
-        f"\nresults: {result.results}\ncurves: {result.curves}\nqualitative grid: {result.qualitative}"
-    )
+    print("\n" + result.table + "\n")
+    for label, path in result.files():
+        print(f"{label}: {path}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -704,17 +705,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def continuation(argv: list[str]) -> str:
+    """How to go on after Ctrl-C: the same command (``train`` with ``--resume``); the runs
+    that ``compare``, ``study run`` and ``demo`` finished are kept and not trained again."""
+    command = argv[0] if argv else ""
+    line = shlex.join(["mtlseg", *argv])
+    if command == "train":
+        if "--resume" not in argv:
+            line += " --resume"
+        return f"continue with: {line}"
+    if command in ("compare", "study", "demo"):
+        return f"continue with: {line} (finished runs are kept)"
+    return f"run it again: {line}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
         args.func(args)
+    except Interrupted as err:
+        print(f"mtlseg: interrupted; {err.saved}; {continuation(argv)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"mtlseg: interrupted; {continuation(argv)}", file=sys.stderr)
+        return 130
     except MtlsegError as err:
         print(f"mtlseg: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mtlseg: interrupted; continue with --resume", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -15,3 +15,11 @@ class ConfigError(MtlsegError):
 
 class TrainingError(MtlsegError):
     """Training cannot go on (for example a NaN loss)."""
+
+
+class Interrupted(MtlsegError):
+    """Training was stopped by Ctrl-C; ``saved`` says what the run kept."""
+
+    def __init__(self, saved: str) -> None:
+        super().__init__(saved)
+        self.saved = saved

@@ -41,7 +41,7 @@ from mtlseg.engine.loggers import build_loggers
 from mtlseg.engine.module import STEP_OWNER, STEP_OWNER_KEY, MultiTaskModule, trainer_callbacks
 from mtlseg.engine.precision import resolve_precision, trainer_precision
 from mtlseg.engine.requirements import check_requirements, unlabelled_batch_size
-from mtlseg.errors import ConfigError, DataError, MtlsegError
+from mtlseg.errors import ConfigError, DataError, Interrupted, MtlsegError
 from mtlseg.models.inputs import INPUTS
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,14 @@ def train(
             val_dataloaders=val_dl,
             ckpt_path=str(resume_from) if resume else None,
         )
+    except SystemExit:  # Lightning's answer to Ctrl-C, after its exception checkpoint
+        if not trainer.interrupted:
+            raise
+        crash = out / "checkpoints" / "interrupted.ckpt"
+        saved = _saved_step(crash)
+        raise Interrupted(
+            f"{crash} holds step {saved}" if saved is not None else f"nothing saved in {out}"
+        ) from None
     finally:
         if earlier and trainer.is_global_zero:
             _prepend_rows(metrics_log, earlier)

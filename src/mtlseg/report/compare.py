@@ -23,6 +23,7 @@ from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
 from mtlseg.engine.inference import load_module
 from mtlseg.engine.precision import resolve_precision
+from mtlseg.engine.probe import seconds_per_step
 from mtlseg.errors import ConfigError, MtlsegError
 from mtlseg.metrics import protocol
 from mtlseg.report.delta_m import delta_m
@@ -74,6 +75,21 @@ class Comparison:
     curves: Path
     weights: Path | None
     qualitative: Path
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Every file and folder the comparison wrote, named for the final output."""
+        out = self.results.parent
+        written = [
+            ("tables", out / "results.md"),
+            ("results", self.results),
+            ("curves", self.curves),
+            ("loss weights", self.weights),
+            ("qualitative grid", self.qualitative),
+            ("split", out / "splits.json"),
+            ("records", out / "records"),
+            ("run folders", out / "<row>" / "seed<N>"),
+        ]
+        return [(label, path) for label, path in written if path is not None]
 
 
 @dataclass
@@ -341,6 +357,7 @@ def _run(
         layout=lambda cell, machine, numerics: _run_folder(out, cell),
         split=data.split,
         claims=out / "records" / ".claims",
+        probe=lambda cell: seconds_per_step(cell.config, data),
     )
     lane.prepared(data, first)
     lane.run()

@@ -42,6 +42,7 @@ from mtlseg.metrics import protocol
 from mtlseg.report.scores import score_cases
 from mtlseg.study.curves import read_curves
 from mtlseg.study.machine import Machine, code_version, numerics_key, this_machine
+from mtlseg.study.plan import Probe, plan_lines
 from mtlseg.study.spec import Cell, Study
 from mtlseg.study.store import Record, Store
 
@@ -160,8 +161,12 @@ class Lane:
         layout: Layout | None = None,
         split: dict[str, list[str]] | None = None,
         claims: Path | None = None,
+        announce: bool = True,
+        probe: Probe | None = None,
     ) -> None:
         self.study, self.store = study, store
+        self.announce, self.probe = announce, probe
+        self.planned, self.started = 0, 0
         self.deadline, self.take_run, self.say = deadline, take_run, say
         self.layout = layout or study_layout(Path(work), study)
         self.split = split
@@ -172,6 +177,8 @@ class Lane:
     def run(self) -> Done:
         done = Done()
         self.claims.mkdir(parents=True, exist_ok=True)
+        if self.announce:  # a lane of several has its plan said by the process that started it
+            self.planned = self.say_plan()
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 done.stopped = "max-minutes"
@@ -191,6 +198,14 @@ class Lane:
                     return done
             finally:
                 lock.release()
+
+    def say_plan(self, lanes: int = 1) -> int:
+        """Say what this machine will train and about how long it takes; the run count."""
+        cells = self._todo()
+        machine = machine_for(cells[0].config)[0].id if cells else ""
+        for line in plan_lines(cells, self.store.records(), machine, lanes, self.probe):
+            self.say(line)
+        return len(cells)
 
     def _claim_next(self) -> tuple[Cell, FileLock] | None:
         """The first cell still to do here that no other process holds, claimed."""
@@ -233,7 +248,9 @@ class Lane:
         cfg = _for_study(cell.config, machine.precision)
         run_dir = self.layout(cell, machine.id, numerics)
         resume = resume_checkpoint(run_dir) is not None
-        self.say(f"{'resume' if resume else 'train'}: {cell.describe()} -> {run_dir}")
+        self.started += 1
+        count = f"run {self.started}/{self.planned}: " if self.announce else ""
+        self.say(f"{count}{'resume' if resume else 'train'}: {cell.describe()} -> {run_dir}")
         data = self._prepared(cfg)
         callbacks = [Deadline(self.deadline)] if self.deadline is not None else []
         started, wall_file = time.monotonic(), run_dir / "wall_s"
@@ -278,7 +295,8 @@ class Lane:
             finished=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         path = self.store.write(record, cell.folder)
-        self.say(f"recorded: {cell.describe()}: Dice {record.dice():.4f} -> {path}")
+        count = f"run {self.started}/{self.planned}: " if self.announce else ""
+        self.say(f"{count}recorded: {cell.describe()}: Dice {record.dice():.4f} -> {path}")
         return True
 
 
@@ -358,7 +376,8 @@ def run_study(
     (work / study.name).mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
     if lane_budget is not None:
-        return Lane(study, store, work, deadline, RunBudget(lane_budget).take, say).run()
+        lane = Lane(study, store, work, deadline, RunBudget(lane_budget).take, say, announce=False)
+        return lane.run()
     budget = None
     if max_runs is not None:
         budget = RunBudget.create(work / study.name / f".runs-{os.getpid()}", max_runs)
@@ -399,12 +418,17 @@ def _run_lanes(
         command += ["--max-minutes", str(max_minutes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done, talk = Done(), threading.Lock()
+    planned, started = Lane(study, store, work, say=say).say_plan(parallel), [0]
 
     def relay(i: int, lane: subprocess.Popen) -> None:
         assert lane.stdout is not None
         for line in lane.stdout:
             with talk:
-                say(f"lane {i}: {line.rstrip()}")
+                count = ""
+                if line.startswith(("train: ", "resume: ")):
+                    started[0] += 1
+                    count = f"run {started[0]}/{planned}: "
+                say(f"lane {i}: {count}{line.rstrip()}")
                 if line.startswith("recorded: "):
                     done.trained.append(line.split(": ", 2)[1])
                 if line.startswith("stopped (time is up): "):
