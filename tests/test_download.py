@@ -279,3 +279,13 @@ def test_demo_looks_only_in_the_data_folder_it_is_given(tmp_path, monkeypatch, c
     empty.mkdir()
     assert main(["demo", "--data", str(empty), "--no-download"]) == 2
     assert f"no kvasir-seg in {empty};" in capsys.readouterr().err
+
+
+def test_no_connection_is_one_line_with_the_way_out_and_leaves_no_folder(tmp_path, capsys):
+    dest = tmp_path / "new" / "data"
+    argv = ["download", "kvasir-seg", "--dest", str(dest), "--url", "http://127.0.0.1:9/k.zip"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.count("failed") == 1
+    assert "--url" in err and "--sha256" in err
+    assert not (tmp_path / "new").exists()

@@ -405,7 +405,7 @@ def cmd_download(args: argparse.Namespace) -> None:
         sha256=args.sha256,
         resize=args.resize,
         force=args.force,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bar in a log file
     )
 
 

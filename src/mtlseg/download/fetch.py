@@ -6,8 +6,10 @@ and the record of what was downloaded."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -40,7 +42,10 @@ def _fetch(spec: RemoteDataset, archive: Path, progress: bool) -> None:
     from monai.apps.utils import HashCheckError, download_url
 
     kind, _, value = (spec.checksum or "").partition(":")
+    monai_log = logging.getLogger("monai.apps")  # its lines repeat ours: one line each here
+    level = monai_log.level
     try:
+        monai_log.setLevel(logging.CRITICAL)
         with warnings.catch_warnings():  # "no hash value provided": said below, with the SHA-256
             warnings.filterwarnings("ignore", message="No hash value")
             download_url(spec.url, archive, value or None, kind or "sha256", progress=progress)
@@ -50,9 +55,21 @@ def _fetch(spec: RemoteDataset, archive: Path, progress: bool) -> None:
             "(corrupt or changed download); nothing was written"
         ) from None
     except (ContentTooShortError, URLError, OSError, RuntimeError) as err:
-        raise MtlsegError(f"{spec.name}: download from {spec.url} failed ({err})") from None
+        raise MtlsegError(
+            f"{spec.name}: download from {spec.url} failed ({err}); nothing was written. {MIRROR}"
+        ) from None
+    finally:
+        monai_log.setLevel(level)
     if not archive.is_file():  # MONAI swallows some OS errors
-        raise MtlsegError(f"{spec.name}: download from {spec.url} failed; nothing was written")
+        raise MtlsegError(
+            f"{spec.name}: download from {spec.url} failed; nothing was written. {MIRROR}"
+        )
+
+
+MIRROR = (
+    "Without internet here: fetch the archive elsewhere and pass --url (a mirror, or a "
+    "file:// path) and --sha256"
+)
 
 
 def _check_size(spec: RemoteDataset, archive: Path) -> None:
@@ -145,8 +162,10 @@ def download(
             f"{target} exists and is not a complete mtlseg download; "
             "move it away or pass --force to replace it"
         )
+    created = [d for d in (root, *root.parents) if not d.exists()]  # removed if it fails
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=root))
+    done = False
     try:
         archive = work / (Path(spec.url.split("?")[0]).name or "archive")
         print(f"{spec.name}: downloading {spec.url}")
@@ -174,8 +193,12 @@ def download(
         if target.exists():
             shutil.rmtree(target)
         out.rename(target)
+        done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        for folder in created if not done else []:  # the folders made for it, innermost first
+            with contextlib.suppress(OSError):  # not empty: something else is there now
+                folder.rmdir()
     verified = spec.checksum or "no checksum published: size and file counts checked"
     print(
         f"{spec.name}: {target} ({', '.join(f'{k} {v}' for k, v in counts.items())}); "

@@ -6,7 +6,9 @@ files in one forward pass, logits resized back to each file's own size.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from mtlseg.data.metadata import case_meta, require_fields
 from mtlseg.data.sources import CaseRecord
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -205,12 +209,35 @@ def _flush(
         yield item, module.seg_task.decode(lg).to(torch.uint8).numpy()
 
 
-def _progress(total: int, enabled: bool) -> Any:  # a tqdm bar, or None
+class _Lines:
+    """Progress as a plain line every tenth of the files, where a bar cannot draw (output
+    that is not a terminal: a log file, a pipe)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.said, self.postfix = total, 0, 0, ""
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        self.postfix = text
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.done * 10 // max(self.total, 1) > self.said or self.done == self.total:
+            self.said = self.done * 10 // max(self.total, 1)
+            log.info("%d/%d files, %s", self.done, self.total, self.postfix)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:  # a tqdm bar, lines, or None
     if not enabled:
         return None
-    from tqdm import tqdm
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="file", dynamic_ncols=True)
+        bar: Any = tqdm(total=total, unit="file", dynamic_ncols=True)
+    else:
+        bar = _Lines(total)
     bar.images, bar.start = 0, time.perf_counter()
     return bar
 
