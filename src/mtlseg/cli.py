@@ -412,7 +412,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from mtlseg.export import export
 
-    meta = export(args.ckpt, args.format, args.out, args.normalization)
+    meta = export(args.ckpt, args.format, args.out, args.normalization, args.verbose)
     print(
         f"{args.out}: {args.format}, {meta['recipe']}, classes {meta['classes']}, "
         f"input (B, {meta['in_channels']}, H, W) "
@@ -510,6 +510,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         help="graph: the file takes raw images and normalises each (2D images); outside: it "
         "takes normalised images (volumes, which mtlseg normalises per case)",
     )
+    p.add_argument("--verbose", action="store_true", help="show the exporters' own messages")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,8 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,20 +114,48 @@ def metadata(module: MultiTaskModule, normalize: bool, fmt: str) -> dict[str, An
 
 
 def export(
-    ckpt: Path | str, fmt: str, out: Path | str, normalization: str = "graph"
+    ckpt: Path | str,
+    fmt: str,
+    out: Path | str,
+    normalization: str = "graph",
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Writes ``out`` from a checkpoint and returns its metadata (``export_module``)."""
     from mtlseg.engine.inference import load_module
 
     FORMATS.get(fmt)  # an unknown format is named before the checkpoint is read
-    return export_module(load_module(ckpt), fmt, out, normalization)
+    return export_module(load_module(ckpt), fmt, out, normalization, verbose)
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """The exporters' own progress and optimiser messages, kept out unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    sink = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with (
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def export_module(
-    module, fmt: str, out: Path | str, normalization: str = "graph"
+    module, fmt: str, out: Path | str, normalization: str = "graph", verbose: bool = False
 ) -> dict[str, Any]:
     """``normalization``: ``graph`` (2D images) or ``outside`` (the file takes normalised
-    images: volumes, normalised per case)."""
+    images: volumes, normalised per case); ``verbose``: let the exporters speak."""
     writer = FORMATS.get(fmt)
     if normalization not in ("graph", "outside"):
         raise ConfigError(f"--normalization: graph or outside, got {normalization!r}")
@@ -142,9 +171,10 @@ def export_module(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad():
-            program = torch.export.export(graph, example, dynamic_shapes={"image": dims})
-        writer(program, example, out, meta)
+        with _quiet(verbose):
+            with torch.no_grad():
+                program = torch.export.export(graph, example, dynamic_shapes={"image": dims})
+            writer(program, example, out, meta)
     except (torch._dynamo.exc.Unsupported, RuntimeError, TypeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MtlsegError(
