@@ -347,7 +347,7 @@ def test_the_resolved_precision_is_recorded_and_kept_on_resume(acdc_small, tmp_p
     from mtlseg.engine import precision
     from mtlseg.engine.train import with_resolved_precision
 
-    monkeypatch.setattr(precision, "auto_precision", lambda gpu: "32")
+    monkeypatch.setattr(precision, "auto_precision", lambda gpu, say=True: "32")
     cfg = load_config("unet", [*TINY_UNET, f"data.path={acdc_small}", "train.max_steps=1"])
     out = tmp_path / "run"
     train(cfg, out)

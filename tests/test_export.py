@@ -118,7 +118,9 @@ def test_cli_export_and_predict_with_the_model(exported, tmp_path, capsys):
     assert (
         main(["export", "--ckpt", str(exported.ckpt), "--format", "onnx", "--out", str(out)]) == 0
     )
-    assert "in the graph: per-image normalisation" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "in the graph: per-image normalisation" in said.out
+    assert said.out.count("\n") == 1 and said.err == "", "quiet unless --verbose"
     args = ["predict", "--input", str(exported.images), "--out"]
     assert main([*args, str(tmp_path / "a"), "--model", str(out)]) == 0
     assert main([*args, str(tmp_path / "b"), "--ckpt", str(exported.ckpt), "--workers", "0"]) == 0

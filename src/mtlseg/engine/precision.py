@@ -128,11 +128,11 @@ def bf16_is_faster() -> bool:
     return cache[key]["speedup"] >= MIN_SPEEDUP
 
 
-def auto_precision(gpu: bool) -> str:
+def auto_precision(gpu: bool, say: bool = True) -> str:
     """What ``auto`` resolves to on this machine (a ``train.precision`` value); why is
-    logged once (``auto_reason``)."""
+    logged once (``auto_reason``) unless ``say`` is false (the caller says it)."""
     precision, reason = auto_reason(gpu)
-    if precision not in _SAID:
+    if say and precision not in _SAID:
         _SAID.add(precision)
         log.info("precision: auto is %s (%s)", precision, reason)
     return precision
@@ -162,15 +162,26 @@ def auto_reason(gpu: bool) -> tuple[str, str]:
     return "32", "native bf16 on this CPU, but not faster than fp32 here"
 
 
-def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
+def resolve_precision(precision: str | int, accelerator: str = "auto", say: bool = True) -> str:
     """``train.precision`` with ``auto`` resolved; refuses float16 without a GPU."""
     precision = str(precision)
     gpu = torch.cuda.is_available() and accelerator != "cpu"
     if precision == "auto":
-        return auto_precision(gpu)
+        return auto_precision(gpu, say)
     if precision == "16-mixed" and not gpu:
         raise ConfigError("train.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
     return "32" if precision == "32-true" else precision
+
+
+def run_line(precision: str, requested: str, accelerator: str = "auto") -> str:
+    """A run's first words: the device, the threads and the precision, and for ``auto`` why
+    it chose it."""
+    gpu = torch.cuda.is_available() and accelerator != "cpu"
+    device = f"GPU {torch.cuda.get_device_name(0)}" if gpu else f"CPU {cpu_model()}"
+    line = f"{device}, {torch.get_num_threads()} thread(s), precision {precision}"
+    if requested == "auto":
+        line += f" (auto: {auto_reason(gpu)[1]})"
+    return line
 
 
 class ScaledByTheStep(MixedPrecision):

@@ -39,7 +39,7 @@ from mtlseg.engine.data import (
 )
 from mtlseg.engine.loggers import build_loggers
 from mtlseg.engine.module import STEP_OWNER, STEP_OWNER_KEY, MultiTaskModule, trainer_callbacks
-from mtlseg.engine.precision import resolve_precision, trainer_precision
+from mtlseg.engine.precision import resolve_precision, run_line, trainer_precision
 from mtlseg.engine.requirements import check_requirements, unlabelled_batch_size
 from mtlseg.errors import ConfigError, DataError, Interrupted, MtlsegError
 from mtlseg.models.inputs import INPUTS
@@ -65,7 +65,7 @@ def with_resolved_precision(cfg: RunConfig, out: Path, resume: bool) -> RunConfi
     if precision == "auto" and resume and saved_file.is_file():
         saved = (yaml.safe_load(saved_file.read_text()) or {}).get("train", {}).get("precision")
         precision = saved if saved and saved != "auto" else precision
-    precision = resolve_precision(precision, cfg.train.accelerator)
+    precision = resolve_precision(precision, cfg.train.accelerator, say=False)  # train says it
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
@@ -264,7 +264,13 @@ def train(
     first = cast(Any, rank_zero_only).rank == 0  # Lightning sets rank at import
     if first:
         writable_dir(out)  # before the data is read and the model built: fail in seconds
+    requested = str(cfg.train.precision)
     cfg = with_resolved_precision(cfg, out, resume)
+    if first:
+        t = cfg.train
+        log.info(
+            "train %s -> %s: %s", cfg.name, out, run_line(t.precision, requested, t.accelerator)
+        )
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)
     if first:
