@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -555,12 +556,23 @@ def with_saved_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+ENV_SET = "MTLSEG_SET"  # KEY=VALUE;KEY=VALUE applied after every --set (smoke runs)
+
+
+def env_overrides() -> list[str]:
+    """``$MTLSEG_SET``'s overrides: ``;``-separated ``KEY=VALUE`` items, applied to every
+    configuration after its own ``--set`` (e.g. ``train.max_steps=20;data.image_size=64``
+    makes every command of the quickstart a run of seconds)."""
+    return [item.strip() for item in os.environ.get(ENV_SET, "").split(";") if item.strip()]
+
+
 def load_config(
     recipe: str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
-    """Recipe (name, path or dict) + ``--set`` overrides -> validated RunConfig."""
+    """Recipe (name, path or dict) + ``--set`` overrides (then ``$MTLSEG_SET``'s) ->
+    validated RunConfig."""
     raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe_dict(recipe)
-    for text in overrides:
+    for text in [*overrides, *env_overrides()]:
         path, value = parse_override(text)
         apply_override(raw, path, value)
     return build_dataclass(RunConfig, raw)
