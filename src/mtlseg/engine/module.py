@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from monai.inferers import sliding_window_inference
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size, with_saved_defaults
@@ -295,6 +296,21 @@ class MultiTaskModule(pl.LightningModule):
         if logs := self.weighting.logs():
             self.log_dict({f"train/{k}": v for k, v in logs.items()})
         return out.total.detach()  # Lightning's LR finder reads it
+
+    def _sync_buffers_at_next_forward(self) -> None:
+        """DDP broadcasts the first process's buffers (batch-norm statistics) before a
+        forward only when the previous forward prepared a gradient sync, which under manual
+        optimisation none does (Lightning prepares it in ``manual_backward``): ask for it
+        before every training batch and each validation, as automatic optimisation had it."""
+        ddp = self.trainer.strategy.model
+        if isinstance(ddp, DistributedDataParallel):
+            ddp.require_forward_param_sync = True
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._sync_buffers_at_next_forward()
+
+    def on_validation_start(self) -> None:
+        self._sync_buffers_at_next_forward()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[STEP_OWNER_KEY] = STEP_OWNER  # ``engine.train.check_resumable`` reads it
