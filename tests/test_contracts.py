@@ -223,3 +223,49 @@ def test_every_term_gives_a_finite_loss_and_declares_its_needs(kind):
         outputs = module.model(batch["image"])
         unlabelled = {k: v for k, v in batch.items() if k != "mask"}
         assert torch.isfinite(term(outputs, unlabelled, module.train_step.term_context(0)))
+
+
+def _term_module(kind: str) -> MultiTaskModule:
+    """The term's example tasks, a position head it does not read, two labelled rows and
+    two of the pool; the teacher (if any) a copy of the student."""
+    cls = TERMS.get(kind)
+    tasks = [{"kind": k} for k in cls.example_tasks] or [{"kind": "segmentation"}]
+    tasks.append({"kind": "position", "params": {"hidden": 8}})
+    module = _module(tasks, terms=[{"kind": kind}])
+    if module.teacher is not None:
+        module.teacher.follow(module.model)
+    return module
+
+
+def _term_loss(module: MultiTaskModule, batch: dict) -> torch.Tensor:
+    torch.manual_seed(3)  # dropout, if any: the same draw for every call
+    (term,) = module.terms
+    return term(module.model(batch["image"]), batch, module.train_step.term_context(5))
+
+
+@pytest.mark.parametrize("kind", TERMS.names())
+def test_every_term_reads_no_mask_of_a_pool_row(kind):
+    module = _term_module(kind)
+    batch = {**_batch(), "labelled": torch.tensor([True, True, False, False])}
+    other = batch["mask"].clone()
+    other[2:] = torch.randint(0, 3, other[2:].shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        given, garbage = _term_loss(module, batch), _term_loss(module, {**batch, "mask": other})
+    assert torch.equal(given, garbage), f"{kind} read the mask of a pool row"
+
+
+@pytest.mark.parametrize("kind", TERMS.names())
+def test_every_terms_gradient_reaches_only_the_heads_it_reads(kind):
+    module = _term_module(kind)
+    (term,) = module.terms
+    assert term.reads and set(term.reads) <= {t.name for t in module.tasks}
+    batch = {**_batch(), "labelled": torch.tensor([True, True, False, False])}
+    module.zero_grad(set_to_none=True)
+    loss = _term_loss(module, batch)
+    assert float(loss) != 0.0, f"{kind}: a zero loss shows nothing"
+    loss.backward()
+    assert "position" in module.model.heads
+    for name, head in module.model.heads.items():
+        if name not in term.reads:
+            assert not _grads(head.parameters()), f"{kind} reached the {name} head"
+    assert _grads(module.model.backbone.parameters()), f"{kind} trains nothing shared"

@@ -114,6 +114,12 @@ class Term:
         return None
 
     @property
+    def reads(self) -> tuple[str, ...]:
+        """The tasks whose outputs the term reads: its gradient reaches their heads (and the
+        network they share), no other head (the contract tests check it)."""
+        return ()
+
+    @property
     def replaces(self) -> tuple[str, ...]:
         """The tasks whose own loss is not computed while this term trains."""
         return ()

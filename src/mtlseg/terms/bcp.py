@@ -160,6 +160,10 @@ class BidirectionalCopyPaste(Term):
                 applied_labels=list(range(1, self.seg.ctx.num_classes)), independent=True
             )
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.seg.name,)
+
     @classmethod
     def requirements(cls, params: Any) -> Requirements:
         return Requirements(masks=True, mixes_pool=params.pool, dims=(2,))

@@ -59,6 +59,10 @@ class DualTaskConsistency(Term):
         self.seg = self.segmentation_task(self.params.segmentation)
         self.distance = self.task(self.params.distance, DistanceTask)
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.seg.name, self.distance.name)
+
     def __call__(
         self, outputs: dict[str, Any], batch: dict[str, Any], ctx: TermContext | None = None
     ) -> torch.Tensor:

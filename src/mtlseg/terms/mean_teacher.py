@@ -72,6 +72,10 @@ class MeanTeacherTerm(Term):
         super().__init__(cfg, tasks, primary)
         self.seg = self.segmentation_task(self.params.segmentation)
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.seg.name,)
+
     @classmethod
     def requirements(cls, params: Any) -> Requirements:
         return Requirements(unlabelled_only=not params.labelled, dims=(2, 3))

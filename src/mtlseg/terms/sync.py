@@ -35,6 +35,10 @@ class _SegmentationPresenceTerm(Term):
         self.seg = self.segmentation_task(self.params.segmentation)
         self.presence = self.task(self.params.presence, PresenceTask)
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.seg.name, self.presence.name)
+
 
 @TERMS.register("sync")
 class SyncTerm(_SegmentationPresenceTerm):
