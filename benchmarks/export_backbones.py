@@ -21,12 +21,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.export.formats import export_module
 from mtlseg.export.graph import SegmentationGraph
 from mtlseg.models import BACKBONES
 from mtlseg.models.registry import TINY_PARAMS
+from mtlseg.settings import load_config
 
 VOLUMETRIC = {"unet3d"}
 

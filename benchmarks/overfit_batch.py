@@ -16,11 +16,11 @@ import argparse
 
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module
 from mtlseg.metrics.segmentation import confusion_counts, pooled_scores
+from mtlseg.settings import load_config
 
 
 def main() -> None:

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.inference import evaluate_cases
 from mtlseg.engine.precision import auto_precision, cpu_flags, cpu_model, has_native_bf16
 from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module, train
+from mtlseg.settings import load_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

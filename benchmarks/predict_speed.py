@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.batched import InferenceSet, default_readers, file_entries
 from mtlseg.engine.inference import evaluate_cases, load_module, predict
 from mtlseg.engine.train import train
+from mtlseg.settings import load_config
 
 
 def subset(data: Path, n: int, dest: Path) -> Path:

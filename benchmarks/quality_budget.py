@@ -19,11 +19,11 @@ import json
 import time
 from pathlib import Path
 
-from mtlseg.config import load_config
 from mtlseg.data.splits import seeded_patient_split
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import evaluate
 from mtlseg.engine.train import train
+from mtlseg.settings import load_config
 
 
 def inner_split(data, seed: int) -> dict[str, list[str]]:

@@ -33,10 +33,10 @@ import time
 
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module, loaders
+from mtlseg.settings import load_config
 
 
 def _to(batch: dict, device: str) -> dict:

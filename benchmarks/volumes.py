@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data, train_loader
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import build_module
+from mtlseg.settings import load_config
 
 
 def _sync(device: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlseg.config import TrainConfig, load_config
+from mtlseg.config import TrainConfig
 from mtlseg.data.resample import resize_labels
 from mtlseg.data.transforms import AUGMENTATIONS, Augment2D
 from mtlseg.engine.checkpoint import load_checkpoint
@@ -18,6 +18,7 @@ from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.engine.train import train
 from mtlseg.errors import ConfigError
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET
 
 

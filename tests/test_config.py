@@ -1,12 +1,16 @@
 """Recipes, --set overrides and name lookups: typed, validated, errors name the key."""
 
+import dataclasses
+
 import pytest
 
-from mtlseg.config import load_config, recipe_names
+from mtlseg.config import recipe_names
 from mtlseg.errors import ConfigError
-from mtlseg.models import build_backbone
+from mtlseg.models import BACKBONES, build_backbone
+from mtlseg.settings import load_config
 from mtlseg.tasks import TASKS
-from mtlseg.weighting import build_weighting
+from mtlseg.terms import TERMS
+from mtlseg.weighting import WEIGHTINGS, build_weighting
 
 
 def test_shipped_recipes_load_and_are_the_decided_set():
@@ -38,8 +42,8 @@ def test_set_reaches_tasks_by_name_and_index():
         ["tasks.hog.weight=0.5", "tasks.0.params.loss=dice-ce", "model.params.channels=[4,8]"],
     )
     assert cfg.tasks[1].weight == 0.5
-    assert cfg.tasks[0].params["loss"] == "dice-ce"
-    assert cfg.model.params["channels"] == [4, 8]
+    assert cfg.tasks[0].params.loss == "dice-ce"  # typed at load: the task's own Config
+    assert cfg.model.params.channels == [4, 8]
 
 
 @pytest.mark.parametrize(
@@ -63,35 +67,45 @@ def test_unknown_recipe_lists_the_shipped_ones():
         load_config("unet-hogg")
 
 
-def test_unknown_task_backbone_weighting_list_valid_names():
-    with pytest.raises(
-        ConfigError,
-        match="unknown task .nosuch.; valid tasks: bbox, canny, classification, colourise, "
-        "contrastive, denoise, depth, distance, genesis, hog, normals, position, presence, scene, "
-        "segmentation$",
-    ):
-        TASKS.get("nosuch")
-    with pytest.raises(
-        ConfigError,
-        match="unknown backbone .resnet.; valid backbones: big-unet, mtan, resnet-unet, segnet, "
-        "small-unet, u2net, unet, unet-aspp, unet3d, vgg-aspp$",
-    ):
-        build_backbone("resnet", {}, 1, 2)
-    with pytest.raises(
-        ConfigError,
-        match="unknown weighting .nash.; valid weightings: aligned-mtl, cagrad, constant, decay, "
-        "dwa, equal, famo, fixed, gcs, gradnorm, imtl-g, mgda, nash-mtl, pcgrad, rlw, softadapt, upgrad, "
-        "uw$",
-    ):
-        build_weighting("nash", {}, {}, "segmentation")
+@pytest.mark.parametrize(
+    ("look_up", "registry", "kind"),
+    [
+        (lambda: TASKS.get("nosuch"), TASKS, "task"),
+        (lambda: build_backbone("nosuch", {}, 1, 2), BACKBONES, "backbone"),
+        (lambda: build_weighting("nosuch", {}, {}, "segmentation"), WEIGHTINGS, "weighting"),
+        (lambda: TERMS.get("nosuch"), TERMS, "term"),
+    ],
+)
+def test_an_unknown_name_lists_every_registered_one(look_up, registry, kind):
+    names = registry.names()
+    assert names == sorted(names) and len(names) >= 4
+    with pytest.raises(ConfigError, match=f"unknown {kind} 'nosuch'; valid {kind}s: ") as err:
+        look_up()
+    assert str(err.value).endswith(", ".join(names))
 
 
-def test_task_params_are_validated_against_the_task():
-    from mtlseg.engine.module import build_model_and_tasks
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tasks.hog.params.cells=4", r"tasks.hog.params.cells: unknown key; valid keys: .*cell,"),
+        ("model.params.widht=3", r"model.params.widht: unknown key; valid keys: .*channels"),
+        ("weighting.params.alpa=1", r"weighting.params.alpa: unknown key; valid keys: "),
+        ("tasks.hog.params.cell=x", r"tasks.hog.params.cell: expected an integer, got 'x'"),
+    ],
+)
+def test_a_typo_under_params_fails_at_load_naming_the_key_and_the_valid_ones(override, message):
+    """Before any data is read: the params are each component's Config from the start."""
+    with pytest.raises(ConfigError, match=message):
+        load_config("unet-hog", [override])
 
-    cfg = load_config("unet-hog", ["tasks.hog.params.cells=4"])
-    with pytest.raises(ConfigError, match="tasks.hog.params.cells: unknown key"):
-        build_model_and_tasks(cfg, 3, 2)
+
+def test_params_are_typed_at_load_and_written_back_whole():
+    from mtlseg.tasks.hog import HOGParams
+
+    cfg = load_config("unet-hog", ["tasks.hog.params.cell=8"])
+    assert isinstance(cfg.tasks[1].params, HOGParams) and cfg.tasks[1].params.cell == 8
+    saved = cfg.to_dict()["tasks"][1]["params"]
+    assert saved["cell"] == 8 and set(saved) == {f.name for f in dataclasses.fields(HOGParams)}
 
 
 def test_the_primary_task_is_declared_or_the_first_segmentation_task():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from skimage import io
 
-from mtlseg.config import load_config
 from mtlseg.engine.checkpoint import load_checkpoint, save_atomic
 from mtlseg.engine.inference import evaluate, load_module, predict
 from mtlseg.engine.train import train
 from mtlseg.errors import MtlsegError, TrainingError
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET, power_cut_at, validation_of
 
 
@@ -201,8 +201,8 @@ def test_output_that_is_not_a_terminal_gets_a_plain_line_per_validation(
     line per validation with the step, the Dice, the time spent and the time left."""
     import logging
 
-    from mtlseg.config import load_config
     from mtlseg.engine.train import train
+    from mtlseg.settings import load_config
 
     sets = [*TINY_UNET, f"data.path={kvasir_small}", "train.max_steps=4", "train.val_every=2"]
     with caplog.at_level(logging.INFO, logger="mtlseg.engine.callbacks"):

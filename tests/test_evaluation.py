@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from skimage import io
 
 from mtlseg.cli import main
-from mtlseg.config import load_config
 from mtlseg.engine.inference import evaluate_cases, load_module, predict
 from mtlseg.engine.train import train
 from mtlseg.errors import DataError, MtlsegError
 from mtlseg.metrics.cases import evaluate_folder, score_case
+from mtlseg.settings import load_config
 from tests.conftest import ACDC, KVASIR, TINY_UNET, copy_acdc_cases, require_data
 
 

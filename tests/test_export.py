@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from mtlseg.cli import main
-from mtlseg.config import load_config
 from mtlseg.data.dataset import model_input
 from mtlseg.engine.inference import load_module, predict
 from mtlseg.engine.train import train
@@ -22,6 +21,7 @@ from mtlseg.errors import MtlsegError
 from mtlseg.export import export
 from mtlseg.export.formats import _exportable
 from mtlseg.export.runtime import predict_onnx
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET, make_kvasir_subset
 
 

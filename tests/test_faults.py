@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.train import train
 from mtlseg.errors import ConfigError
+from mtlseg.settings import load_config
 from tests.conftest import REPO, TINY_UNET
 
 # 9 train images, batch 4: 2 steps per epoch; a checkpoint every 3 steps falls mid-epoch

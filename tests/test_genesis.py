@@ -8,9 +8,10 @@ import logging
 import pytest
 import torch
 
-from mtlseg.config import StageConfig, load_config
+from mtlseg.config import StageConfig
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.stages import StagePlan
+from mtlseg.settings import load_config
 from mtlseg.targets.genesis import bezier_map, corrupt, inpaint, local_shuffle, outpaint, to_unit
 from tests.conftest import TINY_UNET
 

@@ -10,13 +10,13 @@ import shutil
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.data.budgets import resolve_label_budget
 from mtlseg.engine.data import TwoStreamBatches, prepare_data
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.rows import select_rows
 from mtlseg.engine.train import loaders, train
 from mtlseg.errors import ConfigError, DataError
+from mtlseg.settings import load_config
 from tests.conftest import ACDC, TINY_UNET, copy_acdc_cases, require_data
 
 

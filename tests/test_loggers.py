@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from mtlseg.config import load_config
 from mtlseg.engine.train import train
 from mtlseg.errors import ConfigError
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET
 
 

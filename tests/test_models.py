@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.module import build_model_and_tasks
 from mtlseg.errors import ConfigError
 from mtlseg.models import BACKBONES, build_backbone
 from mtlseg.models.heads import RegressionUnit
 from mtlseg.models.registry import TINY_PARAMS
+from mtlseg.settings import load_config
 
 TINY = TINY_PARAMS  # each backbone's small instance, declared where it is registered
 

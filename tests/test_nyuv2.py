@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from mtlseg.config import DataConfig, load_config
+from mtlseg.config import DataConfig
 from mtlseg.data.sources import discover
 from mtlseg.data.transforms import Augment2D
 from mtlseg.engine.data import prepare_data
@@ -24,6 +24,7 @@ from mtlseg.engine.train import train
 from mtlseg.errors import DataError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.metrics.segmentation import SegmentationMetrics
+from mtlseg.settings import load_config
 from tests.conftest import KVASIR, require_data, validation_of
 
 POLYP, WALL = 6, 11  # NYUv2-13 'objects' and 'wall' (raw labels, 0-based)

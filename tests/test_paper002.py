@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 from skimage import color, feature, io
 
-from mtlseg.config import load_config
 from mtlseg.data.annotations import read_boxes
 from mtlseg.data.transforms import Augment2D
 from mtlseg.engine.data import prepare_data
@@ -21,6 +20,7 @@ from mtlseg.errors import ConfigError, DataError
 from mtlseg.metrics.segmentation import pooled_scores
 from mtlseg.models import build_backbone
 from mtlseg.models.segnet import VGG16_WIDTHS
+from mtlseg.settings import load_config
 from mtlseg.targets.image import canny_edges, grey, lab, unit_range
 from mtlseg.tasks.image_level import mask_boxes
 from mtlseg.weighting import build_weighting

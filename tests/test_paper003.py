@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlseg.config import StageConfig, load_config
+from mtlseg.config import StageConfig
 from mtlseg.engine.inference import evaluate, predict
 from mtlseg.engine.module import build_model_and_tasks
 from mtlseg.engine.stages import StagePlan
@@ -19,6 +19,7 @@ from mtlseg.errors import ConfigError, DataError
 from mtlseg.losses import SEG_LOSSES
 from mtlseg.models import build_backbone
 from mtlseg.models.context import ContextEnsemble
+from mtlseg.settings import load_config
 from mtlseg.tasks.image_level import mask_presence
 from mtlseg.terms import build_terms
 from mtlseg.terms.sync import bernoulli_kl
@@ -349,7 +350,7 @@ def test_a_sync_term_without_a_presence_task_is_refused():
     _, tasks = build_model_and_tasks(cfg, 1, 4)
     with pytest.raises(ConfigError, match=r"terms.sync: no task named 'presence'"):
         build_terms(cfg.terms, tasks)
-    cfg.terms[0].params["presence"] = "segmentation"
+    cfg.terms[0].params.presence = "segmentation"
     with pytest.raises(ConfigError, match=r"'segmentation' is a segmentation task, expected"):
         build_terms(cfg.terms, tasks)
 

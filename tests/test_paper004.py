@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.inference import evaluate
 from mtlseg.engine.train import train
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET, validation_of
 
 RESUME = [

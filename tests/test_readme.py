@@ -78,7 +78,7 @@ def test_every_quickstart_line_runs_as_written(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("text", ["train.max_steps=2;data.image_size=32", " train.max_steps=2 ; "])
 def test_mtlseg_set_applies_after_every_set(monkeypatch, text):
-    from mtlseg.config import load_config
+    from mtlseg.settings import load_config
 
     monkeypatch.setenv("MTLSEG_SET", text)
     cfg = load_config("unet", ["train.max_steps=500"])

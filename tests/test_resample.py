@@ -205,9 +205,9 @@ def test_an_old_run_resumes_only_with_its_own_rule(tmp_path):
     trained with), and a clear error names the key otherwise."""
     import yaml
 
-    from mtlseg.config import load_config
     from mtlseg.engine.train import check_resumable
     from mtlseg.errors import MtlsegError
+    from mtlseg.settings import load_config
 
     cfg = load_config("unet", ["data.path=x"])
     saved = cfg.to_dict()

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import load_module
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.step import Optimisation
 from mtlseg.engine.train import loaders, train
 from mtlseg.errors import ConfigError
+from mtlseg.settings import load_config
 from mtlseg.terms.mean_teacher import sigmoid_rampup
 from tests.conftest import TINY_UNET
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from mtlseg.cli import main
-from mtlseg.config import load_config
 from mtlseg.engine.checkpoint import load_checkpoint
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import evaluate, load_module, predict
 from mtlseg.engine.train import build_trainer, train
 from mtlseg.errors import DataError
+from mtlseg.settings import load_config
 
 TINY = [
     "model.params.channels=[4,8,16]",

@@ -112,7 +112,6 @@ import logging  # noqa: E402
 
 import torch  # noqa: E402
 
-from mtlseg.config import load_config  # noqa: E402
 from mtlseg.data.metadata import META_FIELDS as FIELDS  # noqa: E402
 from mtlseg.data.samplers import AdjacentPairBatchSampler  # noqa: E402
 from mtlseg.engine.data import train_loader  # noqa: E402
@@ -120,6 +119,7 @@ from mtlseg.engine.module import build_model_and_tasks  # noqa: E402
 from mtlseg.errors import ConfigError, TrainingError  # noqa: E402
 from mtlseg.models import build_backbone  # noqa: E402
 from mtlseg.models.resnet import ResNetEncoder  # noqa: E402
+from mtlseg.settings import load_config  # noqa: E402
 from mtlseg.tasks.slices import info_nce  # noqa: E402
 
 TINY_SMALL = ["model.params.channels=[4,8,16]", "data.image_size=32"]

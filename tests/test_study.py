@@ -275,11 +275,11 @@ def test_a_generated_page_is_checked_against_the_store(kvasir_small, tmp_path, c
 
 
 def test_scoring_a_checkpoint_loads_it_once(kvasir_small, tmp_path, monkeypatch):
-    from mtlseg.config import load_config
     from mtlseg.engine import inference
     from mtlseg.engine.data import prepare_data
     from mtlseg.engine.train import train
     from mtlseg.report import scores
+    from mtlseg.settings import load_config
 
     cfg = load_config("unet", [*TINY, "train.max_steps=2", f"data.path={kvasir_small}"])
     result = train(cfg, tmp_path / "run")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import evaluate, evaluate_cases, load_module, predict
@@ -18,6 +17,7 @@ from mtlseg.errors import ConfigError, DataError
 from mtlseg.metrics import SegmentationMetrics, score_case
 from mtlseg.models import build_backbone
 from mtlseg.models.context import ContextEnsemble
+from mtlseg.settings import load_config
 from mtlseg.tasks.image_level import mask_presence
 from tests.conftest import validation_of
 

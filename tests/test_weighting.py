@@ -409,8 +409,8 @@ def test_gcs_leaves_a_label_free_loss_ungated_unless_told(gate):
 
 
 def test_the_module_tells_the_weighting_which_losses_are_label_free():
-    from mtlseg.config import load_config
     from mtlseg.engine.module import MultiTaskModule
+    from mtlseg.settings import load_config
 
     cfg = load_config("unet-dtc", ["model.params.channels=[4,8,16]", "weighting.kind=gcs"])
     module = MultiTaskModule(cfg.to_dict(), 1, ["background", "foreground"])

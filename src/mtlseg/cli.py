@@ -59,7 +59,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
-    from mtlseg.config import load_config, recipe_names
+    from mtlseg.config import recipe_names
+    from mtlseg.settings import load_config
 
     for name in recipe_names():
         cfg = load_config(name, args.set)
@@ -75,8 +76,8 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from mtlseg.config import load_config
     from mtlseg.engine.train import train
+    from mtlseg.settings import load_config
 
     overrides = [*args.set, f"data.path={args.data}"]
     if args.auto_lr and not args.resume:
@@ -97,8 +98,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from mtlseg.config import load_config
     from mtlseg.engine.lr_find import find_lr
+    from mtlseg.settings import load_config
 
     cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}"])
     found = find_lr(cfg, Path(args.out), args.steps, args.min_lr, args.max_lr)
@@ -309,10 +310,10 @@ def cmd_study_report(args: argparse.Namespace) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
-    from mtlseg.config import load_config
     from mtlseg.data.loading import load_dataset
     from mtlseg.data.sources import discover
     from mtlseg.data.splits import PATIENT_HINT, resolve_split
+    from mtlseg.settings import load_config
 
     cfg = load_config("unet", [*args.set, f"data.path={args.data}"]).data
     dataset, source = None, ""

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from mtlseg.conventions import EMPTY_CONVENTIONS
 from mtlseg.errors import ConfigError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -66,15 +67,7 @@ class DataConfig:
     unlabelled_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from mtlseg.data.budgets import check_label_budget
-        from mtlseg.data.resample import LABEL_RESIZE
-        from mtlseg.data.transforms import AUGMENTATIONS
-
-        if self.label_resize not in LABEL_RESIZE:
-            raise ConfigError(
-                f"data.label_resize: unknown rule {self.label_resize!r}; "
-                f"valid: {', '.join(LABEL_RESIZE.names())}"
-            )
+        # names from registries (label_resize, augment) are checked by mtlseg.settings
         self.label_budget = check_label_budget(self.label_budget)
         if self.dims not in (2, 3):
             raise ConfigError(f"data.dims: expected 2 or 3, got {self.dims}")
@@ -82,14 +75,36 @@ class DataConfig:
             raise ConfigError(
                 f"data.patch_size: expected three positive sizes (h, w, d), got {self.patch_size}"
             )
-
         if isinstance(self.augment, bool):
             self.augment = "mild" if self.augment else "none"
-        if self.augment not in AUGMENTATIONS:
+
+
+def check_label_budget(value: Any) -> Any:
+    """``data.label_budget``: ``all``, a count (>= 1), a fraction strictly between 0 and 1,
+    or a path to a JSON list of ids. A float 1.0 is refused: as a fraction it means every
+    case, as a count one case, and the config's coercion would make it the latter."""
+    if isinstance(value, bool):
+        raise ConfigError(
+            f"data.label_budget: expected all, a count, a fraction or a path, got {value!r}"
+        )
+    if isinstance(value, float):
+        if value.is_integer():
             raise ConfigError(
-                f"data.augment: unknown augmentation {self.augment!r}; "
-                f"valid: {', '.join(AUGMENTATIONS.names())} (or true/false)"
+                f"data.label_budget: {value} is ambiguous (a fraction of 1 or one case); write "
+                "all for every case, or an integer count"
             )
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"data.label_budget: a fraction must be in (0, 1), got {value}")
+        return value
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"data.label_budget: a count must be >= 1, got {value}")
+        return value
+    if isinstance(value, str) and value:
+        return value
+    raise ConfigError(
+        f"data.label_budget: expected all, a count, a fraction or a path, got {value!r}"
+    )
 
 
 def patch_size(cfg: DataConfig) -> list[int]:
@@ -114,7 +129,7 @@ class ModelConfig:
     """Which backbone (by registry name), its own parameters, optional FiLM conditioning."""
 
     backbone: str = "unet"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=dict)  # a mapping; its Config once resolved (settings)
     film: FiLMConfig | None = None
     input: str = "image"  # what the network sees (mtlseg.models.inputs): image | lightness
     # which network validation, evaluate and predict run when a term keeps an EMA teacher
@@ -122,9 +137,6 @@ class ModelConfig:
     predict_with: str = "student"
 
     def __post_init__(self) -> None:
-        from mtlseg.models.inputs import INPUTS
-
-        INPUTS.get(self.input)  # unknown names: a ConfigError listing the valid ones
         if self.predict_with not in ("student", "teacher"):
             raise ConfigError(
                 f"model.predict_with: expected student or teacher, got {self.predict_with!r}"
@@ -142,7 +154,7 @@ class TaskConfig:
     kind: str
     name: str | None = None
     weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=dict)  # a mapping; its Config once resolved (settings)
     enabled: bool = True  # false drops the task (ablations: --set tasks.1.enabled=false)
 
     def __post_init__(self) -> None:
@@ -158,7 +170,7 @@ class TermConfig:
     kind: str
     name: str | None = None
     weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=dict)  # a mapping; its Config once resolved (settings)
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -211,7 +223,7 @@ class WeightingConfig:
     """How task losses are combined (registry name + params)."""
 
     kind: str = "fixed"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=dict)  # a mapping; its Config once resolved (settings)
 
 
 @dataclass
@@ -296,8 +308,6 @@ class MetricsConfig:
     empty: str = "exclude"
 
     def __post_init__(self) -> None:
-        from mtlseg.metrics.segmentation import EMPTY_CONVENTIONS
-
         if self.empty not in EMPTY_CONVENTIONS:
             raise ConfigError(
                 f"metrics.empty: expected one of {', '.join(EMPTY_CONVENTIONS)}, got {self.empty!r}"
@@ -470,6 +480,12 @@ def build_dataclass(cls: type, raw: Any, key: str = "") -> Any:
         raise ConfigError(f"{key or cls.__name__}: {err}") from None
 
 
+def typed(cls: type, params: Any, key: str) -> Any:
+    """A component's ``params``: already its ``cls`` (resolved at load), or built from a
+    mapping (a builder called with raw params: tests, tools)."""
+    return params if isinstance(params, cls) else build_dataclass(cls, params, key)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
     if "=" not in text:
@@ -566,11 +582,12 @@ def env_overrides() -> list[str]:
     return [item.strip() for item in os.environ.get(ENV_SET, "").split(";") if item.strip()]
 
 
-def load_config(
+def parse_config(
     recipe: str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
-    """Recipe (name, path or dict) + ``--set`` overrides (then ``$MTLSEG_SET``'s) ->
-    validated RunConfig."""
+    """Recipe (name, path or dict) + ``--set`` overrides (then ``$MTLSEG_SET``'s) -> a
+    RunConfig whose fields are checked and whose components' ``params`` are still mappings;
+    ``mtlseg.settings.load_config`` types those (what every command uses)."""
     raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe_dict(recipe)
     for text in [*overrides, *env_overrides()]:
         path, value = parse_override(text)

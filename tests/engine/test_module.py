@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from mtlseg.config import load_config, load_recipe_dict
+from mtlseg.config import load_recipe_dict
 from mtlseg.engine.module import MultiTaskModule
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET
 
 

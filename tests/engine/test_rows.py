@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlseg.config import load_config
 from mtlseg.engine.module import MultiTaskModule
 from mtlseg.engine.rows import PoolForward, merge_rows, select_rows
 from mtlseg.models.registry import TINY_PARAMS
+from mtlseg.settings import load_config
 
 
 def test_merge_puts_rows_back_where_select_took_them():

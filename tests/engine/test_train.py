@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from mtlseg.cli import continuation
-from mtlseg.config import load_config
 from mtlseg.engine.module import STEP_OWNER_KEY
 from mtlseg.engine.train import train
 from mtlseg.errors import Interrupted, MtlsegError
+from mtlseg.settings import load_config
 from tests.conftest import TINY_UNET
 
 

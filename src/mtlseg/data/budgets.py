@@ -10,37 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from mtlseg.errors import ConfigError, DataError
+from mtlseg.errors import DataError
 
 BUDGET_FILE = "label_budgets.json"  # {"7": [patient ids], ...} at the data root (SSL4MIS's)
-
-
-def check_label_budget(value: Any) -> Any:
-    """``data.label_budget``: ``all``, a count (>= 1), a fraction strictly between 0 and 1,
-    or a path to a JSON list of ids. A float 1.0 is refused: as a fraction it means every
-    case, as a count one case, and the config's coercion would make it the latter."""
-    if isinstance(value, bool):
-        raise ConfigError(
-            f"data.label_budget: expected all, a count, a fraction or a path, got {value!r}"
-        )
-    if isinstance(value, float):
-        if value.is_integer():
-            raise ConfigError(
-                f"data.label_budget: {value} is ambiguous (a fraction of 1 or one case); write "
-                "all for every case, or an integer count"
-            )
-        if not 0.0 < value < 1.0:
-            raise ConfigError(f"data.label_budget: a fraction must be in (0, 1), got {value}")
-        return value
-    if isinstance(value, int):
-        if value < 1:
-            raise ConfigError(f"data.label_budget: a count must be >= 1, got {value}")
-        return value
-    if isinstance(value, str) and value:
-        return value
-    raise ConfigError(
-        f"data.label_budget: expected all, a count, a fraction or a path, got {value!r}"
-    )
 
 
 def _units(split_mode: str) -> str:

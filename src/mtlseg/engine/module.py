@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import Any, cast
@@ -17,7 +16,7 @@ from monai.inferers import sliding_window_inference
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
-from mtlseg.config import RunConfig, build_dataclass, patch_size, with_saved_defaults
+from mtlseg.config import RunConfig, build_dataclass, patch_size, typed, with_saved_defaults
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.requirements import check_requirements
 from mtlseg.engine.rows import PoolForward
@@ -30,10 +29,11 @@ from mtlseg.metrics import SegmentationMetrics
 from mtlseg.models import MultiTaskModel, build_backbone
 from mtlseg.models.film import FiLMGenerator
 from mtlseg.models.inputs import INPUTS
+from mtlseg.settings import resolve
 from mtlseg.tasks import TASKS, TaskContext, build_task
 from mtlseg.tasks.base import Task
 from mtlseg.tasks.segmentation import SegmentationTask
-from mtlseg.terms import TERMS, Term, build_terms
+from mtlseg.terms import Term, build_terms
 from mtlseg.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_model_and_tasks(
         )
     seg = next(t for t in cfg.tasks if t.name == cfg.primary)
     seg_cls = TASKS.get(seg.kind)
-    seg_params = build_dataclass(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
+    seg_params = typed(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
     out_channels = seg_cls.output_channels(seg_params, num_classes)
     names = [t.name or t.kind for t in cfg.tasks]
     backbone = build_backbone(
@@ -119,25 +119,10 @@ def primary_task(tasks: list[Task], name: str) -> SegmentationTask:
     return task
 
 
-def with_resolved_task_params(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with every task's and term's params spelled out (defaults included), so a
-    checkpoint rebuilds the same heads even after a default changes (e.g. deep supervision)."""
-    out = dict(config)
-    for key, registry in (("tasks", TASKS), ("terms", TERMS)):
-        items = []
-        for i, raw in enumerate(config.get(key) or []):
-            cls = registry.get(raw["kind"])
-            params = build_dataclass(cls.Config, raw.get("params") or {}, f"{key}.{i}.params")
-            items.append({**raw, "params": dataclasses.asdict(params)})
-        if key in config:
-            out[key] = items
-    return out
-
-
 def parameter_counts(cfg: RunConfig, in_channels: int, num_classes: int) -> dict[str, int]:
     """Parameters of the backbone, of the task heads, and in total, without data: image-level
     tasks are counted with two classes per labels column."""
-    columns = [str(t.params["column"]) for t in cfg.tasks if t.params.get("column")]
+    columns = [str(c) for t in cfg.tasks if (c := getattr(t.params, "column", None))]
     model, _ = build_model_and_tasks(
         cfg, in_channels, num_classes, {c: ["a", "b"] for c in columns}
     )
@@ -163,9 +148,10 @@ class MultiTaskModule(pl.LightningModule):
         label_values: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
-        config = with_resolved_task_params(with_saved_defaults(config))
-        self.save_hyperparameters()  # the resolved config: later default changes do not apply
-        self.cfg: RunConfig = build_dataclass(RunConfig, config)
+        self.cfg: RunConfig = resolve(build_dataclass(RunConfig, with_saved_defaults(config)))
+        # every default spelled out: a checkpoint rebuilds the same network after one changes
+        config = self.cfg.to_dict()
+        self.save_hyperparameters()
         self.class_names = list(class_names)
         self.model, self.tasks = build_model_and_tasks(
             self.cfg, in_channels, len(class_names), label_values

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mtlseg.config import RunConfig, build_dataclass
+from mtlseg.config import RunConfig, typed
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.errors import ConfigError, DataError
@@ -28,7 +28,7 @@ def requirements(cfg: RunConfig) -> dict[str, tuple[str, Requirements]]:
     for key, registry, items in (("tasks", TASKS, cfg.tasks), ("terms", TERMS, cfg.terms)):
         for item in items:
             cls = registry.get(item.kind)
-            params = build_dataclass(cls.Config, item.params, f"{key}.{item.name}.params")
+            params = typed(cls.Config, item.params, f"{key}.{item.name}.params")
             out[f"{key}.{item.name}"] = (item.kind, cls.requirements(params))
     return out
 

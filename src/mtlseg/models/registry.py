@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtlseg.config import build_dataclass
+from mtlseg.config import typed
 from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry, check_config_class
 
@@ -42,7 +42,7 @@ def build_backbone(
     """``task_names`` reach backbones with one branch per task (``per_task``, e.g. MTAN)."""
     cls, config_cls = BACKBONES.get(name)
     try:
-        cfg = build_dataclass(config_cls, params, "model.params")
+        cfg = typed(config_cls, params, "model.params")
         if getattr(cls, "per_task", False):
             backbone = cls(in_channels, num_classes, cfg, list(task_names or []))
         else:

@@ -11,13 +11,7 @@ from typing import Any
 
 import torch
 
-from mtlseg.config import (
-    RunConfig,
-    apply_override,
-    load_config,
-    load_recipe_dict,
-    parse_override,
-)
+from mtlseg.config import RunConfig, apply_override, load_recipe_dict, parse_override
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import PreparedData, prepare_data
@@ -37,9 +31,10 @@ from mtlseg.report.tables import (
     task_table,
     verdict,
 )
+from mtlseg.settings import load_config
 from mtlseg.study.grid import grid_points  # noqa: F401  (compare --grid, re-exported)
 from mtlseg.study.runner import Lane, machine_for
-from mtlseg.study.spec import Cell, Study, check_component_params
+from mtlseg.study.spec import Cell, Study
 from mtlseg.study.spec import Variant as StudyVariant
 from mtlseg.study.store import Record, Store
 
@@ -120,10 +115,11 @@ def expand(
 
     def _resolved(name: str, recipe: str, extra: tuple[str, ...]) -> RunConfig:
         """The row's configuration; every key exists, under a component's params too,
-        before anything trains."""
-        cfg = load_config(recipe, [*overrides, *extra, f"data.path={data_path}"])
-        check_component_params(cfg, f"compare: {name}")
-        return cfg
+        before anything trains (``load_config`` types them)."""
+        try:
+            return load_config(recipe, [*overrides, *extra, f"data.path={data_path}"])
+        except ConfigError as err:
+            raise ConfigError(f"compare: {name}: {err}") from None
 
     for r, recipe in enumerate(recipes):
         stem = Path(recipe).stem

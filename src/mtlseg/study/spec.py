@@ -33,8 +33,9 @@ from typing import Any
 
 import yaml
 
-from mtlseg.config import RunConfig, build_dataclass, load_config
+from mtlseg.config import RunConfig, build_dataclass
 from mtlseg.errors import ConfigError
+from mtlseg.settings import load_config
 from mtlseg.study.grid import grid_points
 
 # keys that say where or how a run is shown, not what it computes: left out of a cell's key
@@ -210,26 +211,6 @@ def find_data(data: str, base: Path | None = None) -> str:
     )
 
 
-def check_component_params(cfg: RunConfig, who: str) -> None:
-    """Every ``params`` of the backbone, tasks, terms and weighting against the component's
-    ``Config``: a key that does not exist fails here, before any training."""
-    import mtlseg.engine.module  # noqa: F401  (registers every task, term and weighting)
-    from mtlseg.models.registry import BACKBONES
-    from mtlseg.tasks.base import TASKS
-    from mtlseg.terms.base import TERMS
-    from mtlseg.weighting.base import WEIGHTINGS
-
-    checks = [(BACKBONES.get(cfg.model.backbone)[1], cfg.model.params, "model.params")]
-    checks += [(TASKS.get(t.kind).Config, t.params, f"tasks.{t.name}.params") for t in cfg.tasks]
-    checks += [(TERMS.get(t.kind).Config, t.params, f"terms.{t.name}.params") for t in cfg.terms]
-    checks.append((WEIGHTINGS.get(cfg.weighting.kind).Config, cfg.weighting.params, "weighting"))
-    for config_cls, params, key in checks:
-        try:
-            build_dataclass(config_cls, params, key)
-        except ConfigError as err:
-            raise ConfigError(f"{who}: {err}") from None
-
-
 def load_study(path: Path | str, data: str | None = None) -> Study:
     """Read, validate and resolve a study file; ``data`` replaces the file's ``data``."""
 
@@ -275,9 +256,8 @@ def resolve(spec: StudySpec, data: str, source: Path | None = None) -> Study:
             overrides = (*spec.set, *row.set, *point)
             try:
                 cfg = load_config(row.recipe, [*overrides, f"data.path={data_path}"])
-            except ConfigError as err:
+            except ConfigError as err:  # a key under a component's params too
                 raise ConfigError(f"{where}: variant {name!r}: {err}") from None
-            check_component_params(cfg, f"{where}: variant {name!r}")
             variants.append(Variant(name, row.recipe, overrides, cfg, seeds, own or budgets))
     if spec.seeds < 1:
         raise ConfigError(f"{where}: seeds: at least 1 seed, got {spec.seeds}")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
-from mtlseg.config import TaskConfig, build_dataclass
+from mtlseg.config import TaskConfig, typed
 from mtlseg.models.base import Backbone
 from mtlseg.registry import Registry
 
@@ -80,7 +80,7 @@ class Task:
         self.name: str = cfg.name or cfg.kind
         self.kind = cfg.kind
         self.weight = cfg.weight
-        self.params = build_dataclass(self.Config, cfg.params, f"tasks.{self.name}.params")
+        self.params = typed(self.Config, cfg.params, f"tasks.{self.name}.params")
         self.ctx = ctx
         self.needs = self.requirements(self.params)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from mtlseg.config import TermConfig, build_dataclass
+from mtlseg.config import TermConfig, typed
 from mtlseg.errors import ConfigError
 from mtlseg.registry import Registry
 from mtlseg.tasks.base import TASKS, Requirements, Task
@@ -78,7 +78,7 @@ class Term:
     ) -> None:
         self.name: str = cfg.name or cfg.kind
         self.kind, self.weight = cfg.kind, cfg.weight
-        self.params = build_dataclass(self.Config, cfg.params, f"terms.{self.name}.params")
+        self.params = typed(self.Config, cfg.params, f"terms.{self.name}.params")
         self.tasks = tasks
         self.primary = primary
         self.needs = self.requirements(self.params)

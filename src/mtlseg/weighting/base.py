@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtlseg.config import build_dataclass
+from mtlseg.config import typed
 from mtlseg.registry import Registry
 
 WEIGHTINGS: Registry[Any] = Registry("weighting", needs_config=True)  # Weighting classes
@@ -116,7 +116,7 @@ def build_weighting(
     """The weighting ``kind`` for these losses; ``label_free``: the losses that learn with
     no annotation (``Weighting.label_free``)."""
     cls = WEIGHTINGS.get(kind)
-    cfg = build_dataclass(cls.Config, params, "weighting.params")  # its checks: ConfigError
+    cfg = typed(cls.Config, params, "weighting.params")  # its checks: ConfigError
     weighting = cls(task_weights, cfg, primary, likelihoods)
     weighting.label_free = frozenset(label_free)
     return weighting
