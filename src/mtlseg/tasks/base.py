@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -64,7 +64,10 @@ class Requirements:
         return self.learns_without_annotation or self.mixes_pool
 
 
-class Task:
+P = TypeVar("P")  # a task's params: its Config dataclass
+
+
+class Task(Generic[P]):
     """Base class. Subclasses set ``Config`` (a dataclass of their params) and ``requires``
     (or override ``requirements`` when they depend on the params), and implement ``target``
     and ``loss``; ``build_head`` returns None when the backbone's own output is used.
@@ -80,7 +83,7 @@ class Task:
         self.name: str = cfg.name or cfg.kind
         self.kind = cfg.kind
         self.weight = cfg.weight
-        self.params = typed(self.Config, cfg.params, f"tasks.{self.name}.params")
+        self.params: P = typed(self.Config, cfg.params, f"tasks.{self.name}.params")
         self.ctx = ctx
         self.needs = self.requirements(self.params)
 

@@ -6,7 +6,7 @@ MTAN authors preprocess it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,10 @@ class DistanceParams(DenseParams):
             raise ValueError(f"loss must be one of {', '.join(DISTANCE_LOSSES)}, got {self.loss!r}")
 
 
-class GeometryTask(DenseTask):
+GP = TypeVar("GP", bound=DenseParams)
+
+
+class GeometryTask(DenseTask[GP]):
     """A dense target at full resolution: ``features: decoder`` means the last (full
     resolution) decoder stage."""
 
@@ -57,7 +60,7 @@ class GeometryTask(DenseTask):
 
 
 @register_task("distance")
-class DistanceTask(GeometryTask):
+class DistanceTask(GeometryTask[DistanceParams]):
     """The depth analogue: per foreground class, the signed distance to its boundary
     (negative inside), truncated at ``truncate`` x image side and scaled to [-1, 1]; one
     channel per foreground class, L1 (or MSE) loss. Metrics: abs and rel error of the
@@ -96,7 +99,7 @@ class DepthParams(DenseParams):
 
 
 @register_task("depth")
-class DepthTask(GeometryTask):
+class DepthTask(GeometryTask[DepthParams]):
     """Paper 004's depth task on data that has depth (NYUv2 as the MTAN authors preprocess
     it): one channel regressed with L1 over the pixels that have a reading (depth != 0), as
     their code does. Metrics: abs and rel error in the data's units."""
@@ -143,7 +146,7 @@ class NormalsParams(DenseParams):
 
 
 @register_task("normals")
-class NormalsTask(GeometryTask):
+class NormalsTask(GeometryTask[NormalsParams]):
     """The surface-normal analogue: per foreground class, the unit in-plane gradient of its
     signed distance (the outward normal of the nearest boundary), two channels (y, x) per
     class; loss 1 - cosine on the band of pixels within ``band`` x side of a boundary, as

@@ -22,7 +22,7 @@ class HOGParams(HOGConfig):
 
 
 @register_task("hog")
-class HOGTask(Task):
+class HOGTask(Task[HOGParams]):
     """Target: ``hog_descriptor(image)`` computed on device each step, (B, D).
 
     Output: (B, S, D), one prediction per attached feature stage. Loss: the mean over

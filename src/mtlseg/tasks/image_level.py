@@ -4,7 +4,7 @@ scene and the classes present (paper 003)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,11 @@ class ClassificationParams:
             raise ValueError(f"loss: expected ce or bce, got {self.loss!r}")
 
 
+CP = TypeVar("CP", bound=ClassificationParams)
+
+
 @register_task("classification")
-class ClassificationTask(Task):
+class ClassificationTask(Task[CP]):
     """Predict a case-level label (``case_labels.csv``) from pooled features; cross-entropy
     (paper 002 eq. 1's L_cls). Output (B, K) logits, target (B,) class indices."""
 
@@ -89,7 +92,7 @@ class SceneParams(ClassificationParams):
 
 
 @register_task("scene")
-class SceneTask(ClassificationTask):
+class SceneTask(ClassificationTask[SceneParams]):
     """Paper 003's scene task (ACDC: the pathology of the case): ``classification`` with the
     paper's defaults, a 256-unit hidden layer on the shared latent space and BCE (eq. 2)."""
 
@@ -104,7 +107,7 @@ class PresenceParams:
 
 
 @register_task("presence")
-class PresenceTask(Task):
+class PresenceTask(Task[PresenceParams]):
     """Which foreground classes appear in the input (paper 003's class task, eq. 2 L_cla):
     one sigmoid per foreground class, BCE against presence made from the (augmented) mask on
     the fly: a 2D slice or a 3D patch. Output (B, K-1) logits, target (B, K-1) in {0, 1}."""
@@ -156,7 +159,7 @@ class BoxParams:
 
 
 @register_task("bbox")
-class BoxTask(Task):
+class BoxTask(Task[BoxParams]):
     """Regress one box per image, (x1, y1, x2, y2) in [0, 1] (sigmoid outputs), with MSE
     times ``scale`` (paper 002 eq. 1's L_bbox).
 

@@ -34,7 +34,7 @@ class SegmentationParams:
 
 
 @register_task("segmentation")
-class SegmentationTask(Task):
+class SegmentationTask(Task[SegmentationParams]):
     """Target: the mask (B, H, W), or for ``multilabel`` its one-hot foreground channels
     (B, K-1, H, W). Output: the backbone's logits. ``decode`` turns logits into class
     indices for the metrics: argmax, or for multilabel the most probable class that is on

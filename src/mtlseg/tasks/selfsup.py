@@ -5,7 +5,7 @@ Targets are made from the batch on its device every step."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,10 @@ class DenseParams:
             raise ValueError(f"hidden must be >= 0, got {self.hidden}")
 
 
-class DenseTask(Task):
+DP = TypeVar("DP", bound=DenseParams)
+
+
+class DenseTask(Task[DP]):
     """A per-pixel target predicted by a ``DenseHead`` of ``out_dim`` channels."""
 
     Config = DenseParams
@@ -64,7 +67,7 @@ class DenoiseParams(DenseParams):
 
 
 @register_task("denoise")
-class DenoiseTask(DenseTask):
+class DenoiseTask(DenseTask[DenoiseParams]):
     """Paper 002, 2.4.1: in training the network sees the image plus Gaussian noise (every
     task then trains on the noisy input, as in the paper) and regresses the clean image
     with MSE. Validation and prediction see clean images."""
@@ -101,7 +104,7 @@ class CannyParams(DenseParams):
 
 
 @register_task("canny")
-class CannyTask(DenseTask):
+class CannyTask(DenseTask[CannyParams]):
     """Paper 002, 2.4.2: predict the image's Canny edge map (kornia, on device); one logit
     per pixel, BCE with logits."""
 
@@ -120,7 +123,7 @@ class CannyTask(DenseTask):
 
 
 @register_task("colourise")
-class ColouriseTask(DenseTask):
+class ColouriseTask(DenseTask[DenseParams]):
     """Paper 002, 2.4.3: the network sees the L channel of CIE LAB only (``model.input:
     lightness``, for every task) and predicts a and b (MSE, each scaled to about [-1, 1])."""
 
@@ -154,7 +157,7 @@ class GenesisParams(DenseParams):
 
 
 @register_task("genesis")
-class GenesisTask(DenseTask):
+class GenesisTask(DenseTask[GenesisParams]):
     """Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021, Sec. 2.1, eq. 1): the network
     sees each image corrupted by the authors' chain (``mtlseg.targets.genesis.corrupt``:
     local pixel shuffling, a non-linear intensity mapping, in- or out-painting, on the image

@@ -21,7 +21,7 @@ class PositionParams:
 
 
 @register_task("position")
-class PositionTask(Task):
+class PositionTask(Task[PositionParams]):
     """Regress the normalised slice position index/(n-1) from the bottleneck with MSE
     (paper 001 eq. 4). Output (B,), target ``batch["position"]``."""
 
@@ -49,7 +49,7 @@ class ContrastiveParams:
 
 
 @register_task("contrastive")
-class ContrastiveTask(Task):
+class ContrastiveTask(Task[ContrastiveParams]):
     """SimCLR-style InfoNCE (paper 001 eq. 5) where a slice's positive is an adjacent slice of
     the same volume and every other sample of the batch is a negative.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
@@ -21,7 +21,8 @@ from mtlseg.tasks.base import TASKS, Requirements, Task
 if TYPE_CHECKING:
     from mtlseg.tasks.segmentation import SegmentationTask
 
-TaskT = TypeVar("TaskT", bound=Task)
+TaskT = TypeVar("TaskT", bound=Task[Any])
+P = TypeVar("P")  # a term's params: its Config dataclass
 
 Forward = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, torch.Tensor]]
 
@@ -52,7 +53,7 @@ class TermContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Term:
+class Term(Generic[P]):
     """Base class: ``Config`` (a dataclass of params), ``__call__(outputs, batch, ctx) ->
     scalar``. ``teacher`` (None: no teacher) asks the model for an EMA teacher; ``replaces``
     names the tasks whose own loss the term stands in for while it trains (BCP supervises
@@ -78,7 +79,7 @@ class Term:
     ) -> None:
         self.name: str = cfg.name or cfg.kind
         self.kind, self.weight = cfg.kind, cfg.weight
-        self.params = typed(self.Config, cfg.params, f"terms.{self.name}.params")
+        self.params: P = typed(self.Config, cfg.params, f"terms.{self.name}.params")
         self.tasks = tasks
         self.primary = primary
         self.needs = self.requirements(self.params)

@@ -101,7 +101,7 @@ class RegionLoss:
 
 
 @TERMS.register("bcp")
-class BidirectionalCopyPaste(Term):
+class BidirectionalCopyPaste(Term[BCPParams]):
     """Bai et al., CVPR 2023 (Sec. 3, the bidirectional copy-paste and its loss), as the
     authors' ``ACDC_BCP_train.py`` runs it. Each step splits the labelled rows into halves
     a, b and the pool's into u_a, u_b, draws a box mask M (0 in a box of 2/3 the side, 1

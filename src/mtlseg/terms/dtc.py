@@ -29,7 +29,7 @@ class DTCParams:
 
 
 @TERMS.register("dtc")
-class DualTaskConsistency(Term):
+class DualTaskConsistency(Term[DTCParams]):
     """Luo et al. 2021, eq. 4: L_DTC = mean over pixels and images of
     (T(d_hat) - sigma(s_hat))^2 with T(d) = sigmoid(-k d), between the distance head's
     prediction d_hat (negative inside, as the ``distance`` task's target) and the

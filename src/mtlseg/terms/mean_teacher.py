@@ -42,7 +42,7 @@ def sigmoid_rampup(progress: float, length: float) -> float:
 
 
 @TERMS.register("mean-teacher")
-class MeanTeacherTerm(Term):
+class MeanTeacherTerm(Term[MeanTeacherParams]):
     """Tarvainen & Valpola 2017 (eq. 1 with the MSE consistency): the mean squared error
     between the student's class probabilities and the EMA teacher's on the same images, the
     teacher's input perturbed by Gaussian noise, times the sigmoid ramp-up. The student's

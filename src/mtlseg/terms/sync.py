@@ -22,7 +22,7 @@ class SyncParams:
     eps: float = 1e-6
 
 
-class _SegmentationPresenceTerm(Term):
+class _SegmentationPresenceTerm(Term[SyncParams]):
     """A term between a segmentation task and a presence task (``segmentation``, ``presence``)."""
 
     Config = SyncParams

@@ -8,7 +8,7 @@ import importlib.util
 import operator
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,7 +22,10 @@ class AggregatorParams:
     parallel_chunk_size: int | None = None  # rows of the Jacobian per vmapped backward (None: all)
 
 
-class AggregatorWeighting(Weighting):
+AP = TypeVar("AP", bound=AggregatorParams)
+
+
+class AggregatorWeighting(Weighting[AP]):
     """Takes over ``backward``: one Jacobian of the (recipe-weighted) losses with respect to
     the shared parameters, by torchjd's ``autojac.backward`` (one vmapped backward pass per
     task at most), is aggregated by ``build_aggregator()`` into ``.grad``; the heads'

@@ -19,7 +19,7 @@ class AlignedMTLParams(AggregatorParams):
 
 
 @WEIGHTINGS.register("aligned-mtl")
-class AlignedMTLWeighting(AggregatorWeighting):
+class AlignedMTLWeighting(AggregatorWeighting[AlignedMTLParams]):
     """Aligned-MTL (Senushkin et al. 2023, Algorithm 1): align the gradients' principal
     components so the system of gradients is well conditioned."""
 

@@ -11,7 +11,7 @@ import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -38,7 +38,10 @@ class BackwardContext:
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward
 
 
-class Weighting(nn.Module):
+C = TypeVar("C")  # a weighting's params: its Config dataclass
+
+
+class Weighting(nn.Module, Generic[C]):
     """``weights(losses, step, epoch) -> {task: weight}``; forward returns the weighted sum.
 
     ``task_weights``: each loss's recipe weight; ``primary``: the segmentation task's name;
@@ -65,13 +68,13 @@ class Weighting(nn.Module):
     def __init__(
         self,
         task_weights: dict[str, float],
-        cfg: Any,
+        cfg: C,
         primary: str,
         likelihoods: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.task_weights = dict(task_weights)
-        self.cfg = cfg
+        self.cfg: C = cfg
         self.primary = primary
         self.likelihoods = {n: (likelihoods or {}).get(n, "regression") for n in task_weights}
         self.last: dict[str, float] = {}  # what the last step logs (effective weights, ...)

@@ -15,7 +15,7 @@ class CAGradParams(AggregatorParams):
 
 
 @WEIGHTINGS.register("cagrad")
-class CAGradWeighting(AggregatorWeighting):
+class CAGradWeighting(AggregatorWeighting[CAGradParams]):
     """CAGrad (Liu et al. 2021, Algorithm 1): the update that maximises the worst task's
     improvement within a ball of radius c ||g_0|| around the mean gradient g_0."""
 

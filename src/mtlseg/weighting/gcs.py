@@ -52,7 +52,7 @@ class _Similarity(Weighting[Matrix]):
 
 
 @WEIGHTINGS.register("gcs")
-class GCSWeighting(AggregatorWeighting):
+class GCSWeighting(AggregatorWeighting[GCSParams]):
     """Du et al. 2018, Algorithm 1 (and its weighted variant): the shared parameters get
     g_primary + sum_k [cos(g_k, g_primary) > 0] g_k (or max(0, cos) g_k); each head its own
     task's gradient (torchjd's convention). Du et al. gate auxiliary tasks with labels of

@@ -19,7 +19,7 @@ class GradNormParams:
 
 
 @WEIGHTINGS.register("gradnorm")
-class GradNormWeighting(Weighting):
+class GradNormWeighting(Weighting[GradNormParams]):
     """GradNorm, eq. 1-2: with G_i = ||grad_W w_i L_i||, r_i = (L_i / L_i(0)) / mean_j (...),
     the weights w follow the gradient of L_grad = sum_i |G_i - mean(G) r_i^alpha| (target
     held constant) while the model follows sum_i w_i L_i with w held constant.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,7 +23,10 @@ class HistoryParams:
             raise ValueError(f"every must be >= 1, got {self.every}")
 
 
-class LossHistoryWeighting(Weighting):
+HP = TypeVar("HP", bound=HistoryParams)
+
+
+class LossHistoryWeighting(Weighting[HP]):
     """Weights from the mean training loss of each task over the last two completed periods
     (epochs, or windows of steps), constant within a period. The running sums and the two
     means are buffers, so a resumed run continues with the same weights.
@@ -110,7 +113,7 @@ class DWAParams(HistoryParams):
 
 
 @WEIGHTINGS.register("dwa")
-class DWAWeighting(LossHistoryWeighting):
+class DWAWeighting(LossHistoryWeighting[DWAParams]):
     """Dynamic Weight Average (Liu et al. 2019, eq. 7): w_k = L_k(t-1) / L_k(t-2),
     lambda_k = K exp(w_k / T) / sum_i exp(w_i / T); a task whose loss falls slowly gains weight."""
 
@@ -129,7 +132,7 @@ class SoftAdaptParams(HistoryParams):
 
 
 @WEIGHTINGS.register("softadapt")
-class SoftAdaptWeighting(LossHistoryWeighting):
+class SoftAdaptWeighting(LossHistoryWeighting[SoftAdaptParams]):
     """SoftAdapt (Heydari et al. 2019, eq. 2-4): slope s_k = L_k(t-1) - L_k(t-2), optionally
     normalised, alpha_k = exp(beta s_k) / sum_i exp(beta s_i) (times L_k when loss-weighted);
     factors are K alpha_k, so equal slopes give every task 1 (the scale of ``fixed``)."""

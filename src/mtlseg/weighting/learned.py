@@ -23,7 +23,7 @@ class UWParams:
 
 
 @WEIGHTINGS.register("uw")
-class UncertaintyWeighting(Weighting):
+class UncertaintyWeighting(Weighting[UWParams]):
     """Homoscedastic uncertainty weighting (Kendall et al. 2018, eq. 7 and 10), with
     s_t = log sigma_t^2 learned by the model's optimiser:
 
@@ -87,7 +87,7 @@ class FAMOParams:
 
 
 @WEIGHTINGS.register("famo")
-class FAMOWeighting(Weighting):
+class FAMOWeighting(Weighting[FAMOParams]):
     """Fast Adaptive Multitask Optimisation (Liu et al. 2023, Algorithm 1): minimise
     sum_i z_i log(L_i - b_i) / c with z = softmax(xi) and c = sum_i z_i / (L_i - b_i), so each
     task's effective weight is z_i / (c (L_i - b_i)); then move xi towards the tasks whose

@@ -16,7 +16,7 @@ class MGDAParams(AggregatorParams):
 
 
 @WEIGHTINGS.register("mgda")
-class MGDAWeighting(AggregatorWeighting):
+class MGDAWeighting(AggregatorWeighting[MGDAParams]):
     """MGDA (Sener & Koltun 2018, Algorithm 2): the min-norm point of the gradients' convex
     hull, by Frank-Wolfe."""
 

@@ -31,7 +31,7 @@ class NashMTLParams(AggregatorParams):
 
 
 @WEIGHTINGS.register("nash-mtl")
-class NashMTLWeighting(AggregatorWeighting):
+class NashMTLWeighting(AggregatorWeighting[NashMTLParams]):
     """Nash-MTL (Navon et al. 2022, Algorithm 1): the Nash bargaining solution alpha of
     G^T G alpha = 1 / alpha, by torchjd's ``NashMTL`` (cvxpy + ECOS).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -15,7 +16,7 @@ class FixedParams:
 
 
 @WEIGHTINGS.register("fixed")
-class FixedWeighting(Weighting):
+class FixedWeighting(Weighting[FixedParams]):
     """L = sum_t w_t L_t with each task's ``weight`` from the recipe (paper 000 eq. 1: alpha, beta)."""
 
     Config = FixedParams
@@ -31,8 +32,11 @@ class ConstantParams:
     c: float = 0.1  # paper 001 found 1:9 (aux:main) better than 1:1
 
 
+CoP = TypeVar("CoP", bound=ConstantParams)
+
+
 @WEIGHTINGS.register("constant")
-class ConstantWeighting(Weighting):
+class ConstantWeighting(Weighting[CoP]):
     """Paper 001 eq. (2): L = L_seg + c * sum_aux L_aux (each task's recipe weight applies too)."""
 
     Config = ConstantParams
@@ -60,7 +64,7 @@ class DecayParams(ConstantParams):
 
 
 @WEIGHTINGS.register("decay")
-class DecayWeighting(ConstantWeighting):
+class DecayWeighting(ConstantWeighting[DecayParams]):
     """Paper 001 eq. (3): L = L_seg + (c / t) * sum_aux L_aux, with t = epoch + 1 (default) or
     step + 1, so the first epoch (step) has weight c."""
 
@@ -77,7 +81,7 @@ class EqualParams:
 
 
 @WEIGHTINGS.register("equal")
-class EqualWeighting(Weighting):
+class EqualWeighting(Weighting[EqualParams]):
     """L = sum_t L_t: every loss weight 1, the recipe's weights ignored (the "EW" baseline of
     the multi-task literature, against which every other method is measured)."""
 
@@ -95,7 +99,7 @@ class RLWParams:
 
 
 @WEIGHTINGS.register("rlw")
-class RandomLossWeighting(Weighting):
+class RandomLossWeighting(Weighting[RLWParams]):
     """Random Loss Weighting (Lin et al. 2022, eq. 4): lambda = softmax(z), z ~ N(0, I) drawn
     afresh every step from the seeded global generator, times each recipe weight."""
 

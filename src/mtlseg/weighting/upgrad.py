@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlseg.weighting.aggregator import AggregatorWeighting
+from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
 
 
 @WEIGHTINGS.register("upgrad")
-class UPGradWeighting(AggregatorWeighting):
+class UPGradWeighting(AggregatorWeighting[AggregatorParams]):
     """UPGrad (Quinton & Rey 2024, eq. 5): project each gradient onto the dual cone of all
     of them, then average."""
 
