@@ -34,3 +34,14 @@ def test_semi_supervised_terms_read_the_declared_primary_by_default():
     module = _module(raw, "model.params.dropout=null")
     (term,) = module.terms
     assert module.cfg.primary == "heart" and term.seg is module.seg_task
+
+
+def test_a_backbone_with_a_branch_per_task_decodes_the_primary_wherever_it_is_listed():
+    raw = load_recipe_dict("mtan-3task")
+    raw["tasks"] = [raw["tasks"][2], raw["tasks"][0], raw["tasks"][1]]  # bbox first
+    raw["model"]["params"] = {"widths": [4, 8, 8, 16, 16], "convs": [1, 1, 1, 1, 1]}
+    cfg = load_config(raw, ["data.image_size=32"])
+    from mtlseg.engine.module import build_model_and_tasks
+
+    model, _ = build_model_and_tasks(cfg, 1, 3, {"pathology": ["a", "b"]})
+    assert cfg.primary == "segmentation" and model.backbone.task_names[0] == "segmentation"

@@ -60,7 +60,8 @@ def build_model_and_tasks(
     seg_cls = TASKS.get(seg.kind)
     seg_params = typed(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
     out_channels = seg_cls.output_channels(seg_params, num_classes)
-    names = [t.name or t.kind for t in cfg.tasks]
+    # the primary first: a backbone with a branch per task (MTAN) decodes the first one's
+    names = [cfg.primary, *(t.name or t.kind for t in cfg.tasks if t.name != cfg.primary)]
     backbone = build_backbone(
         cfg.model.backbone,
         cfg.model.params,
