@@ -18,6 +18,7 @@ def test_recipes_lists_the_shipped_recipes(capsys):
     out = capsys.readouterr().out
     for name in ("unet ", "unet-hog", "u2net ", "u2net-hog"):
         assert name in out
+    assert max(len(line) for line in out.splitlines()) <= 100  # wrapped, no 300-char lines
 
 
 def test_train_evaluate_predict_through_the_cli(kvasir_small, tmp_path, capsys):

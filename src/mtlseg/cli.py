@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+import textwrap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,8 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
     for name in recipe_names():
         cfg = load_config(name, args.set)
-        print(f"{name:24s} {cfg.description}")
+        text = " ".join(cfg.description.split())
+        print(textwrap.fill(text, 100, initial_indent=f"{name:24s} ", subsequent_indent=" " * 25))
         if args.verbose:
             from mtlseg.engine.module import parameter_counts
 
