@@ -82,3 +82,13 @@ def test_the_site_renders_every_table(tmp_path):
         text = re.sub(r"<pre.*?</pre>", "", page.read_text(), flags=re.S)
         raw += [f"{page.relative_to(site)}: {m[:60]}" for m in re.findall(r"\n\|---\|.*", text)]
     assert raw == []
+
+
+def test_readme_and_getting_started_give_the_same_test_command():
+    def command(path: Path) -> str:
+        return next(line for line in path.read_text().splitlines() if "-m pytest" in line)
+
+    readme = command(REPO / "README.md")
+    assert command(REPO / "docs" / "getting-started.md") == readme.removeprefix(
+        "python3.11 -m venv .venv && "
+    )

@@ -27,8 +27,8 @@ examples:
   mtlseg download kvasir-seg --resize 256        fetch a public dataset (--list: all)
   mtlseg train --recipe unet-hog --data DIR --out runs/hog
   mtlseg compare --recipes unet unet-hog --data DIR --seeds 3 --out runs/cmp
-  mtlseg predict --ckpt runs/hog/checkpoints/best.ckpt --input images/ --out masks/
-  mtlseg export --ckpt runs/hog/checkpoints/best.ckpt --format onnx --out model.onnx
+  mtlseg predict --ckpt runs/hog/checkpoints/last.ckpt --input images/ --out masks/
+  mtlseg export --ckpt runs/hog/checkpoints/last.ckpt --format onnx --out model.onnx
 
 `mtlseg COMMAND --help` gives each command's options."""
 
