@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtlseg.config import load_recipe_dict
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.engine.data import prepare_data
 from mtlseg.engine.inference import evaluate, evaluate_cases, load_module, predict
@@ -139,10 +140,10 @@ def test_2d_only_recipes_and_data_are_refused_in_3d(acdc_labelled, kvasir_small)
     cfg = load_config("unet", [*TINY_3D, "data.dims=3"])
     with pytest.raises(ConfigError, match=r"data.dims=3: model.backbone=unet is a 2D network"):
         build_model_and_tasks(cfg, 1, 4)
-    cfg = load_config("unet3d", TINY_3D)
-    cfg.tasks.append(type(cfg.tasks[0])(kind="hog"))
+    raw = load_recipe_dict("unet3d")
+    raw["tasks"].append({"kind": "hog"})
     with pytest.raises(ConfigError, match=r"tasks.hog \(hog\) works on 2D data only"):
-        build_model_and_tasks(cfg, 1, 4)
+        load_config(raw, TINY_3D)  # at load, before any data is read
     with pytest.raises(ConfigError, match=r"data.patch_size \[32, 32, 3\]: unet3d needs sizes"):
         build_model_and_tasks(
             load_config(

@@ -17,6 +17,7 @@ from mtlseg.errors import ConfigError
 from mtlseg.models.inputs import INPUTS
 from mtlseg.models.registry import BACKBONES
 from mtlseg.tasks import TASKS
+from mtlseg.tasks.base import Requirements
 from mtlseg.terms import TERMS
 from mtlseg.weighting import WEIGHTINGS
 
@@ -29,9 +30,11 @@ def load_config(
     return resolve(parse_config(recipe, overrides))
 
 
-def resolve(cfg: RunConfig) -> RunConfig:
+def resolve(cfg: RunConfig, check: bool = True) -> RunConfig:
     """``cfg`` (changed in place, and returned) with its registry names checked and each
-    component's ``params`` its ``Config`` dataclass (already typed ones are kept)."""
+    component's ``params`` its ``Config`` dataclass (already typed ones are kept); with
+    ``check``, what its tasks need of the configuration too (``check_needs``: a saved
+    configuration, checked when it was loaded, is not checked again)."""
     if cfg.data.label_resize not in LABEL_RESIZE:
         raise ConfigError(
             f"data.label_resize: unknown rule {cfg.data.label_resize!r}; "
@@ -51,4 +54,43 @@ def resolve(cfg: RunConfig) -> RunConfig:
         term.params = typed(TERMS.get(term.kind).Config, term.params, f"terms.{term.name}.params")
     weighting = WEIGHTINGS.get(cfg.weighting.kind).Config
     cfg.weighting.params = typed(weighting, cfg.weighting.params, "weighting.params")
+    if check:
+        check_needs(cfg)
     return cfg
+
+
+PAIR_SAMPLERS = ("pairs", "patient-pairs")
+
+
+def requirements(cfg: RunConfig) -> dict[str, tuple[str, Requirements]]:
+    """``{"tasks.<name>" | "terms.<name>": (kind, its record)}`` for every enabled task and
+    term (their params typed by ``resolve``)."""
+    out = {}
+    for key, registry, items in (("tasks", TASKS, cfg.tasks), ("terms", TERMS, cfg.terms)):
+        for item in items:
+            cls = registry.get(item.kind)
+            params = typed(cls.Config, item.params, f"{key}.{item.name}.params")
+            out[f"{key}.{item.name}"] = (item.kind, cls.requirements(params))
+    return out
+
+
+def check_needs(cfg: RunConfig) -> None:
+    """What the configuration cannot give its tasks and terms (2D/3D data, the network's
+    input, pair batches): a ``ConfigError`` naming who needs what and the way out. What the
+    data lacks is checked when it is read (``mtlseg.engine.requirements``)."""
+    for who, (kind, req) in requirements(cfg).items():
+        if cfg.data.dims not in req.dims:
+            raise ConfigError(
+                f"data.dims={cfg.data.dims}: {who} ({kind}) works on "
+                f"{' and '.join(f'{d}D' for d in req.dims)} data only"
+            )
+        if req.model_input is not None and cfg.model.input != req.model_input:
+            raise ConfigError(
+                f"{who} ({kind}): the network must see {req.model_input!r}; set model.input: "
+                f"{req.model_input} (now {cfg.model.input!r})"
+            )
+        if req.pairs and cfg.train.sampler not in PAIR_SAMPLERS:
+            raise ConfigError(
+                f"{who}: needs adjacent-slice pairs in every batch; set train.sampler to one "
+                f"of {', '.join(PAIR_SAMPLERS)} (now {cfg.train.sampler!r})"
+            )

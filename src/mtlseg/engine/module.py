@@ -18,7 +18,6 @@ from torchmetrics import Metric
 
 from mtlseg.config import RunConfig, build_dataclass, patch_size, typed, with_saved_defaults
 from mtlseg.engine.optimizers import build_optimizer
-from mtlseg.engine.requirements import check_requirements
 from mtlseg.engine.rows import PoolForward
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
 from mtlseg.engine.stages import StagePlan
@@ -49,13 +48,7 @@ def build_model_and_tasks(
     segmentation task (``primary_task``).
 
     ``label_values``: the labels file's values per column, for image-level tasks."""
-    check_requirements(cfg)  # what the configuration can give: 2D/3D, pair batches
-    model_input = INPUTS.get(cfg.model.input)
-    if model_input.needs_channels not in (None, in_channels):
-        raise ConfigError(
-            f"model.input={cfg.model.input} needs {model_input.needs_channels}-channel (RGB) "
-            f"images; the data has {in_channels} channel(s)"
-        )
+    model_input = INPUTS.get(cfg.model.input)  # its channels are checked with the data
     seg = next(t for t in cfg.tasks if t.name == cfg.primary)
     seg_cls = TASKS.get(seg.kind)
     seg_params = typed(seg_cls.Config, seg.params, f"tasks.{seg.name}.params")
@@ -149,7 +142,8 @@ class MultiTaskModule(pl.LightningModule):
         label_values: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
-        self.cfg: RunConfig = resolve(build_dataclass(RunConfig, with_saved_defaults(config)))
+        saved = build_dataclass(RunConfig, with_saved_defaults(config))
+        self.cfg: RunConfig = resolve(saved, check=False)  # checked when it was loaded
         # every default spelled out: a checkpoint rebuilds the same network after one changes
         config = self.cfg.to_dict()
         self.save_hyperparameters()

@@ -1,36 +1,22 @@
-"""The one check of what a recipe's tasks, terms and FiLM need (``Requirements`` records)
-against the configuration and, when given, the data: one clear error naming who needs what."""
+"""The check of what a recipe's tasks, terms and FiLM need (``Requirements`` records) of the
+data: one clear error naming who needs what (what the configuration alone cannot give fails
+at load, ``mtlseg.settings``)."""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
-from mtlseg.config import RunConfig, typed
+from mtlseg.config import RunConfig
 from mtlseg.data.dataset import SliceDataset
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.errors import ConfigError, DataError
-from mtlseg.tasks import TASKS
-from mtlseg.tasks.base import Requirements
-from mtlseg.terms import TERMS
+from mtlseg.settings import requirements
 
 if TYPE_CHECKING:
     from mtlseg.engine.data import PreparedData
 
-PAIR_SAMPLERS = ("pairs", "patient-pairs")
 log = logging.getLogger(__name__)
-
-
-def requirements(cfg: RunConfig) -> dict[str, tuple[str, Requirements]]:
-    """``{"tasks.<name>" | "terms.<name>": (kind, its record)}`` for every enabled task and
-    term."""
-    out = {}
-    for key, registry, items in (("tasks", TASKS, cfg.tasks), ("terms", TERMS, cfg.terms)):
-        for item in items:
-            cls = registry.get(item.kind)
-            params = typed(cls.Config, item.params, f"{key}.{item.name}.params")
-            out[f"{key}.{item.name}"] = (item.kind, cls.requirements(params))
-    return out
 
 
 # what a component that uses the pool does without one: (Requirements flag, (what it does,
@@ -57,29 +43,13 @@ NO_POOL_WARNINGS = (
 )
 
 
-def check_requirements(cfg: RunConfig, data: PreparedData | None = None) -> None:
-    """Raise ``ConfigError`` for what the configuration cannot give (2D/3D, pair batches),
-    and with ``data`` ``DataError`` for what the data lacks (a labels column or its classes,
-    a dense array, metadata fields), naming the file, the task and the way out."""
+def check_requirements(cfg: RunConfig, data: PreparedData) -> None:
+    """Raise ``DataError`` for what the data lacks that the recipe's tasks, terms and FiLM
+    need (a labels column or its classes, a dense array, metadata fields), naming the file,
+    the task and the way out; warn where a pool is wanted and there is none. What the
+    configuration alone cannot give (2D/3D, pair batches) failed at load
+    (``mtlseg.settings.check_needs``)."""
     needs = requirements(cfg)
-    for who, (kind, req) in needs.items():
-        if cfg.data.dims not in req.dims:
-            raise ConfigError(
-                f"data.dims={cfg.data.dims}: {who} ({kind}) works on "
-                f"{' and '.join(f'{d}D' for d in req.dims)} data only"
-            )
-        if req.model_input is not None and cfg.model.input != req.model_input:
-            raise ConfigError(
-                f"{who} ({kind}): the network must see {req.model_input!r}; set model.input: "
-                f"{req.model_input} (now {cfg.model.input!r})"
-            )
-        if req.pairs and cfg.train.sampler not in PAIR_SAMPLERS:
-            raise ConfigError(
-                f"{who}: needs adjacent-slice pairs in every batch; set train.sampler to one "
-                f"of {', '.join(PAIR_SAMPLERS)} (now {cfg.train.sampler!r})"
-            )
-    if data is None:
-        return
     if not data.split.get("unlabelled"):
         for flag, what in NO_POOL_WARNINGS:
             names = [who for who, (_, req) in needs.items() if getattr(req, flag)]
