@@ -16,6 +16,7 @@ from PIL import Image
 from mtlseg.cli import main
 from mtlseg.data.dataset import model_input
 from mtlseg.engine.inference import load_module, predict
+from mtlseg.engine.spatial import Slices, Volumes
 from mtlseg.engine.train import train
 from mtlseg.errors import MtlsegError
 from mtlseg.export import export
@@ -134,9 +135,9 @@ def test_cli_export_and_predict_with_the_model(exported, tmp_path, capsys):
 
 def test_what_cannot_be_exported_is_refused_with_a_reason(exported, tmp_path, capsys):
     with pytest.raises(MtlsegError, match="sliding window"):
-        _exportable(SimpleNamespace(volumetric=True, model=SimpleNamespace(film=None)))
+        _exportable(SimpleNamespace(spatial=Volumes(), model=SimpleNamespace(film=None)))
     with pytest.raises(MtlsegError, match="FiLM"):
-        _exportable(SimpleNamespace(volumetric=False, model=SimpleNamespace(film=object())))
+        _exportable(SimpleNamespace(spatial=Slices(), model=SimpleNamespace(film=object())))
     assert main(["export", "--ckpt", str(exported.ckpt), "--format", "tflite", "--out", "x"]) == 2
     assert "unknown export format 'tflite'; valid export formats: onnx, torch-export" in (
         capsys.readouterr().err

@@ -159,7 +159,7 @@ def predictions(
         if "error" in item:
             raise DataError(item["error"])
         pending.append(item)
-        if module.volumetric or sum(len(p["x"]) for p in pending) >= batch_size:
+        if module.spatial.whole_cases or sum(len(p["x"]) for p in pending) >= batch_size:
             yield from _flush(module, pending, batch_size, tta, device, bar)
             pending = []
     yield from _flush(module, pending, batch_size, tta, device, bar)
@@ -177,7 +177,7 @@ def _flush(
 ) -> Iterator[tuple[dict, np.ndarray]]:
     if not items:
         return
-    if module.volumetric:
+    if module.spatial.whole_cases:
         for item in items:
             x = item["x"]
             if x.shape[0] == 1:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from mtlseg.config import DataConfig, patch_size
+from mtlseg.config import DataConfig
 from mtlseg.data.annotations import Annotations, load_annotations
 from mtlseg.data.budgets import resolve_label_budget
 from mtlseg.data.dataset import SliceDataset
@@ -20,9 +20,9 @@ from mtlseg.data.metadata import parse_case_id
 from mtlseg.data.samplers import AdjacentPairBatchSampler
 from mtlseg.data.sources import DatasetIndex, discover, discover_unlabelled
 from mtlseg.data.splits import resolve_split, validate_split, write_split
-from mtlseg.data.transforms import build_augmentation
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.distributed import rank_and_world
+from mtlseg.engine.spatial import spatial_mode
 from mtlseg.errors import DataError
 from mtlseg.registry import Registry
 
@@ -83,8 +83,8 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     extra = discover_unlabelled(cfg.unlabelled_dirs, {r.case_id for r in index.cases})
     split["unlabelled"] = sorted({*split["unlabelled"], *(r.case_id for r in extra)})
     pool: set[str] = set(split["unlabelled"])
-    if pool and cfg.dims == 3:
-        raise DataError("an unlabelled pool (data.label_budget, data.unlabelled_dirs) is 2D-only")
+    mode = spatial_mode(cfg.dims)
+    mode.check_pool(pool)
     wanted = [*split["train"], *split["unlabelled"], *split["val"]]
     dataset = load_dataset_or_raise(index, cfg, wanted, pool, extra)
     by_id = {c.case_id: c for c in dataset.cases}
@@ -93,23 +93,9 @@ def prepare_data(cfg: DataConfig, split: dict[str, list[str]] | None = None) -> 
     ann = load_annotations(
         index.root, cfg.labels, cfg.boxes, [c.case_id for c in dataset.cases], dataset.is_volume
     )
-    train: SliceDataset | VolumeDataset
-    val: SliceDataset | VolumeDataset
-    if cfg.dims == 3:
-        if not dataset.is_volume:
-            raise DataError(
-                f"{index.root}: data.dims=3 trains on volumes, this dataset holds 2D images"
-            )
-        patch = patch_size(cfg)
-        rule = cfg.label_resize
-        train = VolumeDataset(train_cases, cfg.image_size, patch, cfg.augment != "none", ann, rule)
-        val = VolumeDataset(val_cases, cfg.image_size, annotations=ann, label_resize=rule)
-    else:
-        augment = build_augmentation(str(cfg.augment), index.dense_kinds)
-        train = SliceDataset(train_cases, cfg.image_size, augment, ann, cfg.label_resize)
-        val = SliceDataset(
-            val_cases, cfg.image_size, annotations=ann, label_resize=cfg.label_resize
-        )
+    train, val = mode.datasets(
+        cfg, index.root, dataset, train_cases, val_cases, ann, index.dense_kinds
+    )
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"{index.root}: split {name!r} has no samples")

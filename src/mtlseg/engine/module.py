@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from monai.inferers import sliding_window_inference
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
-from mtlseg.config import RunConfig, build_dataclass, patch_size, typed, with_saved_defaults
+from mtlseg.config import RunConfig, build_dataclass, typed, with_saved_defaults
 from mtlseg.engine.optimizers import build_optimizer
 from mtlseg.engine.rows import PoolForward
 from mtlseg.engine.schedulers import RunProgress, build_scheduler
+from mtlseg.engine.spatial import SpatialMode, spatial_mode
 from mtlseg.engine.stages import StagePlan
 from mtlseg.engine.step import Optimisation, TrainingStep
 from mtlseg.engine.teacher import build_teacher
@@ -74,23 +74,7 @@ def build_model_and_tasks(
         dict(label_values or {}),
         cfg.data.label_resize,
     )
-    dims = cfg.data.dims
-    if backbone.spatial_dims != dims:
-        raise ConfigError(
-            f"data.dims={dims}: model.backbone={cfg.model.backbone} is a "
-            f"{backbone.spatial_dims}D network; "
-            + ("use a 3D backbone (unet3d)" if dims == 3 else "set data.dims=3")
-        )
-    multiple = backbone.size_multiple
-    if dims == 3 and multiple is not None:
-        patch = patch_size(cfg.data)
-        if any(p % m for p, m in zip(patch, multiple, strict=True)):
-            raise ConfigError(
-                f"data.patch_size {patch}: {cfg.model.backbone} needs sizes that divide by "
-                f"{list(multiple)} (its downsampling per axis)"
-            )
-    if dims == 3 and cfg.model.film is not None:
-        raise ConfigError("model.film: FiLM conditions slices on their metadata; use data.dims=2")
+    spatial_mode(cfg.data.dims).check_model(cfg, backbone)
     tasks = [build_task(t, ctx) for t in cfg.tasks]
     heads = {t.name: head for t in tasks if (head := t.build_head()) is not None}
     film = None
@@ -199,8 +183,9 @@ class MultiTaskModule(pl.LightningModule):
         return self.model(x, meta)
 
     @property
-    def volumetric(self) -> bool:
-        return self.cfg.data.dims == 3
+    def spatial(self) -> SpatialMode:
+        """Slices or volumes (``data.dims``): how this model segments a whole case."""
+        return spatial_mode(self.cfg.data.dims)
 
     def segment(
         self, x: torch.Tensor, meta: torch.Tensor | None = None, tta: bool = False
@@ -224,17 +209,9 @@ class MultiTaskModule(pl.LightningModule):
         return self.model
 
     def _segment_once(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
-        if not self.volumetric:
-            return self.predictor.segment(x, meta)
-        logits = sliding_window_inference(
-            x,
-            roi_size=patch_size(self.cfg.data),
-            sw_batch_size=4,
-            predictor=self.predictor.segment,
-            overlap=0.25,
-            mode="gaussian",
+        return cast(
+            torch.Tensor, self.spatial.segment(self.predictor.segment, x, meta, self.cfg.data)
         )
-        return cast(torch.Tensor, logits)  # one predictor output: a tensor
 
     def predict_labels(
         self, x: torch.Tensor, meta: torch.Tensor | None = None, tta: bool = False

@@ -68,12 +68,8 @@ def write_torch_export(
 
 def _exportable(module: Any) -> None:
     """What the graph cannot hold is refused with what to do instead."""
-    if module.volumetric:
-        raise MtlsegError(
-            "this is a 3D model (data.dims=3): its inference is MONAI's sliding window over "
-            "whole volumes, which mtlseg does not export; 2D models (also those trained on "
-            "volume slices) can be exported"
-        )
+    if module.spatial.export_refusal is not None:
+        raise MtlsegError(module.spatial.export_refusal)
     if module.model.film is not None:
         raise MtlsegError(
             "this model is FiLM-conditioned on per-slice metadata (model.film), which the "

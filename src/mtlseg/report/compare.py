@@ -402,8 +402,8 @@ def _qualitative(dirs: dict[str, list[Path]], data: PreparedData, out: Path, n: 
     from the whole-volume prediction. Recipes trained in the other dimensionality than the
     first one are left out of the grid (logged)."""
     modules = {name: load_module(d[0] / "checkpoints" / "last.ckpt") for name, d in dirs.items()}
-    volumetric = isinstance(data.val, VolumeDataset)
-    other = [k for k, m in modules.items() if m.volumetric != volumetric]
+    dims = 3 if isinstance(data.val, VolumeDataset) else 2
+    other = [k for k, m in modules.items() if m.spatial.dims != dims]
     if other:
         log.info("qualitative grid: %s trained in another data.dims, left out", other)
     modules = {k: m for k, m in modules.items() if k not in other}
