@@ -346,3 +346,24 @@ def test_a_record_of_older_code_still_counts_for_its_row(kvasir_small, tmp_path)
     assert cell.holds(old)
     assert not Cell(study.variants[1], "all", 1).holds(old)
     assert not Cell(study.variants[0], "all", 0).holds(old)
+
+
+def test_the_report_gives_each_rows_step_time_and_its_cost_over_the_baseline(
+    kvasir_small, tmp_path
+):
+    study = load_study(_study_file(tmp_path, kvasir_small))
+    records = []
+    for variant, seed, machine, wall in [
+        (0, 0, "A", 100.0),
+        (1, 0, "A", 250.0),  # 2.5x the baseline on the same machine
+        (0, 1, "B", 200.0),
+        (1, 1, "B", 300.0),  # 1.5x on another, slower machine
+    ]:
+        record = _fake(study, variant, seed, machine, "n1", 0.5)
+        record.steps, record.wall_s = 100, wall
+        records.append(record)
+    base, wide = build_report(study, records).rows
+    assert base.step_s == pytest.approx({0: 1.0, 1: 2.0})
+    assert wide.step_ratio == pytest.approx({0: 2.5, 1: 1.5})  # never across machines
+    text = render(build_report(study, records))
+    assert "| all | wide | 2.7500 ± 0.3536 | 2.0000 ± 0.7071 |" in text

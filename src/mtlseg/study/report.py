@@ -36,6 +36,10 @@ class Row:
     hd95: dict[int, float] = field(default_factory=dict)
     classes: dict[str, dict[int, float]] = field(default_factory=dict)
     unpaired: dict[int, float] = field(default_factory=dict)  # every record, by seed
+    # paired seeds: wall seconds per training step (validation and scoring included), and
+    # that over the baseline's on the same machine (the cost of the method)
+    step_s: dict[int, float] = field(default_factory=dict)
+    step_ratio: dict[int, float] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)  # seeds without a pair
 
     @property
@@ -94,6 +98,10 @@ def build_report(study: Study, records: list[Record]) -> StudyReport:
                 row.scores[seed] = _mean([r.dice() for r, _ in pairs])
                 row.diffs[seed] = _mean([r.dice() - b.dice() for r, b in pairs])
                 row.best[seed] = _mean([r.dice("best") for r, _ in pairs])
+                timed = [(r, b) for r, b in pairs if _per_step(r) and _per_step(b)]
+                if timed:
+                    row.step_s[seed] = _mean([_per_step(r) for r, _ in timed])
+                    row.step_ratio[seed] = _mean([_per_step(r) / _per_step(b) for r, b in timed])
                 hd = [r.scores["last"]["summary"].get("hd95/mean") for r, _ in pairs]
                 if all(h is not None for h in hd):
                     row.hd95[seed] = _mean([float(h) for h in hd])
@@ -114,6 +122,11 @@ def build_report(study: Study, records: list[Record]) -> StudyReport:
             rows.append(row)
     machines = {r.machine_id: _describe(r.machine) for r in records}
     return StudyReport(study.name, base.name, ceiling, rows, machines)
+
+
+def _per_step(record: Record) -> float:
+    """Wall seconds per training step of a run (0 when it was not timed)."""
+    return record.wall_s / record.steps if record.steps > 0 and record.wall_s > 0 else 0.0
 
 
 def _describe(m: dict) -> str:
@@ -171,6 +184,19 @@ def render(report: StudyReport) -> str:
             values = [_stat(row.classes.get(c, {})) for c in classes]
             table.append(f"| {row.budget} | {row.variant} | " + " | ".join(values) + " |")
         parts.append("Per-class Dice (last checkpoint, paired seeds):\n\n" + "\n".join(table))
+    if any(r.step_s for r in report.rows):
+        table = [
+            f"| budget | variant | s per step | x {report.baseline} (paired) |",
+            "|---|---|---|---|",
+        ]
+        for row in report.rows:
+            ratio = "—" if row.variant == report.baseline else _stat(row.step_ratio)
+            table.append(f"| {row.budget} | {row.variant} | {_stat(row.step_s)} | {ratio} |")
+        parts.append(
+            "Time per training step (wall clock of the whole run, validation and scoring "
+            "included, over its steps; on the machines below, one thread per run):\n\n"
+            + "\n".join(table)
+        )
     missing = report.missing_cells()
     parts.append(
         "Missing cells (no pair yet): " + (", ".join(missing) if missing else "none") + "."
