@@ -16,6 +16,7 @@ from mtlseg.weighting import WEIGHTINGS, build_weighting
 def test_shipped_recipes_load_and_are_the_decided_set():
     paper000 = {"unet", "unet-hog", "u2net", "u2net-hog"}
     issue21 = {"unet-position", "unet-mean-teacher", "unet-dtc", "unet-bcp", "unet-genesis"}
+    issue21 |= {"unet-genesis-dtc", "unet-genesis-mean-teacher"}
     paper001 = {"small-unet", "small-unet-position", "small-unet-contrastive"}
     paper001 |= {"small-unet-film", "big-unet"}
     paper002 = {"segnet", "segnet-3task", "mtan-3task", "mtan-no-bbox", "mtan-no-class"}

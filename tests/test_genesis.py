@@ -99,6 +99,34 @@ def test_the_recipe_pretrains_then_fine_tunes():
     assert list(module.train_step.losses(batch, 1).losses) == ["segmentation"]
 
 
+@pytest.mark.parametrize(
+    ("recipe", "fine_tuning"),
+    [
+        ("unet-genesis-dtc", {"segmentation", "distance", "dtc"}),
+        ("unet-genesis-mean-teacher", {"segmentation", "mean-teacher"}),
+    ],
+)
+def test_pretraining_composes_with_a_semi_supervised_term(recipe, fine_tuning):
+    cfg = load_config(recipe, [*TINY_UNET, "model.params.dropout=null"])
+    module = MultiTaskModule(cfg.to_dict(), 1, ["background", "foreground"])
+    mask = torch.zeros(4, 32, 32, dtype=torch.long)
+    mask[:, 8:20, 8:20] = 1
+    batch = {
+        "image": torch.randn(4, 1, 32, 32),
+        "mask": mask,
+        "labelled": torch.tensor([True, True, False, False]),
+        "intensity_range": torch.ones(4),
+    }
+    assert set(module.train_step.losses(batch, 0).losses) == {"genesis"}
+    if module.teacher is not None:  # the teacher drifts from the student while it pretrains
+        with torch.no_grad():
+            next(module.model.parameters()).add_(1.0)
+    assert set(module.train_step.losses(batch, 1).losses) == fine_tuning
+    if module.teacher is not None:  # and starts the fine-tuning as the pretrained student
+        student, teacher = module.model.state_dict(), module.teacher.network.state_dict()
+        assert all(torch.equal(student[k], teacher[k]) for k in student)
+
+
 def test_pretraining_without_a_pool_warns_that_it_learns_from_labelled_images(kvasir_small, caplog):
     from mtlseg.engine.data import prepare_data
     from mtlseg.engine.requirements import check_requirements
