@@ -25,7 +25,9 @@ def test_train_evaluate_predict_through_the_cli(kvasir_small, tmp_path, capsys):
     out = tmp_path / "run"
     train = ["train", "--recipe", "unet-hog", "--data", str(kvasir_small), "--out", str(out)]
     assert main([*train, *_sets("train.max_steps=2", "train.val_every=2")]) == 0
-    assert "best val Dice" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "best val Dice" in said
+    assert f"also written: {out / 'config.yaml'}, {out / 'splits.json'}, " in said
     assert main([*train, "--resume", *_sets("train.max_steps=4", "train.val_every=2")]) == 0
     metrics_file = tmp_path / "metrics.json"
     assert (

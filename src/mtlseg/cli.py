@@ -97,6 +97,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(
         f"best val Dice {score}; checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)"
     )
+    out = result.out_dir
+    written = [out / "config.yaml", out / "splits.json", out / "logs" / "metrics.csv"]
+    written += [p for p in (out / "tb", out / "logs" / "mlflow.json") if p.exists()]
+    print("also written: " + ", ".join(str(p) for p in written))
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
