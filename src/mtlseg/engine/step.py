@@ -69,7 +69,9 @@ class Optimisation:
     def plain(self, loss: torch.Tensor) -> None:
         """``loss``'s gradients, scaled, with no reducer (a weighting that syncs gradients
         averages them itself)."""
-        (loss * self.scale if self.scale != 1.0 else loss).backward()
+        if self.scaler is not None and self.scaler.is_enabled():
+            loss = self.scaler.scale(loss)
+        loss.backward()
 
     def update(self) -> None:
         """Unscale (AMP), clip the norm of every optimised parameter's gradient, step."""
