@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlseg.config import TrainConfig
+from mtlseg.config import TrainConfig, parse_config
 from mtlseg.data.resample import resize_labels
 from mtlseg.data.transforms import AUGMENTATIONS, Augment2D
 from mtlseg.engine.checkpoint import load_checkpoint
@@ -205,8 +205,8 @@ def test_checkpoints_keep_the_task_defaults_they_were_trained_with(tmp_path):
     assert params["deep_supervision"] == 2 and params["loss"] == "dice-ce"
     # a checkpoint written before params were resolved, when no deep supervision was the default
     old = _module("tasks.0.params.deep_supervision=0")
-    hparams = {**old.hparams, "config": load_config("unet", ["model.params.channels=[4,8,16,16]"])}
-    hparams["config"] = hparams["config"].to_dict()
+    hparams = {**old.hparams, "config": parse_config("unet", ["model.params.channels=[4,8,16,16]"])}
+    hparams["config"] = hparams["config"].to_dict()  # params as the recipe gives them
     assert "deep_supervision" not in hparams["config"]["tasks"][0].get("params", {})
     torch.save({"hyper_parameters": hparams, "state_dict": old.state_dict()}, tmp_path / "a.ckpt")
     loaded = load_module(tmp_path / "a.ckpt")

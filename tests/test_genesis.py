@@ -123,7 +123,8 @@ def test_pretraining_composes_with_a_semi_supervised_term(recipe, fine_tuning):
             next(module.model.parameters()).add_(1.0)
     assert set(module.train_step.losses(batch, 1).losses) == fine_tuning
     if module.teacher is not None:  # and starts the fine-tuning as the pretrained student
-        student, teacher = module.model.state_dict(), module.teacher.network.state_dict()
+        student = dict(module.model.named_parameters())  # (buffers: both forwards moved them)
+        teacher = dict(module.teacher.network.named_parameters())
         assert all(torch.equal(student[k], teacher[k]) for k in student)
 
 

@@ -15,6 +15,7 @@ from scipy import ndimage
 from mtlseg.config import DataConfig, build_dataclass, with_saved_defaults
 from mtlseg.data.resample import resize_labels, resize_linear, resize_slices
 from mtlseg.errors import ConfigError
+from mtlseg.settings import load_config
 
 DEFAULT_RULE = DataConfig().label_resize
 # (input size, output size): downscale factors 2, 3.4, 4 and an odd-sized input (97 -> 32)
@@ -197,7 +198,7 @@ def test_runs_record_their_rule_and_older_ones_read_as_floor_nearest():
         "linear"
     )
     with pytest.raises(ConfigError, match="data.label_resize: unknown rule 'bicubic'.*linear"):
-        build_dataclass(DataConfig, {"label_resize": "bicubic"}, "data")
+        load_config("unet", ["data.label_resize=bicubic"])  # registry names: at load
 
 
 def test_an_old_run_resumes_only_with_its_own_rule(tmp_path):

@@ -194,9 +194,8 @@ def test_dtcs_distance_head_is_one_1x1_conv_on_the_last_decoder_stage():
     feature = torch.randn(2, convs[0].in_channels, 32, 32)
     expected = torch.nn.functional.conv2d(feature, convs[0].weight, convs[0].bias)
     assert torch.allclose(head({head.feature: feature}), expected, atol=1e-6)
-    bad = load_config("unet-dtc", [*TINY_UNET, "tasks.1.params.hidden=-1"])
-    with pytest.raises(ConfigError, match="hidden must be >= 0"):
-        build_model_and_tasks(bad, 1, 4)
+    with pytest.raises(ConfigError, match="tasks.distance.params: hidden must be >= 0"):
+        load_config("unet-dtc", [*TINY_UNET, "tasks.1.params.hidden=-1"])  # at load
 
 
 # --- bidirectional copy-paste (Bai et al. 2023) --------------------------------------------

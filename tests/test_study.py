@@ -84,7 +84,8 @@ def test_a_study_runs_only_what_is_missing_and_a_resumed_run_records_the_same(
         "unet budget all seed 1",
         "wide budget all seed 1",
     ]
-    assert any(line.startswith("resume: wide budget all seed 0") for line in say)
+    assert any(line.startswith("run 1/3: resume: wide budget all seed 0") for line in say)
+    assert say[-1].startswith("run 3/3: recorded: wide budget all seed 1")
     assert run_study(study, store, work).trained == []  # nothing left
 
     # the resumed run's record equals an uninterrupted run's (another store and work folder)
@@ -126,7 +127,7 @@ def test_two_study_processes_train_each_cell_once(kvasir_small, tmp_path):
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     recorded = [
-        line for out in outputs for line in out.splitlines() if line.startswith("recorded:")
+        line for out in outputs for line in out.splitlines() if "recorded: " in line
     ]
     assert len(recorded) == 4 and len(set(recorded)) == 4, outputs
     assert len(_records(tmp_path / "results")) == 4

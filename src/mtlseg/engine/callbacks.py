@@ -78,26 +78,26 @@ class ResumeAtLastFinishedStep(pl.Callback):
 
     ``interrupted.ckpt`` is written while a batch is under way (counted as started, never
     finished, no optimiser step). Lightning's restart counted that batch once more, so
-    validation came one step early, and its logging step grew by one on every restart. Here,
-    in the checkpoint that is being loaded, the unfinished batch is marked not started, and
-    the logging step is set so that it equals the optimiser step once Lightning's restart
-    has counted the batch it believes a validation checkpoint left unfinished.
+    validation came one step early, and its logging step grew by one on every restart. Here
+    the unfinished batch is marked not started, and the logging step is set to the optimiser
+    step at the first batch after the restart (Lightning's restart adds one to it or not
+    depending on where the checkpoint was written; no public setting reaches it: the one
+    private attribute mtlseg writes).
     """
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
-        fit = checkpoint.get("loops", {}).get("fit_loop", {})
-        progress = fit.get("epoch_loop.batch_progress")
-        if not progress:
-            return
-        total = progress["total"]
-        if total["processed"] == total["completed"]:
+        self._restarted = True
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress and progress["total"]["processed"] == progress["total"]["completed"]:
             for counts in (progress["total"], progress["current"]):
                 counts["ready"] = counts["started"] = counts["completed"]
-        # Lightning adds one on restart unless every counted batch has completed
-        counted = total["started"] == total["ready"] == total["processed"] == total["completed"]
-        state = fit.get("epoch_loop.state_dict")
-        if state is not None and "global_step" in checkpoint:
-            state["_batches_that_stepped"] = checkpoint["global_step"] - (0 if counted else 1)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if getattr(self, "_restarted", False):  # after the epoch loop's restart bookkeeping
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._restarted = False
 
 
 def _minutes(seconds: float) -> str:
