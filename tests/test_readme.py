@@ -53,7 +53,7 @@ def test_the_quickstart_names_every_command_it_shows():
 
 
 def test_every_quickstart_line_runs_as_written(tmp_path, monkeypatch, capsys):
-    data = make_kvasir_subset(tmp_path / "data", n=12)
+    data = make_kvasir_subset(tmp_path / "data", n=30)  # 10 %: 2 labelled images, as BCP pairs
     study = {
         "name": "quick",
         "data": str(data),
@@ -67,7 +67,7 @@ def test_every_quickstart_line_runs_as_written(tmp_path, monkeypatch, capsys):
         argv = shlex.split(re.sub(r"\bDATA\b", str(data), line))[1:]
         argv = [str(data / "images") if a == "new_images/" else a for a in argv]
         assert main(argv) == 0, f"{line}\n{capsys.readouterr().err[-2000:]}"
-    assert json.loads(Path("scores.json").read_text())["native/num_cases"] == 12  # --split all
+    assert json.loads(Path("scores.json").read_text())["native/num_cases"] == 30  # --split all
     assert sorted(p.name for p in Path("masks").iterdir()) == sorted(
         p.name for p in Path("masks-onnx").iterdir()
     )
