@@ -355,9 +355,8 @@ def demo_data(explicit: str | None, allow_download: bool = True) -> Path:
     else the cache; at 256 px, the size the documented demo used)."""
     from mtlseg.download import default_data_root, download
 
-    if explicit:  # the folder the user named, and no other
-        roots = [explicit]
-    else:
+    roots: list[str | None] = [explicit]  # the folder the user named, and no other
+    if not explicit:
         roots = [os.environ.get("MTLSEG_DATA"), "../shared/data", str(default_data_root())]
         roots.append(str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     for root in roots:

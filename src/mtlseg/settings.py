@@ -40,7 +40,7 @@ def resolve(cfg: RunConfig, check: bool = True) -> RunConfig:
             f"data.label_resize: unknown rule {cfg.data.label_resize!r}; "
             f"valid: {', '.join(LABEL_RESIZE.names())}"
         )
-    if cfg.data.augment not in AUGMENTATIONS:
+    if str(cfg.data.augment) not in AUGMENTATIONS:  # a string once parsed
         raise ConfigError(
             f"data.augment: unknown augmentation {cfg.data.augment!r}; "
             f"valid: {', '.join(AUGMENTATIONS.names())} (or true/false)"

@@ -13,13 +13,12 @@ from monai.inferers import sliding_window_inference
 from mtlseg.config import DataConfig, RunConfig, patch_size
 from mtlseg.data.annotations import Annotations
 from mtlseg.data.dataset import SliceDataset
-from mtlseg.data.sources import CaseRecord
 from mtlseg.data.transforms import build_augmentation
 from mtlseg.data.volumes import VolumeDataset
 from mtlseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from mtlseg.data.loading import LoadedDataset
+    from mtlseg.data.loading import LoadedCase, LoadedDataset
 
 Predictor = Callable[..., torch.Tensor]  # (x, meta) -> segmentation logits
 
@@ -38,8 +37,8 @@ class SpatialMode:
         cfg: DataConfig,
         root: Path,
         loaded: LoadedDataset,
-        train: list[CaseRecord],
-        val: list[CaseRecord],
+        train: list[LoadedCase],
+        val: list[LoadedCase],
         annotations: Annotations,
         dense_kinds: Any,
     ) -> tuple[SliceDataset | VolumeDataset, SliceDataset | VolumeDataset]:
@@ -71,8 +70,8 @@ class Slices(SpatialMode):
         cfg: DataConfig,
         root: Path,
         loaded: LoadedDataset,
-        train: list[CaseRecord],
-        val: list[CaseRecord],
+        train: list[LoadedCase],
+        val: list[LoadedCase],
         annotations: Annotations,
         dense_kinds: Any,
     ) -> tuple[SliceDataset | VolumeDataset, SliceDataset | VolumeDataset]:
@@ -117,8 +116,8 @@ class Volumes(SpatialMode):
         cfg: DataConfig,
         root: Path,
         loaded: LoadedDataset,
-        train: list[CaseRecord],
-        val: list[CaseRecord],
+        train: list[LoadedCase],
+        val: list[LoadedCase],
         annotations: Annotations,
         dense_kinds: Any,
     ) -> tuple[SliceDataset | VolumeDataset, SliceDataset | VolumeDataset]:

@@ -269,7 +269,10 @@ def train(
     if first:
         t = cfg.train
         log.info(
-            "train %s -> %s: %s", cfg.name, out, run_line(t.precision, requested, t.accelerator)
+            "train %s -> %s: %s",
+            cfg.name,
+            out,
+            run_line(str(t.precision), requested, t.accelerator),
         )
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data or prepare_data(cfg.data)

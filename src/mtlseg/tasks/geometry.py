@@ -45,9 +45,6 @@ class GeometryTask(DenseTask[GP]):
     def feature(self) -> str:
         return self.ctx.backbone.resolve_features(self.params.features)[-1]
 
-    def distance_px(self) -> float:
-        return self.params.truncate * self.ctx.image_size
-
     def dense_array(self, batch: dict[str, Any], name: str) -> torch.Tensor:
         """The batch's dense target array ``name`` (B, C, H, W)."""
         dense = batch.get("dense") or {}
@@ -71,6 +68,9 @@ class DistanceTask(GeometryTask[DistanceParams]):
 
     def out_dim(self) -> int:
         return self.ctx.num_classes - 1
+
+    def distance_px(self) -> float:
+        return self.params.truncate * self.ctx.image_size
 
     def target(self, batch: dict[str, Any]) -> Any:
         sdf = signed_distance(batch["mask"], self.ctx.num_classes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mtlseg.weighting.aggregator import AggregatorParams, AggregatorWeighting
 from mtlseg.weighting.base import WEIGHTINGS
@@ -28,4 +28,4 @@ class AlignedMTLWeighting(AggregatorWeighting[AlignedMTLParams]):
     def build_aggregator(self, n_tasks: int) -> Any:  # a torchjd Aggregator
         from torchjd.aggregation import AlignedMTL
 
-        return AlignedMTL(scale_mode=self.cfg.scale_mode)
+        return AlignedMTL(scale_mode=cast(Any, self.cfg.scale_mode))  # checked by its Config
