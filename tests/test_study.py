@@ -126,9 +126,7 @@ def test_two_study_processes_train_each_cell_once(kvasir_small, tmp_path):
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    recorded = [
-        line for out in outputs for line in out.splitlines() if "recorded: " in line
-    ]
+    recorded = [line for out in outputs for line in out.splitlines() if "recorded: " in line]
     assert len(recorded) == 4 and len(set(recorded)) == 4, outputs
     assert len(_records(tmp_path / "results")) == 4
 
